@@ -1,0 +1,48 @@
+# rftloop — the two commands: `make demo` and `make test`.
+# Both create or reuse the Python environment (cached outside the clone, keyed
+# by the lock files' hash; `.venv` links to it) and fetch the Kafka / Apicurio
+# jars with Maven into the same cache on first use.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-unit test-integration lint demo up down status bench lock clean
+
+venv:
+	@bash infra/scripts/ensure_venv.sh
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
+
+test-integration: venv
+	$(PY) -m pytest -q -m "integration or e2e" $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy schemas infra cli bench
+
+demo: venv
+	$(PY) -m cli.main demo $(DEMO_ARGS)
+
+up: venv
+	$(PY) -m cli.main up
+
+down: venv
+	$(PY) -m cli.main down
+
+status: venv
+	$(PY) -m cli.main status
+
+bench: venv
+	$(PY) -m cli.main bench $(BENCH)
+
+# Recompile the lock after editing infra/deps/main.in.
+lock:
+	bash -c 'cd infra/deps && $${RFTLOOP_CACHE:-$$HOME/.cache/rftloop}/uv-0.13.8/bin/uv pip compile main.in -c verified-constraints.txt --override overrides.txt --python-version 3.11 -o lock.txt'
+
+clean:
+	-$(PY) -m cli.main down
+	rm -rf .rftloop

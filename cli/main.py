@@ -1,0 +1,251 @@
+"""`rftloop` — the thin command line that wires the parts together.
+
+Each sub-command imports what it needs lazily, so `rftloop status` does not pay
+for torch or vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from infra.settings import (
+    ConfigError,
+    KafkaSettings,
+    LocalStackSettings,
+    RegistrySettings,
+    load_or_explain,
+)
+
+
+def _local() -> LocalStackSettings:
+    return load_or_explain(LocalStackSettings)  # type: ignore[return-value]
+
+
+def _kafka() -> KafkaSettings:
+    return load_or_explain(KafkaSettings)  # type: ignore[return-value]
+
+
+def _registry() -> RegistrySettings:
+    return load_or_explain(RegistrySettings)  # type: ignore[return-value]
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    Console().print(t)
+
+
+# -- stack ------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from infra.local import stack
+
+    stack.up(_local())
+    if not args.no_init:
+        cmd_topics_ensure(args)
+        cmd_schemas_register(args)
+    return cmd_status(args)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from infra.local import stack
+
+    stack.down(_local())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from infra.local import stack
+
+    rows = stack.status(_local())
+    if getattr(args, "json", False):
+        print(json.dumps([r.__dict__ for r in rows]))
+    else:
+        _table("rftloop local stack", ["component", "healthy", "detail"],
+               [[r.name, "yes" if r.healthy else "NO", r.detail] for r in rows])
+    return 0 if all(r.healthy for r in rows) else 1
+
+
+# -- topics / schemas / dlq -------------------------------------------------------
+
+
+def cmd_topics_ensure(args: argparse.Namespace) -> int:
+    from infra.kafka import ensure_topics
+
+    reports = ensure_topics(_kafka())
+    changed = [r for r in reports if r.action != "ok"]
+    for r in changed:
+        print(f"topic {r.topic}: {r.action}" + (f" — {'; '.join(r.differences)}" if r.differences else ""))
+    print(f"topics: {sum(r.action == 'created' for r in reports)} created, "
+          f"{sum(r.action == 'ok' for r in reports)} ok, {sum(r.action == 'differs' for r in reports)} differ")
+    return 0
+
+
+def cmd_schemas_register(args: argparse.Namespace) -> int:
+    from infra import registry
+
+    for r in registry.register_all(registry.client(_registry())):
+        print(f"schema {r.subject}: {r.action} (id {r.schema_id}, version {r.version})")
+    return 0
+
+
+def cmd_schemas_check(args: argparse.Namespace) -> int:
+    from infra import registry
+    from schemas.topics import ALL_TOPICS, spec
+
+    reg = registry.client(_registry())
+    pairs = (
+        [(spec(args.topic), registry.load_schema(Path(args.file)))]
+        if args.file
+        else [(t, registry.load_schema(t.schema_path)) for t in ALL_TOPICS]
+    )
+    bad = 0
+    for topic, schema in pairs:
+        problems = registry.check(reg, topic, schema)
+        if problems:
+            bad += 1
+            for p in problems:
+                print(f"INCOMPATIBLE {topic.subject}: {p}")
+        else:
+            print(f"ok {topic.subject}")
+    return 1 if bad else 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    from infra.dlq import read_all
+
+    letters = read_all(_kafka(), args.topic, limit=args.limit)
+    if args.json:
+        print(json.dumps([
+            {"dlq_offset": d.offset, "source": d.source, "error": d.error, "key": (d.key or b"").decode(errors="replace"),
+             "value_bytes": len(d.value), "headers": d.headers}
+            for d in letters
+        ]))
+    else:
+        _table(f"{args.topic}.dlq — {len(letters)} dead letter(s)", ["dlq offset", "source", "error", "bytes"],
+               [[d.offset, d.source, d.error[:120], len(d.value)] for d in letters])
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from infra import registry
+    from infra.dlq import replay
+    from infra.kafka import producing
+    from infra.serde import SerdeError, TopicSerde
+    from schemas.topics import spec
+
+    serde = TopicSerde(registry.client(_registry()), spec(args.topic))
+
+    def decodable(value: bytes) -> bool:
+        try:
+            serde.decode_event(value)
+            return True
+        except SerdeError:
+            return args.force
+
+    with producing(_kafka()) as p:
+        ok, bad = replay(_kafka(), args.topic, p, accept=decodable)
+    print(f"replayed {ok} dead letter(s) to {args.topic}; {bad} still undecodable (kept in {args.topic}.dlq)")
+    return 0
+
+
+# -- bench / demo -------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.harness import main as bench_main
+
+    return bench_main(args.names, list_only=args.list)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cli.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rftloop", description="Close the loop between LLM inference and training.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("up", cmd_up, "start Kafka, the schema registry and embedded ClickHouse; create topics; register schemas")
+    p.add_argument("--no-init", action="store_true", help="only start the processes")
+    add("down", cmd_down, "stop the local stack (data stays under the state dir)")
+    p = add("status", cmd_status, "health of each local component")
+    p.add_argument("--json", action="store_true")
+
+    topics = add("topics", lambda a: (a.sub_fn(a)), "topic management")
+    tsub = topics.add_subparsers(dest="sub", required=True)
+    tsub.add_parser("ensure", help="create missing topics, report differences").set_defaults(sub_fn=cmd_topics_ensure)
+
+    schemas = add("schemas", lambda a: (a.sub_fn(a)), "schema registry")
+    ssub = schemas.add_subparsers(dest="sub", required=True)
+    ssub.add_parser("register", help="check and register every event schema").set_defaults(sub_fn=cmd_schemas_register)
+    chk = ssub.add_parser("check", help="check schemas against the registry without registering")
+    chk.add_argument("--topic", help="topic whose subject to check --file against")
+    chk.add_argument("--file", help="a candidate .avsc (default: the project's schemas)")
+    chk.set_defaults(sub_fn=cmd_schemas_check)
+
+    dlq = add("dlq", lambda a: (a.sub_fn(a)), "dead-letter topics")
+    dsub = dlq.add_subparsers(dest="sub", required=True)
+    show = dsub.add_parser("show", help="list the dead letters of TOPIC")
+    show.add_argument("topic")
+    show.add_argument("--limit", type=int, default=1000)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(sub_fn=cmd_dlq_show)
+    rep = dsub.add_parser("replay", help="re-publish TOPIC's dead letters that decode now")
+    rep.add_argument("topic")
+    rep.add_argument("--force", action="store_true", help="replay undecodable letters too")
+    rep.set_defaults(sub_fn=cmd_dlq_replay)
+
+    p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
+    p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")
+    p.add_argument("--list", action="store_true", help="list benchmarks")
+    p = add("demo", cmd_demo, "bring the stack up, run the smoke flow, show status, stop")
+    p.add_argument("--keep", action="store_true", help="leave the stack running")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.fn(args) or 0)
+    except ConfigError as exc:
+        print(f"rftloop: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from infra.local.process import ServiceError
+
+        if isinstance(exc, ServiceError):
+            print(f"rftloop: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

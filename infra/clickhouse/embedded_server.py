@@ -1,0 +1,363 @@
+"""ClickHouse's HTTP interface in front of the embedded chdb engine.
+
+chdb is the real ClickHouse engine as a library, but it cannot open ClickHouse's
+own HTTP listener ("start_servers_callback is not set"), and it holds its data
+dir exclusively. So one process of ours owns the engine and speaks the HTTP
+protocol that clickhouse-connect, curl, Grafana and every other ClickHouse HTTP
+client speak: GET/POST with ``query=``, ``database=``, ``default_format=``,
+``param_<name>`` query parameters, settings as URL parameters, request bodies
+(chunked and/or lz4/zstd/gzip compressed), inserts with binary bodies (passed
+through a temp file, never through a decoded SQL string), ``/ping``, and errors
+as ``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``.
+
+Run it with ``python -m infra.clickhouse.embedded_server --path DIR --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import re
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+log = logging.getLogger(__name__)
+
+# URL parameters that are protocol, not ClickHouse settings.
+_PROTOCOL_PARAMS = {
+    "query", "database", "default_format", "session_id", "session_timeout", "session_check",
+    "query_id", "user", "password", "compress", "decompress", "enable_http_compression",
+    "wait_end_of_query", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+    "cancel_http_readonly_queries_on_client_close", "buffer_size", "client_protocol_version",
+}
+_INSERT_RE = re.compile(
+    rb"^\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*$", re.IGNORECASE | re.DOTALL
+)
+_CODE_RE = re.compile(r"Code:\s*(\d+)")
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# ClickHouse returns 4xx for errors that are the caller's fault.
+_STATUS_BY_CODE = {
+    62: 400,   # SYNTAX_ERROR
+    27: 400,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    47: 400,   # UNKNOWN_IDENTIFIER
+    53: 400,   # TYPE_MISMATCH
+    115: 400,  # UNKNOWN_SETTING
+    456: 400,  # UNKNOWN_QUERY_PARAMETER
+    60: 404,   # UNKNOWN_TABLE
+    81: 404,   # UNKNOWN_DATABASE
+    516: 401,  # AUTHENTICATION_FAILED
+}
+_MAX_BODY = 1 << 31
+
+
+class QueryFailed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Engine:
+    """One chdb session; queries are serialized (chdb is one engine per process)."""
+
+    def __init__(self, path: str) -> None:
+        from chdb import session
+
+        os.makedirs(path, exist_ok=True)
+        self._session = session.Session(path)
+        self._lock = threading.Lock()
+        self.version = self._run("SELECT version()", "TabSeparated").decode().strip()
+        self.tmpdir = tempfile.mkdtemp(prefix="rftloop-ch-", dir=_fast_tmp())
+
+    def _run(self, sql: str, fmt: str, params: dict[str, str] | None = None) -> bytes:
+        try:
+            res = self._session.query(sql, fmt, params=params or None)
+        except Exception as exc:  # chdb raises ChdbError / RuntimeError with the ClickHouse text
+            msg = str(exc)
+            m = _CODE_RE.search(msg)
+            raise QueryFailed(int(m.group(1)) if m else 1001, msg) from exc
+        if res is None:
+            return b""
+        if res.has_error():
+            msg = res.error_message()
+            m = _CODE_RE.search(msg)
+            raise QueryFailed(int(m.group(1)) if m else 1001, msg)
+        return res.bytes()
+
+    def execute(
+        self,
+        sql: str,
+        fmt: str,
+        database: str | None,
+        params: dict[str, str],
+        settings: dict[str, str],
+    ) -> tuple[bytes, dict[str, Any]]:
+        with self._lock:
+            started = time.perf_counter()
+            if database:
+                self._run(f"USE {_quote_ident(database)}", "TabSeparated")
+            applied = []
+            try:
+                for name, value in settings.items():
+                    self._run(f"SET {name} = {_quote_literal(value)}", "TabSeparated")
+                    applied.append(name)
+                out = self._run(sql, fmt, params)
+            finally:
+                for name in applied:
+                    try:
+                        self._run(f"SET {name} = DEFAULT", "TabSeparated")
+                    except QueryFailed:
+                        log.warning("could not reset setting %s", name)
+                if database:
+                    self._run("USE default", "TabSeparated")
+            elapsed = time.perf_counter() - started
+        return out, {"elapsed_ns": str(int(elapsed * 1e9))}
+
+
+def _fast_tmp() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _quote_ident(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _decompress(data: bytes, encoding: str) -> bytes:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding == "gzip":
+        return gzip.decompress(data)
+    if encoding == "deflate":
+        import zlib
+
+        return zlib.decompress(data)
+    if encoding == "lz4":
+        import lz4.frame
+
+        out, view = [], data
+        while view:
+            d = lz4.frame.LZ4FrameDecompressor()
+            out.append(d.decompress(view))
+            view = d.unused_data
+        return b"".join(out)
+    if encoding == "zstd":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+        return reader.read()
+    if encoding == "br":
+        raise QueryFailed(1001, f"Content-Encoding {encoding} is not supported by the embedded server")
+    raise QueryFailed(1001, f"unknown Content-Encoding {encoding!r}")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "rftloop-chdb"
+    engine: Engine
+    password: str = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # -- plumbing ---------------------------------------------------------
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            total = 0
+            while True:
+                line = self.rfile.readline(65537).strip()
+                size = int(line.split(b";", 1)[0], 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += size
+                if total > _MAX_BODY:
+                    raise QueryFailed(1001, "request body too large")
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(3)
+            body = b"".join(parts)
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+        return _decompress(body, self.headers.get("Content-Encoding", ""))
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-ClickHouse-Server-Display-Name", "rftloop-embedded")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, exc: QueryFailed) -> None:
+        text = str(exc)
+        if not text.startswith("Code:"):
+            text = f"Code: {exc.code}. DB::Exception: {text}"
+        body = f"{text} (version {self.engine.version})\n".encode()
+        self._send(
+            _STATUS_BY_CODE.get(exc.code, 500),
+            body,
+            {"X-ClickHouse-Exception-Code": str(exc.code), "Content-Type": "text/plain; charset=UTF-8"},
+        )
+
+    def _authorized(self, params: dict[str, str]) -> bool:
+        if not self.password:
+            return True
+        given = params.get("password") or self.headers.get("X-ClickHouse-Key") or ""
+        auth = self.headers.get("Authorization", "")
+        if not given and auth.lower().startswith("basic "):
+            import base64
+
+            given = base64.b64decode(auth[6:]).decode(errors="replace").partition(":")[2]
+        import hmac
+
+        return hmac.compare_digest(given.encode(), self.password.encode())
+
+    # -- verbs -------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._handle(read_body=False)
+
+    def do_HEAD(self) -> None:
+        self._handle(read_body=False)
+
+    def do_POST(self) -> None:
+        self._handle(read_body=True)
+
+    def _handle(self, read_body: bool) -> None:
+        url = urlsplit(self.path)
+        if url.path in ("/ping", "/replicas_status") and not url.query:
+            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        if url.path not in ("/", ""):
+            self._send(404, b"There is no handle " + url.path.encode() + b"\n")
+            return
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        query_id = params.get("query_id") or str(uuid.uuid4())
+        try:
+            if not self._authorized(params):
+                raise QueryFailed(516, "default: Authentication failed: password is incorrect")
+            body = self._read_body() if read_body else b""
+            sql, infile = self._statement(params.get("query", ""), body)
+            fmt = params.get("default_format", "TabSeparated")
+            qparams = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+            settings = {
+                k: v for k, v in params.items()
+                if k not in _PROTOCOL_PARAMS and not k.startswith("param_") and _SETTING_NAME.match(k)
+            }
+            try:
+                out, summary = self.engine.execute(sql, fmt, params.get("database"), qparams, settings)
+            finally:
+                if infile:
+                    os.unlink(infile)
+        except QueryFailed as exc:
+            self._error(exc)
+            return
+        except (ValueError, OSError) as exc:
+            self._error(QueryFailed(1001, f"bad request: {exc}"))
+            return
+        self._send(
+            200,
+            out,
+            {
+                "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",
+                "X-ClickHouse-Query-Id": query_id,
+                "X-ClickHouse-Format": fmt,
+                "X-ClickHouse-Timezone": "UTC",
+                "X-ClickHouse-Summary": json.dumps(summary),
+            },
+        )
+
+    def _statement(self, query: str, body: bytes) -> tuple[str, str | None]:
+        """The SQL to run, and the temp file holding insert data (if any).
+
+        An insert's statement is either the ``query`` parameter (body = data) or
+        the body's first line(s) up to ``FORMAT <name>`` and a newline (the rest
+        = data). Data never passes through a SQL string: it goes to a temp file
+        that ClickHouse reads with ``FROM INFILE``.
+        """
+        head = query.encode()
+        data = b""
+        if query:
+            if body:
+                if _INSERT_RE.match(head):
+                    data = body
+                else:  # ClickHouse concatenates the parameter and the body
+                    head = head + b"\n" + body
+        else:
+            nl = body.find(b"\n")
+            first = body if nl < 0 else body[:nl]
+            if nl >= 0 and _INSERT_RE.match(first):
+                head, data = first, body[nl + 1:]
+            else:
+                head = body
+        m = _INSERT_RE.match(head)
+        if not m:
+            if not head.strip():
+                raise QueryFailed(62, "Empty query")
+            return head.decode(), None
+        if not data:
+            raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
+        fd, path = tempfile.mkstemp(dir=self.engine.tmpdir, suffix=".bin")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        stmt = f"{m.group(1).decode()} FROM INFILE {_quote_literal(path)} FORMAT {m.group(2).decode()}"
+        return stmt, path
+
+
+def serve(path: str, host: str, port: int, password: str = "") -> None:
+    engine = Engine(path)
+    handler = type("BoundHandler", (Handler,), {"engine": engine, "password": password})
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+
+    def _stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("embedded ClickHouse %s serving %s on http://%s:%d", engine.version, path, host, port)
+    print(f"ready http://{host}:{port} engine={engine.version}", flush=True)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    finally:
+        httpd.server_close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--path", required=True, help="data directory (owned by this process)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8123)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if _status_reason(args.port):
+        raise SystemExit(f"port {args.port} is already in use (RFTLOOP_LOCAL_CLICKHOUSE_PORT)")
+    serve(args.path, args.host, args.port, os.environ.get("RFTLOOP_CLICKHOUSE_PASSWORD", ""))
+
+
+def _status_reason(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+if __name__ == "__main__":
+    main()

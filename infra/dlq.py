@@ -1,0 +1,176 @@
+"""Dead letters: poison input goes to ``<topic>.dlq`` with its original bytes, never vanishes.
+
+Headers on every dead letter:
+``dlq.source.topic``, ``dlq.source.partition``, ``dlq.source.offset``,
+``dlq.source.timestamp`` (ms), ``dlq.error.class``, ``dlq.error.message``,
+``dlq.consumer`` (who gave up on it), plus the original record's headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Message, Producer, TopicPartition
+
+from infra.kafka import consumer, produce
+from infra.serde import SerdeError, TopicSerde
+from infra.settings import KafkaSettings
+from schemas.events import Event
+
+log = logging.getLogger(__name__)
+
+H_TOPIC = "dlq.source.topic"
+H_PARTITION = "dlq.source.partition"
+H_OFFSET = "dlq.source.offset"
+H_TIMESTAMP = "dlq.source.timestamp"
+H_ERROR_CLASS = "dlq.error.class"
+H_ERROR_MESSAGE = "dlq.error.message"
+H_CONSUMER = "dlq.consumer"
+_OURS = {H_TOPIC, H_PARTITION, H_OFFSET, H_TIMESTAMP, H_ERROR_CLASS, H_ERROR_MESSAGE, H_CONSUMER}
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def send_to_dlq(p: Producer, msg: Message, error: BaseException, consumer_name: str) -> None:
+    """Publish the original key/value/headers of ``msg`` to its topic's DLQ."""
+    topic = msg.topic() or "unknown"
+    headers = [(k, v) for k, v in (msg.headers() or []) if k not in _OURS]
+    headers += [
+        (H_TOPIC, topic.encode()),
+        (H_PARTITION, str(msg.partition()).encode()),
+        (H_OFFSET, str(msg.offset()).encode()),
+        (H_TIMESTAMP, str(msg.timestamp()[1]).encode()),
+        (H_ERROR_CLASS, type(error).__name__.encode()),
+        (H_ERROR_MESSAGE, str(error)[:2000].encode(errors="replace")),
+        (H_CONSUMER, consumer_name.encode()),
+    ]
+    log.warning(
+        "dead letter topic=%s partition=%s offset=%s error=%s: %s",
+        topic, msg.partition(), msg.offset(), type(error).__name__, error,
+    )
+    produce(p, dlq_topic(topic), msg.key(), msg.value() or b"", headers=headers)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+
+    @property
+    def error(self) -> str:
+        return f"{self.headers.get(H_ERROR_CLASS, '?')}: {self.headers.get(H_ERROR_MESSAGE, '')}"
+
+    @property
+    def source(self) -> str:
+        return (
+            f"{self.headers.get(H_TOPIC, '?')}[{self.headers.get(H_PARTITION, '?')}]"
+            f"@{self.headers.get(H_OFFSET, '?')}"
+        )
+
+
+def _headers(msg: Message) -> dict[str, str]:
+    return {k: (v or b"").decode(errors="replace") for k, v in (msg.headers() or [])}
+
+
+def read_all(settings: KafkaSettings, topic: str, limit: int = 1000, timeout_s: float = 10) -> list[DeadLetter]:
+    """Every dead letter of ``topic`` (up to ``limit``), without committing anything."""
+    c = consumer(settings, f"rftloop-dlq-show-{uuid.uuid4().hex[:8]}")
+    name = dlq_topic(topic)
+    try:
+        md = c.list_topics(name, timeout=10).topics.get(name)
+        if md is None or md.error is not None:
+            return []
+        parts = []
+        for pid in md.partitions:
+            lo, hi = c.get_watermark_offsets(TopicPartition(name, pid), timeout=10)
+            if hi > lo:
+                parts.append((pid, lo, hi))
+        c.assign([TopicPartition(name, pid, lo) for pid, lo, _ in parts])
+        remaining = {pid: hi for pid, _, hi in parts}
+        out: list[DeadLetter] = []
+        deadline = time.monotonic() + timeout_s
+        while remaining and len(out) < limit and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append(DeadLetter(msg.partition(), msg.offset(), msg.key(), msg.value() or b"", _headers(msg)))
+            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
+                remaining.pop(msg.partition(), None)
+        return out
+    finally:
+        c.close()
+
+
+def replay(
+    settings: KafkaSettings,
+    topic: str,
+    p: Producer,
+    accept: Callable[[bytes], bool] = lambda _v: True,
+    timeout_s: float = 30,
+) -> tuple[int, int]:
+    """Re-publish dead letters to their source topic; returns (replayed, still_bad).
+
+    Progress is a consumer group (``rftloop-dlq-replay.<topic>``) committed after
+    the produce is flushed, so a second replay does not publish a letter twice.
+    Letters ``accept`` refuses (still undecodable) are re-appended to the DLQ, so
+    a later replay sees them again; this run stops at the DLQ's end as it was.
+    """
+    name = dlq_topic(topic)
+    c = consumer(settings, f"rftloop-dlq-replay.{topic}")
+    replayed = skipped = 0
+    try:
+        md = c.list_topics(name, timeout=10).topics.get(name)
+        if md is None or md.error is not None:
+            return 0, 0
+        ends = {pid: c.get_watermark_offsets(TopicPartition(name, pid), timeout=10)[1] for pid in md.partitions}
+        committed = c.committed([TopicPartition(name, pid) for pid in md.partitions], timeout=10)
+        start = {tp.partition: max(tp.offset, 0) for tp in committed}
+        todo = {pid for pid, end in ends.items() if end > start.get(pid, 0)}
+        if not todo:
+            return 0, 0
+        c.assign([TopicPartition(name, pid, start.get(pid, 0)) for pid in todo])
+        deadline = time.monotonic() + timeout_s
+        while todo and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.offset() >= ends[msg.partition()]:
+                todo.discard(msg.partition())
+                continue
+            value = msg.value() or b""
+            if accept(value):
+                headers = [(k, v) for k, v in (msg.headers() or []) if k not in _OURS]
+                headers.append(("dlq.replayed_from", f"{name}@{msg.offset()}".encode()))
+                produce(p, _headers(msg).get(H_TOPIC, topic), msg.key(), value, headers=headers)
+                replayed += 1
+            else:
+                produce(p, name, msg.key(), value, headers=msg.headers() or [])
+                skipped += 1
+            if p.flush(30):
+                raise RuntimeError("replay: records still undelivered; nothing committed")
+            c.commit(message=msg, asynchronous=False)
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                todo.discard(msg.partition())
+        return replayed, skipped
+    finally:
+        c.close()
+
+
+def decode_or_dead_letter(
+    serde: TopicSerde, msg: Message, p: Producer, consumer_name: str
+) -> Event | None:
+    """The decoded event, or None after the message went to the DLQ (never raises SerdeError)."""
+    try:
+        return serde.decode_event(msg.value())
+    except SerdeError as exc:
+        send_to_dlq(p, msg, exc, consumer_name)
+        return None

@@ -1,0 +1,180 @@
+"""Settings: one pydantic-settings class per external system, env prefix ``RFTLOOP_``.
+
+Every variable is documented in the README's Configuration table. A wrong value
+fails at load time with a message that names the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CACHE = Path(os.environ.get("RFTLOOP_CACHE", Path.home() / ".cache" / "rftloop"))
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the variable and the fix."""
+
+
+def _check_host_port_list(value: str, var: str) -> str:
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(
+                f"{var}={value!r}: expected host:port[,host:port...], e.g. 127.0.0.1:9092"
+            )
+    return value
+
+
+class KafkaSettings(BaseSettings):
+    """The Kafka cluster every component produces to and consumes from."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port list of brokers")
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    partitions: int = Field(3, ge=1, description="partitions of the event topics")
+    replication_factor: int = Field(1, ge=1)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: str) -> str:
+        return _check_host_port_list(v, "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS")
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by producers, consumers and admin clients."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+class RegistrySettings(BaseSettings):
+    """The Confluent-compatible schema registry (Apicurio ccompat locally)."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_REGISTRY_", extra="ignore")
+
+    url: str = Field("http://127.0.0.1:8081/apis/ccompat/v7")
+    username: str | None = None
+    password: SecretStr | None = None
+    auto_register: bool = Field(
+        False, description="producers register schemas themselves (off in production)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                f"RFTLOOP_REGISTRY_URL={v!r}: expected http(s)://host:port/path, "
+                "e.g. http://127.0.0.1:8081/apis/ccompat/v7"
+            )
+        return v.rstrip("/")
+
+    def client_config(self) -> dict[str, str]:
+        conf = {"url": self.url}
+        if self.username and self.password is not None:
+            conf["basic.auth.user.info"] = f"{self.username}:{self.password.get_secret_value()}"
+        return conf
+
+
+class ClickHouseSettings(BaseSettings):
+    """ClickHouse over HTTP: the embedded chdb server by default, or a real server."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_CLICKHOUSE_", extra="ignore")
+
+    url: str = Field("http://127.0.0.1:8123", description="HTTP interface of ClickHouse")
+    database: str = "rftloop"
+    username: str = "default"
+    password: SecretStr = SecretStr("")
+    cluster: str | None = Field(None, description="ON CLUSTER name for replicated DDL")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
+            raise ValueError(
+                f"RFTLOOP_CLICKHOUSE_URL={v!r}: expected http(s)://host:port, "
+                "e.g. http://127.0.0.1:8123"
+            )
+        return v.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port or 8123
+
+    @property
+    def secure(self) -> bool:
+        return urlparse(self.url).scheme == "https"
+
+
+class LocalStackSettings(BaseSettings):
+    """Where `rftloop up` keeps the local services, and which ports they take."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_LOCAL_", extra="ignore")
+
+    state_dir: Path = Field(Path(".rftloop"), description="pid files, logs, data")
+    cache_dir: Path = Field(DEFAULT_CACHE, description="jars, venvs, converted models")
+    kafka_port: int = Field(9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    registry_port: int = Field(8081, ge=1, le=65535)
+    clickhouse_port: int = Field(8123, ge=1, le=65535)
+    kafka_version: str = "4.1.2"
+    apicurio_version: str = "3.3.3"
+    java: str = Field("java", description="java executable for Kafka (17+)")
+    registry_java: str | None = Field(
+        None, description="java executable for Apicurio (21+); default: first JDK 21+ found"
+    )
+    mvn: str = Field("mvn", description="maven executable, fetches the jars")
+    kafka_heap: str = "512m"
+    registry_heap: str = "384m"
+
+    def require_tool(self, name: str) -> str:
+        """Absolute path of java/mvn, or a ConfigError that says which variable to set."""
+        exe = getattr(self, name)
+        found = shutil.which(exe)
+        if not found:
+            raise ConfigError(
+                f"RFTLOOP_LOCAL_{name.upper()}={exe!r} is not an executable on PATH: install "
+                f"{'a JDK 17+' if name == 'java' else 'Apache Maven'} or point the variable at it"
+            )
+        return found
+
+
+def load_or_explain(cls: type[BaseSettings]) -> BaseSettings:
+    """Instantiate a settings class; turn pydantic's error into a ConfigError for people."""
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = []
+        for err in exc.errors():
+            var = prefix + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{var}: {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc

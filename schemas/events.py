@@ -1,0 +1,259 @@
+"""Pydantic v2 models that mirror ``schemas/avro/*.avsc`` (the source of truth).
+
+tests/unit/test_schema_parity.py proves each model has exactly its schema's
+fields, types and defaults, and round-trips through Avro.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    # Avro timestamp-millis keeps milliseconds only; truncate so round-trips are exact.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class Endpoint(StrEnum):
+    chat = "chat"
+    completion = "completion"
+    external = "external"
+
+
+class CompletionStatus(StrEnum):
+    ok = "ok"
+    error = "error"
+
+
+class FeedbackKind(StrEnum):
+    thumbs = "thumbs"
+    rating = "rating"
+    score = "score"
+    preference = "preference"
+    correction = "correction"
+
+
+class FeedbackSource(StrEnum):
+    user = "user"
+    evaluator = "evaluator"
+
+
+class WindowKind(StrEnum):
+    tumbling = "tumbling"
+    hopping = "hopping"
+
+
+class VersionEventKind(StrEnum):
+    published = "published"
+    promoted = "promoted"
+    rolled_back = "rolled_back"
+    rejected = "rejected"
+
+
+class TrainingRunKind(StrEnum):
+    started = "started"
+    finished = "finished"
+
+
+class TrainingRunStatus(StrEnum):
+    published = "published"
+    rejected = "rejected"
+    failed = "failed"
+
+
+class Event(BaseModel):
+    """Envelope shared by every event. ``avro_name`` names the record in schemas/avro."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+    avro_name: ClassVar[str]
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    producer: str
+    schema_version: int = 1
+    trace_id: str | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        """Plain dict for fastavro (enums as their string values)."""
+        return self.model_dump(mode="python")
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> Any:
+        return cls.model_validate(record)
+
+
+class RequestEvent(Event):
+    request_id: str | None = None
+
+
+class ModelRef(BaseModel):
+    model: str
+    version: str = "base"
+    adapter: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    content: str
+
+
+class InferenceRequested(RequestEvent, ModelRef):
+    avro_name: ClassVar[str] = "InferenceRequested"
+    endpoint: Endpoint
+    prompt: str
+    messages: list[ChatMessage] = Field(default_factory=list)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+    user_id: str | None = None
+    session_id: str | None = None
+    training_opt_out: bool = False
+
+
+class InferenceCompleted(RequestEvent, ModelRef):
+    avro_name: ClassVar[str] = "InferenceCompleted"
+    status: CompletionStatus
+    error_kind: str | None = None
+    error_message: str | None = None
+    completion: str = ""
+    finish_reason: str | None = None
+    latency_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_per_s: float | None = None
+    cost: Decimal
+    engine_seconds: float = 0.0
+    user_id: str | None = None
+    session_id: str | None = None
+    training_opt_out: bool = False
+
+
+class FeedbackSubmitted(RequestEvent, ModelRef):
+    avro_name: ClassVar[str] = "FeedbackSubmitted"
+    kind: FeedbackKind
+    value: float | None = None
+    scale_max: float | None = None
+    other_request_id: str | None = None
+    correction: str | None = None
+    comment: str | None = None
+    source: FeedbackSource
+    evaluator: str | None = None
+    user_id: str | None = None
+
+
+class RewardSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: FeedbackSource
+    kind: str
+    name: str | None = None
+    value: float
+    weight: float = 1.0
+    event_id: str | None = None
+
+
+class RewardedSample(RequestEvent, ModelRef):
+    avro_name: ClassVar[str] = "RewardedSample"
+    prompt: str
+    messages: list[ChatMessage] = Field(default_factory=list)
+    completion: str
+    reward: float
+    reward_sources: list[RewardSource]
+    reference: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    user_id: str | None = None
+
+
+class MetricsWindow(Event, ModelRef):
+    avro_name: ClassVar[str] = "MetricsWindow"
+    window_start: datetime
+    window_end: datetime
+    window_size_s: int
+    window_kind: WindowKind
+    final: bool = True
+    requests: int
+    errors: int
+    error_rate: float
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    tokens_per_s: float | None = None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_total: Decimal
+    cost_per_request: float | None = None
+    cost_per_1k_tokens: float | None = None
+    reward_count: int = 0
+    reward_mean: float | None = None
+    thumbs_up: int = 0
+    thumbs_down: int = 0
+    thumbs_up_rate: float | None = None
+    feedback_coverage: float | None = None
+    latency_sketch: bytes | None = None
+
+
+class OffsetRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    samples: int
+
+
+class ModelVersionEvent(Event):
+    avro_name: ClassVar[str] = "ModelVersionEvent"
+    kind: VersionEventKind
+    model: str
+    version: str
+    parent_version: str | None = None
+    adapter_uri: str | None = None
+    adapter_sha256: str | None = None
+    method: str | None = None
+    hyperparameters: dict[str, str] = Field(default_factory=dict)
+    lineage: list[OffsetRange] = Field(default_factory=list)
+    eval: dict[str, float] = Field(default_factory=dict)
+    traffic_share: float | None = None
+    decision: str
+    reasons: list[str] = Field(default_factory=list)
+    actor: str | None = None
+
+
+class TrainingRunEvent(Event):
+    avro_name: ClassVar[str] = "TrainingRunEvent"
+    kind: TrainingRunKind
+    run_id: str
+    model: str
+    parent_version: str
+    method: str
+    samples: int = 0
+    config: dict[str, str] = Field(default_factory=dict)
+    status: TrainingRunStatus | None = None
+    version: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    InferenceRequested,
+    InferenceCompleted,
+    FeedbackSubmitted,
+    RewardedSample,
+    MetricsWindow,
+    ModelVersionEvent,
+    TrainingRunEvent,
+)

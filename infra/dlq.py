@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Message, Producer, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
-from infra.kafka import consumer, produce
+from infra.kafka import TrackedProducer, consumer, produce
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import KafkaSettings
 from schemas.events import Event
@@ -37,7 +37,7 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-def send_to_dlq(p: Producer, msg: Message, error: BaseException, consumer_name: str) -> None:
+def send_to_dlq(p: TrackedProducer, msg: Message, error: BaseException, consumer_name: str) -> None:
     """Publish the original key/value/headers of ``msg`` to its topic's DLQ."""
     topic = msg.topic() or "unknown"
     headers = [(k, v) for k, v in (msg.headers() or []) if k not in _OURS]
@@ -113,7 +113,7 @@ def read_all(settings: KafkaSettings, topic: str, limit: int = 1000, timeout_s: 
 def replay(
     settings: KafkaSettings,
     topic: str,
-    p: Producer,
+    p: TrackedProducer,
     accept: Callable[[bytes], bool] = lambda _v: True,
     timeout_s: float = 30,
 ) -> tuple[int, int]:
@@ -166,7 +166,7 @@ def replay(
 
 
 def decode_or_dead_letter(
-    serde: TopicSerde, msg: Message, p: Producer, consumer_name: str
+    serde: TopicSerde, msg: Message, p: TrackedProducer, consumer_name: str
 ) -> Event | None:
     """The decoded event, or None after the message went to the DLQ (never raises SerdeError)."""
     try:

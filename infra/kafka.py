@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,15 +23,58 @@ class DeliveryFailed(KafkaException):
     """A record could not be delivered after librdkafka's retries."""
 
 
-def _on_delivery(err: KafkaError | None, msg: Message) -> None:
-    if err is not None:
+class TrackedProducer:
+    """An idempotent producer that counts what it delivered and what failed.
+
+    Every record gets a delivery report; a failure is logged with topic,
+    partition and key, and counted, so a caller (``producing``) can refuse to
+    report success while records were lost.
+    """
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self._p = Producer(conf)
+        self.delivered = 0
+        self.failed = 0
+        self.last_error: KafkaError | None = None
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        self.last_error = err
         log.error(
             "delivery failed topic=%s partition=%s key=%r: %s",
             msg.topic(), msg.partition(), msg.key(), err,
         )
 
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: str | bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue one record; when the local queue is full, serve callbacks and retry."""
+        while True:
+            try:
+                self._p.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._p.poll(0.05)
+        self._p.poll(0)
 
-def producer(settings: KafkaSettings, **overrides: Any) -> Producer:
+    def poll(self, timeout: float = 0) -> int:
+        return int(self._p.poll(timeout))
+
+    def flush(self, timeout: float = 30) -> int:
+        return int(self._p.flush(timeout))
+
+    def __len__(self) -> int:
+        return len(self._p)
+
+
+def producer(settings: KafkaSettings, **overrides: Any) -> TrackedProducer:
     """Idempotent producer (acks=all, no duplicates on retry)."""
     conf: dict[str, Any] = {
         **settings.client_config(),
@@ -41,30 +85,34 @@ def producer(settings: KafkaSettings, **overrides: Any) -> Producer:
         "delivery.timeout.ms": 120_000,
         **overrides,
     }
-    return Producer(conf)
+    return TrackedProducer(conf)
 
 
 @contextmanager
-def producing(settings: KafkaSettings, flush_timeout_s: float = 30, **overrides: Any) -> Iterator[Producer]:
-    """A producer that is flushed on exit; raises if records are still undelivered."""
+def producing(
+    settings: KafkaSettings, flush_timeout_s: float = 60, **overrides: Any
+) -> Iterator[TrackedProducer]:
+    """A producer flushed on exit; raises DeliveryFailed if any record was not delivered."""
     p = producer(settings, **overrides)
     try:
         yield p
     finally:
         left = p.flush(flush_timeout_s)
-        if left:
-            raise DeliveryFailed(f"{left} record(s) still undelivered after {flush_timeout_s}s")
+        if left or p.failed:
+            raise DeliveryFailed(
+                f"{p.failed} record(s) failed ({p.last_error}), {left} still undelivered "
+                f"after {flush_timeout_s}s"
+            )
 
 
-def produce(p: Producer, topic: str, key: str | bytes | None, value: bytes, **kw: Any) -> None:
-    """Produce with a delivery report; on a full local queue, serve callbacks and retry."""
-    while True:
-        try:
-            p.produce(topic, value=value, key=key, on_delivery=kw.pop("on_delivery", _on_delivery), **kw)
-            break
-        except BufferError:
-            p.poll(0.05)
-    p.poll(0)
+def produce(
+    p: TrackedProducer,
+    topic: str,
+    key: str | bytes | None,
+    value: bytes,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    p.produce(topic, value, key, headers)
 
 
 def consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> _Consumer:
@@ -91,22 +139,36 @@ class TopicReport:
     differences: tuple[str, ...] = ()
 
 
-def wanted_topics(settings: KafkaSettings) -> list[tuple[str, int, dict[str, str]]]:
-    """(name, partitions, config) for every event topic and its dead-letter topic."""
+def wanted_topics(
+    settings: KafkaSettings, specs: tuple[TopicSpec, ...] | list[TopicSpec] = ALL_TOPICS
+) -> list[tuple[str, int, dict[str, str]]]:
+    """(name, partitions, config) for each event topic and its dead-letter topic."""
     out = []
-    for t in ALL_TOPICS:
+    for t in specs:
         out.append((t.name, t.partitions or settings.partitions, dict(t.config)))
         out.append((t.dlq, 1, dict(DLQ_CONFIG)))
     return out
 
 
+def wait_visible(a: AdminClient, names: list[str], timeout_s: float = 30) -> None:
+    """New topics take a moment to reach every broker's metadata; wait for leaders."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        topics = a.list_topics(timeout=10).topics
+        if all(
+            n in topics and topics[n].error is None and topics[n].partitions
+            and all(p.leader >= 0 for p in topics[n].partitions.values())
+            for n in names
+        ):
+            return
+        time.sleep(0.1)
+    raise KafkaException(f"topics {names} not visible with leaders after {timeout_s}s")
+
+
 def ensure_topics(settings: KafkaSettings, only: list[TopicSpec] | None = None) -> list[TopicReport]:
     """Create missing topics; report (never change) differences on existing ones."""
     a = admin(settings)
-    wanted = wanted_topics(settings)
-    if only is not None:
-        names = {t.name for t in only} | {t.dlq for t in only}
-        wanted = [w for w in wanted if w[0] in names]
+    wanted = wanted_topics(settings, ALL_TOPICS if only is None else only)
     existing = a.list_topics(timeout=10).topics
     reports: list[TopicReport] = []
     to_create = [
@@ -122,6 +184,7 @@ def ensure_topics(settings: KafkaSettings, only: list[TopicSpec] | None = None) 
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
             reports.append(TopicReport(name, "created"))
+        wait_visible(a, [t.topic for t in to_create])
     present = [(n, p, c) for n, p, c in wanted if n in existing]
     if present:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n, _, _ in present]

@@ -1,0 +1,25 @@
+"""clickhouse-connect clients for the configured ClickHouse (embedded or a real server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from infra.settings import ClickHouseSettings
+
+
+def connect(settings: ClickHouseSettings, database: str | None = None, **kw: Any) -> Client:
+    """A client over HTTP. Loopback traffic goes uncompressed (compression costs more CPU
+    than it saves there); set ``compress`` to override."""
+    kw.setdefault("compress", False)
+    return clickhouse_connect.get_client(
+        host=settings.host,
+        port=settings.port,
+        secure=settings.secure,
+        username=settings.username,
+        password=settings.password.get_secret_value(),
+        database=database if database is not None else settings.database,
+        **kw,
+    )

@@ -1,0 +1,117 @@
+"""Shared fixtures. Tests get a marker from their folder (unit / integration / e2e).
+
+The integration stack (Kafka, Apicurio, embedded ClickHouse) is started once per
+test session on free ports, in a temp state dir, with the same code as
+`rftloop up`, and stopped at the end. Each test gets fresh uuid topics, consumer
+groups and databases from factory fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from infra.local.process import free_port
+from infra.settings import ClickHouseSettings, KafkaSettings, LocalStackSettings, RegistrySettings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for marker in ("unit", "integration", "e2e"):
+            if marker in parts:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+@dataclass(frozen=True)
+class Stack:
+    local: LocalStackSettings
+    kafka: KafkaSettings
+    registry: RegistrySettings
+    clickhouse: ClickHouseSettings
+
+    def env(self) -> dict[str, str]:
+        """RFTLOOP_* variables that point a subprocess (CLI, worker) at this stack."""
+        return {
+            "RFTLOOP_LOCAL_STATE_DIR": str(self.local.state_dir),
+            "RFTLOOP_LOCAL_KAFKA_PORT": str(self.local.kafka_port),
+            "RFTLOOP_LOCAL_KAFKA_CONTROLLER_PORT": str(self.local.kafka_controller_port),
+            "RFTLOOP_LOCAL_REGISTRY_PORT": str(self.local.registry_port),
+            "RFTLOOP_LOCAL_CLICKHOUSE_PORT": str(self.local.clickhouse_port),
+            "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "RFTLOOP_REGISTRY_URL": self.registry.url,
+            "RFTLOOP_CLICKHOUSE_URL": self.clickhouse.url,
+        }
+
+
+def make_local_settings(state_dir: Path) -> LocalStackSettings:
+    return LocalStackSettings(
+        state_dir=state_dir,
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        registry_port=free_port(),
+        clickhouse_port=free_port(),
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from infra.local import stack as local_stack
+
+    local = make_local_settings(tmp_path_factory.mktemp("stack"))
+    local_stack.up(local, say=lambda m: None)
+    s = Stack(
+        local=local,
+        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{local.kafka_port}", partitions=3),
+        registry=RegistrySettings(url=f"http://127.0.0.1:{local.registry_port}/apis/ccompat/v7"),
+        clickhouse=ClickHouseSettings(url=f"http://127.0.0.1:{local.clickhouse_port}"),
+    )
+    try:
+        yield s
+    finally:
+        if not os.environ.get("RFTLOOP_TEST_KEEP_STACK"):
+            local_stack.down(local, say=lambda m: None)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def new_topic(stack: Stack) -> Iterator[object]:
+    """Factory: new_topic(partitions=3) -> a fresh topic name."""
+    from confluent_kafka.admin import NewTopic
+
+    from infra.kafka import wait_visible, admin
+
+    created: list[str] = []
+    client = admin(stack.kafka)  # keep a reference: a collected client cancels its futures
+
+    def make(partitions: int = 3, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        client.create_topics([NewTopic(name, partitions, 1)])[name].result()
+        wait_visible(client, [name])
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for fut in client.delete_topics(created).values():
+            fut.result()
+
+
+@pytest.fixture
+def ch_database(stack: Stack, unique: str) -> Iterator[str]:
+    from infra.clickhouse.client import connect
+
+    name = f"test_{unique}"
+    c = connect(stack.clickhouse, database="default")
+    c.command(f"CREATE DATABASE {name}")
+    yield name
+    c.command(f"DROP DATABASE IF EXISTS {name}")

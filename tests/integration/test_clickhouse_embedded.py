@@ -1,0 +1,71 @@
+"""clickhouse-connect against the embedded server: the protocol a real server speaks."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from infra.clickhouse.client import connect
+
+
+def test_insert_100k_rows_and_aggregate(stack, ch_database) -> None:
+    c = connect(stack.clickhouse, database=ch_database)
+    c.command("CREATE TABLE t (id UInt64, s String, f Float64, d DateTime64(3)) ENGINE=MergeTree ORDER BY id")
+    import datetime as dt
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = [(i, f"it's \x00 \"q\" ünïcødé {i}", i * 0.5, t0 + dt.timedelta(milliseconds=i)) for i in range(100_000)]
+    c.insert("t", rows, column_names=["id", "s", "f", "d"])
+    count, total, mx = c.query("SELECT count(), sum(id), max(f) FROM t").result_rows[0]
+    assert (count, total, mx) == (100_000, sum(range(100_000)), 99_999 * 0.5)
+    # binary-safe: NUL, quotes and unicode come back byte for byte
+    assert c.query("SELECT s FROM t WHERE id = 7").result_rows == [(rows[7][1],)]
+    # query parameters
+    r = c.query("SELECT count() FROM t WHERE id >= {lo:UInt64} AND s LIKE {pat:String}",
+                parameters={"lo": 99_990, "pat": "%99999"})
+    assert r.result_rows == [(1,)]
+    # streaming reads
+    with c.query_row_block_stream("SELECT id FROM t ORDER BY id") as stream:
+        seen = sum(len(block) for block in stream)
+    assert seen == 100_000
+
+
+@pytest.mark.parametrize("compress", ["lz4", "zstd", "gzip"])
+def test_compressed_inserts(stack, ch_database, compress) -> None:
+    c = connect(stack.clickhouse, database=ch_database, compress=compress)
+    c.command("CREATE TABLE IF NOT EXISTS z (id UInt32, s String) ENGINE=MergeTree ORDER BY id")
+    c.insert("z", [(i, "x" * (i % 50)) for i in range(20_000)], column_names=["id", "s"])
+    assert c.query("SELECT count(), sum(length(s)) FROM z").result_rows == [
+        (20_000, sum(i % 50 for i in range(20_000)))
+    ]
+
+
+def test_plain_http_and_formats(stack) -> None:
+    base = stack.clickhouse.url
+    with urllib.request.urlopen(f"{base}/?query=SELECT+1") as r:
+        assert r.read() == b"1\n"
+    q = urllib.parse.quote("SELECT number AS n FROM numbers(3) FORMAT JSONEachRow")
+    with urllib.request.urlopen(f"{base}/?query={q}") as r:
+        assert r.read().decode().splitlines() == ['{"n":0}', '{"n":1}', '{"n":2}']
+    req = urllib.request.Request(f"{base}/?default_format=TSV", data=b"SELECT 'a\\tb', 2")
+    with urllib.request.urlopen(req) as r:
+        assert r.read() == b"a\\tb\t2\n"
+    with urllib.request.urlopen(f"{base}/ping") as r:
+        assert r.read() == b"Ok.\n"
+
+
+def test_errors_are_clickhouse_errors(stack) -> None:
+    base = stack.clickhouse.url
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{base}/?query=" + urllib.parse.quote("SELECT * FROM no_such_table"))
+    assert err.value.code == 404
+    assert err.value.headers["X-ClickHouse-Exception-Code"] == "60"
+    assert err.value.read().startswith(b"Code: 60. DB::Exception:")
+
+    c = connect(stack.clickhouse, database="default")
+    with pytest.raises(DatabaseError, match="code: 62"):
+        c.query("SELEC 1")

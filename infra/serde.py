@@ -125,7 +125,12 @@ class TopicSerde:
                 if exc.http_status_code == 404:
                     raise UnknownSchemaId(f"schema id {schema_id} is not in the registry") from exc
                 raise
-            parsed = fastavro.parse_schema(json.loads(registered.schema_str))
+            writer_json = json.loads(registered.schema_str)
+            parsed = (
+                self.reader_schema
+                if writer_json == self._schema_json
+                else fastavro.parse_schema(writer_json)
+            )
             self._writers[schema_id] = parsed
         return parsed
 
@@ -138,8 +143,10 @@ class TopicSerde:
         writer = self._writer_schema(schema_id)
         stream = io.BytesIO(data)
         stream.seek(5)
+        # Same schema on both sides: skip Avro schema resolution (the common, hot case).
+        reader = None if writer is self.reader_schema else self.reader_schema
         try:
-            record = fastavro.schemaless_reader(stream, writer, self.reader_schema)
+            record = fastavro.schemaless_reader(stream, writer, reader)
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, UnicodeError ...
             raise CorruptBody(f"{type(exc).__name__}: {exc} (schema id {schema_id})") from exc
         if stream.tell() != len(data):

@@ -28,6 +28,7 @@ import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -174,27 +175,44 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     # -- plumbing ---------------------------------------------------------
-    def _read_body(self) -> bytes:
+    def _body_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The raw request body in pieces (Content-Length or chunked transfer encoding)."""
+        total = 0
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
-            total = 0
             while True:
                 line = self.rfile.readline(65537).strip()
-                size = int(line.split(b";", 1)[0], 16)
-                if size == 0:
+                n = int(line.split(b";", 1)[0], 16)
+                if n == 0:
                     while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass
-                    break
-                total += size
+                    return
+                total += n
                 if total > _MAX_BODY:
                     raise QueryFailed(1001, "request body too large")
-                parts.append(self.rfile.read(size))
+                while n:
+                    piece = self.rfile.read(min(n, size))
+                    if not piece:
+                        raise QueryFailed(1001, "request body ended early")
+                    n -= len(piece)
+                    yield piece
                 self.rfile.readline(3)
-            body = b"".join(parts)
         else:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-        return _decompress(body, self.headers.get("Content-Encoding", ""))
+            left = int(self.headers.get("Content-Length") or 0)
+            if left > _MAX_BODY:
+                raise QueryFailed(1001, "request body too large")
+            while left:
+                piece = self.rfile.read(min(left, size))
+                if not piece:
+                    raise QueryFailed(1001, "request body ended early")
+                left -= len(piece)
+                yield piece
+
+    def _body(self) -> Iterator[bytes]:
+        """The decoded body in pieces: streamed when uncompressed, decompressed whole otherwise."""
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            return self._body_chunks()
+        return iter([_decompress(b"".join(self._body_chunks()), encoding)])
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -253,7 +271,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if not self._authorized(params):
                 raise QueryFailed(516, "default: Authentication failed: password is incorrect")
-            body = self._read_body() if read_body else b""
+            body = self._body() if read_body else iter(())
             sql, infile = self._statement(params.get("query", ""), body)
             fmt = params.get("default_format", "TabSeparated")
             qparams = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
@@ -284,41 +302,51 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _statement(self, query: str, body: bytes) -> tuple[str, str | None]:
+    def _statement(self, query: str, body: Iterator[bytes]) -> tuple[str, str | None]:
         """The SQL to run, and the temp file holding insert data (if any).
 
         An insert's statement is either the ``query`` parameter (body = data) or
-        the body's first line(s) up to ``FORMAT <name>`` and a newline (the rest
-        = data). Data never passes through a SQL string: it goes to a temp file
-        that ClickHouse reads with ``FROM INFILE``.
+        the body's first line up to ``FORMAT <name>`` and a newline (the rest =
+        data). Data never passes through a SQL string: it streams into a temp
+        file that ClickHouse reads with ``FROM INFILE``.
         """
         head = query.encode()
-        data = b""
-        if query:
-            if body:
-                if _INSERT_RE.match(head):
-                    data = body
-                else:  # ClickHouse concatenates the parameter and the body
-                    head = head + b"\n" + body
+        first = b""
+        if query and _INSERT_RE.match(head):
+            m = _INSERT_RE.match(head)
         else:
-            nl = body.find(b"\n")
-            first = body if nl < 0 else body[:nl]
-            if nl >= 0 and _INSERT_RE.match(first):
-                head, data = first, body[nl + 1:]
-            else:
-                head = body
-        m = _INSERT_RE.match(head)
-        if not m:
-            if not head.strip():
-                raise QueryFailed(62, "Empty query")
-            return head.decode(), None
-        if not data:
-            raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
+            # Read until the first newline (or the whole body if it is a plain query).
+            for piece in body:
+                first += piece
+                nl = first.find(b"\n")
+                if nl >= 0 and _INSERT_RE.match((head + b"\n" + first[:nl]) if query else first[:nl]):
+                    break
+                if len(first) > (1 << 24) and nl >= 0:
+                    break
+            nl = first.find(b"\n")
+            candidate = first[:nl] if nl >= 0 else first
+            stmt = (head + b"\n" + candidate) if query else candidate
+            m = _INSERT_RE.match(stmt) if nl >= 0 else None
+            if m is None:
+                rest = b"".join(body)
+                full = (head + b"\n" + first + rest) if query and first else (head or first + rest)
+                if not full.strip():
+                    raise QueryFailed(62, "Empty query")
+                return full.decode(), None
+            first = first[nl + 1:]
+        assert m is not None
         fd, path = tempfile.mkstemp(dir=self.engine.tmpdir, suffix=".bin")
+        written = 0
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        stmt = f"{m.group(1).decode()} FROM INFILE {_quote_literal(path)} FORMAT {m.group(2).decode()}"
-        return stmt, path
+            if first:
+                written += f.write(first)
+            for piece in body:
+                written += f.write(piece)
+        if not written:
+            os.unlink(path)
+            raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
+        stmt_sql = f"{m.group(1).decode()} FROM INFILE {_quote_literal(path)} FORMAT {m.group(2).decode()}"
+        return stmt_sql, path
 
 
 def serve(path: str, host: str, port: int, password: str = "") -> None:

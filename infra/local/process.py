@@ -130,7 +130,7 @@ class ManagedProcess:
 
     def _wait_ready(self, on_progress: Callable[[str], None]) -> None:
         deadline = time.monotonic() + self.start_timeout_s
-        last_note = 0.0
+        last_note = time.monotonic()
         reason: str | None = "not probed"
         while time.monotonic() < deadline:
             pid = self.pid()

@@ -34,8 +34,8 @@ class Result:
     goal: str
     method: str
     higher_is_better: bool = True
-    goal_ratio: float | None = None   # goal on value/peer_value (or peer/value when lower is better)
-    goal_value: float | None = None   # absolute goal on value
+    goal_ratio: float | None = None  # goal on value/peer_value (or peer/value when lower is better)
+    goal_value: float | None = None  # absolute goal on value
 
     @property
     def ratio(self) -> float | None:
@@ -49,13 +49,19 @@ class Result:
         if self.goal_ratio is not None and self.ratio is not None:
             checks.append(self.ratio >= self.goal_ratio)
         if self.goal_value is not None:
-            checks.append(self.value >= self.goal_value if self.higher_is_better else self.value <= self.goal_value)
+            checks.append(
+                self.value >= self.goal_value if self.higher_is_better else self.value <= self.goal_value
+            )
         return all(checks) if checks else None
 
     def record(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(ratio=None if self.ratio is None else round(self.ratio, 3), met=self.met,
-                 at=datetime.now(UTC).isoformat(timespec="seconds"), machine=machine())
+        d.update(
+            ratio=None if self.ratio is None else round(self.ratio, 3),
+            met=self.met,
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            machine=machine(),
+        )
         return d
 
 
@@ -88,8 +94,11 @@ class Context:
             from infra.settings import ClickHouseSettings, KafkaSettings, LocalStackSettings, RegistrySettings
 
             local = LocalStackSettings(
-                state_dir=Path(self._tmp.name) / "state", kafka_port=free_port(),
-                kafka_controller_port=free_port(), registry_port=free_port(), clickhouse_port=free_port(),
+                state_dir=Path(self._tmp.name) / "state",
+                kafka_port=free_port(),
+                kafka_controller_port=free_port(),
+                registry_port=free_port(),
+                clickhouse_port=free_port(),
             )
             print("bench: starting a private stack ...", flush=True)
             stack.up(local, say=lambda m: None)
@@ -178,9 +187,11 @@ def main(names: list[str], list_only: bool = False) -> int:
                 results.append(rec)
                 RESULTS.write_text(json.dumps(results, indent=1) + "\n")
                 ratio = f", ratio {rec['ratio']}" if rec["ratio"] is not None else ""
-                print(f"  {r.name}: {r.value:,.1f} {r.unit} vs {r.peer} {r.peer_value}{ratio} "
-                      f"(goal {r.goal}: {'met' if rec['met'] else 'NOT met' if rec['met'] is False else 'n/a'})",
-                      flush=True)
+                print(
+                    f"  {r.name}: {r.value:,.1f} {r.unit} vs {r.peer} {r.peer_value}{ratio} "
+                    f"(goal {r.goal}: {'met' if rec['met'] else 'NOT met' if rec['met'] is False else 'n/a'})",
+                    flush=True,
+                )
             print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     finally:
         ctx.close()

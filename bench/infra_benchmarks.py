@@ -30,13 +30,19 @@ def _topic(ctx: Context) -> str:
 def _ours_produce(ctx: Context, topic: str) -> float:
     from confluent_kafka import Producer
 
-    conf = {**ctx.stack["kafka"].client_config(), "acks": "all", "enable.idempotence": True,
-            "linger.ms": 5, "batch.size": 1_000_000, "compression.type": "none"}
+    conf = {
+        **ctx.stack["kafka"].client_config(),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "compression.type": "none",
+    }
     p = Producer(conf)
     payload = b"x" * MSG_SIZE
     failed = 0
 
-    def cb(err, msg):  # type: ignore[no-untyped-def]
+    def cb(err, msg):
         nonlocal failed
         if err is not None:
             failed += 1
@@ -62,11 +68,31 @@ def _peer_produce(ctx: Context, topic: str) -> float:
 
     lib = kafka_lib(ctx.stack["local"])
     out = subprocess.run(
-        ["java", "-Xmx512m", "-cp", f"{lib}/*", "org.apache.kafka.tools.ProducerPerformance",
-         "--topic", topic, "--num-records", str(N_MESSAGES), "--record-size", str(MSG_SIZE),
-         "--throughput", "-1", "--producer-props", f"bootstrap.servers={ctx.stack['kafka'].bootstrap_servers}",
-         "acks=all", "enable.idempotence=true", "linger.ms=5", "batch.size=1000000", "compression.type=none"],
-        capture_output=True, text=True, timeout=600,
+        [
+            "java",
+            "-Xmx512m",
+            "-cp",
+            f"{lib}/*",
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            topic,
+            "--num-records",
+            str(N_MESSAGES),
+            "--record-size",
+            str(MSG_SIZE),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            f"bootstrap.servers={ctx.stack['kafka'].bootstrap_servers}",
+            "acks=all",
+            "enable.idempotence=true",
+            "linger.ms=5",
+            "batch.size=1000000",
+            "compression.type=none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     m = re.findall(r"records/sec \(([\d.]+) MB/sec\)", out.stdout)
     if out.returncode != 0 or not m:
@@ -80,15 +106,23 @@ def kafka_produce(ctx: Context) -> list[Result]:
     _ours_produce(ctx, topic)  # warm-up: connections, JIT of the broker
     ours = _ours_produce(ctx, topic)
     peer = _peer_produce(ctx, _topic(ctx))
-    return [Result(
-        name="infra.kafka_produce_mb_s", value=ours, unit="MB/s",
-        peer="Kafka ProducerPerformance (Java, same settings)", peer_value=peer,
-        goal="≥ 0.8× the Java tool", goal_ratio=0.8,
-        method=(f"{N_MESSAGES:,} messages of {MSG_SIZE} B, acks=all, idempotent, linger 5 ms, no compression, "
+    return [
+        Result(
+            name="infra.kafka_produce_mb_s",
+            value=ours,
+            unit="MB/s",
+            peer="Kafka ProducerPerformance (Java, same settings)",
+            peer_value=peer,
+            goal="≥ 0.8× the Java tool",
+            goal_ratio=0.8,
+            method=(
+                f"{N_MESSAGES:,} messages of {MSG_SIZE} B, acks=all, idempotent, linger 5 ms, no compression, "
                 "3 partitions, single-node KRaft broker 4.1.2 on the same 2-core machine; ours = "
                 "confluent-kafka Producer from one Python thread with delivery callbacks, after one warm-up run; "
-                "peer = org.apache.kafka.tools.ProducerPerformance from the same jars."),
-    )]
+                "peer = org.apache.kafka.tools.ProducerPerformance from the same jars."
+            ),
+        )
+    ]
 
 
 N_ROWS = 500_000
@@ -102,8 +136,10 @@ def clickhouse_insert(ctx: Context) -> list[Result]:
 
     settings = ctx.stack["clickhouse"]
     client = connect(settings, database="default")
-    ddl = ("CREATE TABLE {t} (event_id UUID, model String, version String, latency_ms Float64, "
-           "tokens UInt32, completion String, at DateTime64(3)) ENGINE = MergeTree ORDER BY (model, at)")
+    ddl = (
+        "CREATE TABLE {t} (event_id UUID, model String, version String, latency_ms Float64, "
+        "tokens UInt32, completion String, at DateTime64(3)) ENGINE = MergeTree ORDER BY (model, at)"
+    )
     client.command(ddl.format(t="bench_src"))
     client.command(
         "INSERT INTO bench_src SELECT generateUUIDv4(), 'smollm2', concat('v', toString(number % 4)), "
@@ -114,14 +150,16 @@ def clickhouse_insert(ctx: Context) -> list[Result]:
     columns = ["event_id", "model", "version", "latency_ms", "tokens", "completion", "at"]
     rows = client.query("SELECT * FROM bench_src").result_rows
 
-    def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
     # ours, raw: the identical Native bytes over HTTP (what the front costs)
     client.command(ddl.format(t="bench_http"))
-    http_s = min(timed(lambda: client.raw_insert("bench_http", columns, block, fmt="Native")) for _ in range(3))
+    http_s = min(
+        timed(lambda: client.raw_insert("bench_http", columns, block, fmt="Native")) for _ in range(3)
+    )
     # ours, client: clickhouse-connect insert() from Python rows (serialization included)
     client.command(ddl.format(t="bench_rows"))
     rows_s = min(timed(lambda: client.insert("bench_rows", rows, column_names=columns)) for _ in range(2))
@@ -132,31 +170,45 @@ def clickhouse_insert(ctx: Context) -> list[Result]:
         path.write_bytes(block)
         sess = chdb.session.Session(str(Path(tmp) / "db"))
         sess.query(ddl.format(t="t"))
-        peer_s = min(timed(lambda: sess.query(f"INSERT INTO t FROM INFILE '{path}' FORMAT Native")) for _ in range(3))
+        peer_s = min(
+            timed(lambda: sess.query(f"INSERT INTO t FROM INFILE '{path}' FORMAT Native")) for _ in range(3)
+        )
         got = int(sess.query("SELECT count() FROM t", "TabSeparated").bytes())
         sess.close()
     if got != 3 * N_ROWS:
         raise RuntimeError(f"peer inserted {got} rows, expected {3 * N_ROWS}")
-    counts = client.query("SELECT (SELECT count() FROM bench_http), (SELECT count() FROM bench_rows)").result_rows[0]
+    counts = client.query(
+        "SELECT (SELECT count() FROM bench_http), (SELECT count() FROM bench_rows)"
+    ).result_rows[0]
     if counts != (3 * N_ROWS, 2 * N_ROWS):
         raise RuntimeError(f"embedded server holds {counts} rows, expected {(3 * N_ROWS, 2 * N_ROWS)}")
     for t in ("bench_src", "bench_http", "bench_rows"):
         client.command(f"DROP TABLE {t}")
-    method = (f"{N_ROWS:,} rows of 7 columns (UUID, 2 strings, float, int, 120-char string, DateTime64), "
-              f"{len(block) / 1e6:.0f} MB as Native; best of 3. ")
+    method = (
+        f"{N_ROWS:,} rows of 7 columns (UUID, 2 strings, float, int, 120-char string, DateTime64), "
+        f"{len(block) / 1e6:.0f} MB as Native; best of 3. "
+    )
     return [
         Result(
-            name="infra.clickhouse_insert_rows_s", value=N_ROWS / http_s, unit="rows/s",
-            peer="chdb in-process INSERT FROM INFILE (same bytes)", peer_value=N_ROWS / peer_s,
-            goal="≥ 0.7× in-process", goal_ratio=0.7,
+            name="infra.clickhouse_insert_rows_s",
+            value=N_ROWS / http_s,
+            unit="rows/s",
+            peer="chdb in-process INSERT FROM INFILE (same bytes)",
+            peer_value=N_ROWS / peer_s,
+            goal="≥ 0.7× in-process",
+            goal_ratio=0.7,
             method=method + "Ours: clickhouse-connect raw_insert of the Native block to the embedded HTTP "
-                            "server (HTTP, temp file, FROM INFILE); peer: the same INSERT in-process. The "
-                            "ratio is what the HTTP front costs.",
+            "server (HTTP, temp file, FROM INFILE); peer: the same INSERT in-process. The "
+            "ratio is what the HTTP front costs.",
         ),
         Result(
-            name="infra.clickhouse_insert_rows_s.client_rows", value=N_ROWS / rows_s, unit="rows/s",
-            peer="chdb in-process INSERT FROM INFILE (same bytes)", peer_value=N_ROWS / peer_s,
-            goal="report", method=method + "Ours: clickhouse-connect insert() from Python tuples, so "
-                                           "client-side serialization is included.",
+            name="infra.clickhouse_insert_rows_s.client_rows",
+            value=N_ROWS / rows_s,
+            unit="rows/s",
+            peer="chdb in-process INSERT FROM INFILE (same bytes)",
+            peer_value=N_ROWS / peer_s,
+            goal="report",
+            method=method + "Ours: clickhouse-connect insert() from Python tuples, so "
+            "client-side serialization is included.",
         ),
     ]

@@ -22,7 +22,13 @@ from infra.clickhouse.client import connect
 from infra.kafka import consumer, produce, producing
 from infra.local import stack
 from infra.serde import TopicSerde
-from infra.settings import ClickHouseSettings, KafkaSettings, LocalStackSettings, RegistrySettings, load_or_explain
+from infra.settings import (
+    ClickHouseSettings,
+    KafkaSettings,
+    LocalStackSettings,
+    RegistrySettings,
+    load_or_explain,
+)
 from schemas import events as ev
 from schemas.topics import COMPLETED
 
@@ -43,8 +49,8 @@ def run_demo(keep: bool = False) -> int:
 
         created = [r for r in ensure_topics(kafka) if r.action == "created"]
         console.print(f"  topics: {len(created)} created")
-        for r in registry.register_all(registry.client(reg_settings)):
-            console.print(f"  schema {r.subject}: {r.action} (id {r.schema_id})")
+        for subject in registry.register_all(registry.client(reg_settings)):
+            console.print(f"  schema {subject.subject}: {subject.action} (id {subject.schema_id})")
         _smoke_flow(console, kafka, reg_settings, ch)
         rows = stack.status(local)
         t = Table(title="stack health")
@@ -63,7 +69,9 @@ def run_demo(keep: bool = False) -> int:
             stack.down(local, say=lambda m: console.print(f"  {m}"))
 
 
-def _smoke_flow(console: Console, kafka: KafkaSettings, reg: RegistrySettings, ch: ClickHouseSettings) -> None:
+def _smoke_flow(
+    console: Console, kafka: KafkaSettings, reg: RegistrySettings, ch: ClickHouseSettings
+) -> None:
     console.rule("[bold]smoke flow: events → Kafka → consumer group → ClickHouse")
     serde = TopicSerde(registry.client(reg), COMPLETED)
     rng = random.Random(1)
@@ -73,11 +81,16 @@ def _smoke_flow(console: Console, kafka: KafkaSettings, reg: RegistrySettings, c
         task = progress.add_task("producing InferenceCompleted", total=N_EVENTS)
         for i in range(N_EVENTS):
             e = ev.InferenceCompleted(
-                producer="demo", request_id=f"{run}-{i}", model="smollm2-135m-instruct",
-                version=rng.choice(["base", "v1"]), status=rng.choice([ev.CompletionStatus.ok] * 19
-                                                                       + [ev.CompletionStatus.error]),
-                completion="42", latency_ms=rng.lognormvariate(6, 0.4), prompt_tokens=30,
-                completion_tokens=rng.randint(2, 24), cost=Decimal(rng.randint(1, 1000)) / Decimal(10**6),
+                producer="demo",
+                request_id=f"{run}-{i}",
+                model="smollm2-135m-instruct",
+                version=rng.choice(["base", "v1"]),
+                status=rng.choice([ev.CompletionStatus.ok] * 19 + [ev.CompletionStatus.error]),
+                completion="42",
+                latency_ms=rng.lognormvariate(6, 0.4),
+                prompt_tokens=30,
+                completion_tokens=rng.randint(2, 24),
+                cost=Decimal(rng.randint(1, 1000)) / Decimal(10**6),
             )
             produce(p, COMPLETED.name, COMPLETED.key_of(e), serde.encode_event(e))
             sent.append(e)
@@ -93,9 +106,9 @@ def _smoke_flow(console: Console, kafka: KafkaSettings, reg: RegistrySettings, c
             msg = c.poll(0.5)
             if msg is None or msg.error():
                 continue
-            e = serde.decode_event(msg.value())
-            if isinstance(e, ev.InferenceCompleted) and e.request_id in ours:
-                got.append(e)
+            decoded = serde.decode_event(msg.value())
+            if isinstance(decoded, ev.InferenceCompleted) and decoded.request_id in ours:
+                got.append(decoded)
                 progress.advance(task)
     c.commit(asynchronous=False)
     c.close()
@@ -111,7 +124,10 @@ def _smoke_flow(console: Console, kafka: KafkaSettings, reg: RegistrySettings, c
     )
     client.insert(
         f"{ch.database}.demo_completed",
-        [(e.request_id, e.version, e.status.value, e.latency_ms, e.completion_tokens, e.cost, run) for e in got],
+        [
+            (e.request_id, e.version, e.status.value, e.latency_ms, e.completion_tokens, e.cost, run)
+            for e in got
+        ],
         column_names=["request_id", "version", "status", "latency_ms", "completion_tokens", "cost", "run"],
     )
     result = client.query(

@@ -74,8 +74,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps([r.__dict__ for r in rows]))
     else:
-        _table("rftloop local stack", ["component", "healthy", "detail"],
-               [[r.name, "yes" if r.healthy else "NO", r.detail] for r in rows])
+        _table(
+            "rftloop local stack",
+            ["component", "healthy", "detail"],
+            [[r.name, "yes" if r.healthy else "NO", r.detail] for r in rows],
+        )
     return 0 if all(r.healthy for r in rows) else 1
 
 
@@ -89,8 +92,10 @@ def cmd_topics_ensure(args: argparse.Namespace) -> int:
     changed = [r for r in reports if r.action != "ok"]
     for r in changed:
         print(f"topic {r.topic}: {r.action}" + (f" — {'; '.join(r.differences)}" if r.differences else ""))
-    print(f"topics: {sum(r.action == 'created' for r in reports)} created, "
-          f"{sum(r.action == 'ok' for r in reports)} ok, {sum(r.action == 'differs' for r in reports)} differ")
+    print(
+        f"topics: {sum(r.action == 'created' for r in reports)} created, "
+        f"{sum(r.action == 'ok' for r in reports)} ok, {sum(r.action == 'differs' for r in reports)} differ"
+    )
     return 0
 
 
@@ -129,14 +134,27 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
     letters = read_all(_kafka(), args.topic, limit=args.limit)
     if args.json:
-        print(json.dumps([
-            {"dlq_offset": d.offset, "source": d.source, "error": d.error, "key": (d.key or b"").decode(errors="replace"),
-             "value_bytes": len(d.value), "headers": d.headers}
-            for d in letters
-        ]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "dlq_offset": d.offset,
+                        "source": d.source,
+                        "error": d.error,
+                        "key": (d.key or b"").decode(errors="replace"),
+                        "value_bytes": len(d.value),
+                        "headers": d.headers,
+                    }
+                    for d in letters
+                ]
+            )
+        )
     else:
-        _table(f"{args.topic}.dlq — {len(letters)} dead letter(s)", ["dlq offset", "source", "error", "bytes"],
-               [[d.offset, d.source, d.error[:120], len(d.value)] for d in letters])
+        _table(
+            f"{args.topic}.dlq — {len(letters)} dead letter(s)",
+            ["dlq offset", "source", "error", "bytes"],
+            [[d.offset, d.source, d.error[:120], len(d.value)] for d in letters],
+        )
     return 0
 
 
@@ -178,7 +196,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="rftloop", description="Close the loop between LLM inference and training.")
+    ap = argparse.ArgumentParser(
+        prog="rftloop", description="Close the loop between LLM inference and training."
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -187,25 +207,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("up", cmd_up, "start Kafka, the schema registry and embedded ClickHouse; create topics; register schemas")
+    p = add(
+        "up",
+        cmd_up,
+        "start Kafka, the schema registry and embedded ClickHouse; create topics; register schemas",
+    )
     p.add_argument("--no-init", action="store_true", help="only start the processes")
     add("down", cmd_down, "stop the local stack (data stays under the state dir)")
     p = add("status", cmd_status, "health of each local component")
     p.add_argument("--json", action="store_true")
 
-    topics = add("topics", lambda a: (a.sub_fn(a)), "topic management")
+    topics = add("topics", lambda a: a.sub_fn(a), "topic management")
     tsub = topics.add_subparsers(dest="sub", required=True)
-    tsub.add_parser("ensure", help="create missing topics, report differences").set_defaults(sub_fn=cmd_topics_ensure)
+    tsub.add_parser("ensure", help="create missing topics, report differences").set_defaults(
+        sub_fn=cmd_topics_ensure
+    )
 
-    schemas = add("schemas", lambda a: (a.sub_fn(a)), "schema registry")
+    schemas = add("schemas", lambda a: a.sub_fn(a), "schema registry")
     ssub = schemas.add_subparsers(dest="sub", required=True)
-    ssub.add_parser("register", help="check and register every event schema").set_defaults(sub_fn=cmd_schemas_register)
+    ssub.add_parser("register", help="check and register every event schema").set_defaults(
+        sub_fn=cmd_schemas_register
+    )
     chk = ssub.add_parser("check", help="check schemas against the registry without registering")
     chk.add_argument("--topic", help="topic whose subject to check --file against")
     chk.add_argument("--file", help="a candidate .avsc (default: the project's schemas)")
     chk.set_defaults(sub_fn=cmd_schemas_check)
 
-    dlq = add("dlq", lambda a: (a.sub_fn(a)), "dead-letter topics")
+    dlq = add("dlq", lambda a: a.sub_fn(a), "dead-letter topics")
     dsub = dlq.add_subparsers(dest="sub", required=True)
     show = dsub.add_parser("show", help="list the dead letters of TOPIC")
     show.add_argument("topic")

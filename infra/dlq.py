@@ -52,7 +52,11 @@ def send_to_dlq(p: TrackedProducer, msg: Message, error: BaseException, consumer
     ]
     log.warning(
         "dead letter topic=%s partition=%s offset=%s error=%s: %s",
-        topic, msg.partition(), msg.offset(), type(error).__name__, error,
+        topic,
+        msg.partition(),
+        msg.offset(),
+        type(error).__name__,
+        error,
     )
     produce(p, dlq_topic(topic), msg.key(), msg.value() or b"", headers=headers)
 
@@ -81,7 +85,9 @@ def _headers(msg: Message) -> dict[str, str]:
     return {k: (v or b"").decode(errors="replace") for k, v in (msg.headers() or [])}
 
 
-def read_all(settings: KafkaSettings, topic: str, limit: int = 1000, timeout_s: float = 10) -> list[DeadLetter]:
+def read_all(
+    settings: KafkaSettings, topic: str, limit: int = 1000, timeout_s: float = 10
+) -> list[DeadLetter]:
     """Every dead letter of ``topic`` (up to ``limit``), without committing anything."""
     c = consumer(settings, f"rftloop-dlq-show-{uuid.uuid4().hex[:8]}")
     name = dlq_topic(topic)
@@ -102,7 +108,9 @@ def read_all(settings: KafkaSettings, topic: str, limit: int = 1000, timeout_s: 
             msg = c.poll(0.5)
             if msg is None or msg.error():
                 continue
-            out.append(DeadLetter(msg.partition(), msg.offset(), msg.key(), msg.value() or b"", _headers(msg)))
+            out.append(
+                DeadLetter(msg.partition(), msg.offset(), msg.key(), msg.value() or b"", _headers(msg))
+            )
             if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
                 remaining.pop(msg.partition(), None)
         return out
@@ -131,7 +139,9 @@ def replay(
         md = c.list_topics(name, timeout=10).topics.get(name)
         if md is None or md.error is not None:
             return 0, 0
-        ends = {pid: c.get_watermark_offsets(TopicPartition(name, pid), timeout=10)[1] for pid in md.partitions}
+        ends = {
+            pid: c.get_watermark_offsets(TopicPartition(name, pid), timeout=10)[1] for pid in md.partitions
+        }
         committed = c.committed([TopicPartition(name, pid) for pid in md.partitions], timeout=10)
         start = {tp.partition: max(tp.offset, 0) for tp in committed}
         todo = {pid for pid, end in ends.items() if end > start.get(pid, 0)}

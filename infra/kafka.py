@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka import Consumer as _Consumer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from infra.settings import KafkaSettings
@@ -45,7 +45,10 @@ class TrackedProducer:
         self.last_error = err
         log.error(
             "delivery failed topic=%s partition=%s key=%r: %s",
-            msg.topic(), msg.partition(), msg.key(), err,
+            msg.topic(),
+            msg.partition(),
+            msg.key(),
+            err,
         )
 
     def produce(
@@ -156,7 +159,9 @@ def wait_visible(a: AdminClient, names: list[str], timeout_s: float = 30) -> Non
     while time.monotonic() < deadline:
         topics = a.list_topics(timeout=10).topics
         if all(
-            n in topics and topics[n].error is None and topics[n].partitions
+            n in topics
+            and topics[n].error is None
+            and topics[n].partitions
             and all(p.leader >= 0 for p in topics[n].partitions.values())
             for n in names
         ):

@@ -71,8 +71,10 @@ def _readable(writer: Any, reader: Any) -> bool:
     if wk == rk:
         return True
     if isinstance(reader, list):
-        return any(_readable(writer, r) for r in reader) if not isinstance(writer, list) else all(
-            any(_readable(w, r) for r in reader) for w in writer
+        return (
+            any(_readable(writer, r) for r in reader)
+            if not isinstance(writer, list)
+            else all(any(_readable(w, r) for r in reader) for w in writer)
         )
     if isinstance(writer, list):
         return all(_readable(w, reader) for w in writer)

@@ -127,9 +127,7 @@ class TopicSerde:
                 raise
             writer_json = json.loads(registered.schema_str)
             parsed = (
-                self.reader_schema
-                if writer_json == self._schema_json
-                else fastavro.parse_schema(writer_json)
+                self.reader_schema if writer_json == self._schema_json else fastavro.parse_schema(writer_json)
             )
             self._writers[schema_id] = parsed
         return parsed
@@ -153,7 +151,7 @@ class TopicSerde:
             raise CorruptBody(
                 f"{len(data) - stream.tell()} trailing bytes after the record (schema id {schema_id})"
             )
-        return record  # type: ignore[return-value]
+        return record
 
     def decode_event(self, data: bytes | None) -> Event:
         record = self.decode(data)

@@ -25,9 +25,7 @@ def _check_host_port_list(value: str, var: str) -> str:
     for item in value.split(","):
         host, _, port = item.strip().rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(
-                f"{var}={value!r}: expected host:port[,host:port...], e.g. 127.0.0.1:9092"
-            )
+            raise ValueError(f"{var}={value!r}: expected host:port[,host:port...], e.g. 127.0.0.1:9092")
     return value
 
 
@@ -114,8 +112,7 @@ class ClickHouseSettings(BaseSettings):
         parsed = urlparse(v)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
             raise ValueError(
-                f"RFTLOOP_CLICKHOUSE_URL={v!r}: expected http(s)://host:port, "
-                "e.g. http://127.0.0.1:8123"
+                f"RFTLOOP_CLICKHOUSE_URL={v!r}: expected http(s)://host:port, e.g. http://127.0.0.1:8123"
             )
         return v.rstrip("/")
 

@@ -36,7 +36,6 @@ class TopicSpec:
     compacted: bool = False
     partitions: int | None = None  # None: the KafkaSettings default
 
-
     @property
     def subject(self) -> str:
         return f"{self.name}-value"
@@ -52,7 +51,8 @@ class TopicSpec:
     def key_of(self, event: Event) -> str:
         """The Kafka key for an event of this topic (raises KeyError if it has none)."""
         if self.key == "model|version":
-            return f"{getattr(event, 'model')}|{getattr(event, 'version')}"
+            model, version = (getattr(event, attr) for attr in ("model", "version"))
+            return f"{model}|{version}"
         value = getattr(event, self.key)
         if value is None:
             raise KeyError(f"{type(event).__name__} on {self.name} needs {self.key} (the Kafka key)")
@@ -62,39 +62,59 @@ class TopicSpec:
 _RETAIN_7D = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
 
 REQUESTED = TopicSpec(
-    "llm.inference.requested", InferenceRequested, "request_id",
-    "Every inference request (gateway or SDK).", _RETAIN_7D,
+    "llm.inference.requested",
+    InferenceRequested,
+    "request_id",
+    "Every inference request (gateway or SDK).",
+    _RETAIN_7D,
 )
 COMPLETED = TopicSpec(
-    "llm.inference.completed", InferenceCompleted, "request_id",
-    "Every response or error, with latency, tokens and cost.", _RETAIN_7D,
+    "llm.inference.completed",
+    InferenceCompleted,
+    "request_id",
+    "Every response or error, with latency, tokens and cost.",
+    _RETAIN_7D,
 )
 FEEDBACK = TopicSpec(
-    "llm.feedback.submitted", FeedbackSubmitted, "request_id",
-    "User and evaluator feedback on responses.", {"retention.ms": str(30 * DAY_MS)},
+    "llm.feedback.submitted",
+    FeedbackSubmitted,
+    "request_id",
+    "User and evaluator feedback on responses.",
+    {"retention.ms": str(30 * DAY_MS)},
 )
 REWARDED = TopicSpec(
-    "llm.samples.rewarded", RewardedSample, "request_id",
-    "Joined request+response+reward: the trainer's input.", {"retention.ms": str(30 * DAY_MS)},
+    "llm.samples.rewarded",
+    RewardedSample,
+    "request_id",
+    "Joined request+response+reward: the trainer's input.",
+    {"retention.ms": str(30 * DAY_MS)},
 )
 METRICS = TopicSpec(
-    "llm.metrics.window", MetricsWindow, "model|version",
-    "Closed (and open-snapshot) metric windows per model version.", _RETAIN_7D,
+    "llm.metrics.window",
+    MetricsWindow,
+    "model|version",
+    "Closed (and open-snapshot) metric windows per model version.",
+    _RETAIN_7D,
 )
 # Keyed by model|version, not by model alone: compaction keeps the latest event
 # per key, and a server rebuilding its routing table needs every live version's
 # last state, not just the model's last event. One partition keeps all versions
 # of all models in one order (promote after publish, rollback after promote).
 VERSIONS = TopicSpec(
-    "model.versions", ModelVersionEvent, "model|version",
+    "model.versions",
+    ModelVersionEvent,
+    "model|version",
     "Model version lifecycle; compacted, read from the start by every server.",
     {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
     compacted=True,
     partitions=1,
 )
 TRAINING = TopicSpec(
-    "trainer.runs", TrainingRunEvent, "model",
-    "Training run start/finish events.", {"retention.ms": str(90 * DAY_MS)},
+    "trainer.runs",
+    TrainingRunEvent,
+    "model",
+    "Training run start/finish events.",
+    {"retention.ms": str(90 * DAY_MS)},
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (REQUESTED, COMPLETED, FEEDBACK, REWARDED, METRICS, VERSIONS, TRAINING)

@@ -88,7 +88,7 @@ def new_topic(stack: Stack) -> Iterator[object]:
     """Factory: new_topic(partitions=3) -> a fresh topic name."""
     from confluent_kafka.admin import NewTopic
 
-    from infra.kafka import wait_visible, admin
+    from infra.kafka import admin, wait_visible
 
     created: list[str] = []
     client = admin(stack.kafka)  # keep a reference: a collected client cancels its futures

@@ -26,9 +26,8 @@ import tempfile
 import threading
 import time
 import uuid
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -36,10 +35,24 @@ log = logging.getLogger(__name__)
 
 # URL parameters that are protocol, not ClickHouse settings.
 _PROTOCOL_PARAMS = {
-    "query", "database", "default_format", "session_id", "session_timeout", "session_check",
-    "query_id", "user", "password", "compress", "decompress", "enable_http_compression",
-    "wait_end_of_query", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-    "cancel_http_readonly_queries_on_client_close", "buffer_size", "client_protocol_version",
+    "query",
+    "database",
+    "default_format",
+    "session_id",
+    "session_timeout",
+    "session_check",
+    "query_id",
+    "user",
+    "password",
+    "compress",
+    "decompress",
+    "enable_http_compression",
+    "wait_end_of_query",
+    "send_progress_in_http_headers",
+    "http_headers_progress_interval_ms",
+    "cancel_http_readonly_queries_on_client_close",
+    "buffer_size",
+    "client_protocol_version",
 }
 _INSERT_RE = re.compile(
     rb"^\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*$", re.IGNORECASE | re.DOTALL
@@ -48,14 +61,14 @@ _CODE_RE = re.compile(r"Code:\s*(\d+)")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ClickHouse returns 4xx for errors that are the caller's fault.
 _STATUS_BY_CODE = {
-    62: 400,   # SYNTAX_ERROR
-    27: 400,   # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    47: 400,   # UNKNOWN_IDENTIFIER
-    53: 400,   # TYPE_MISMATCH
+    62: 400,  # SYNTAX_ERROR
+    27: 400,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    47: 400,  # UNKNOWN_IDENTIFIER
+    53: 400,  # TYPE_MISMATCH
     115: 400,  # UNKNOWN_SETTING
     456: 400,  # UNKNOWN_QUERY_PARAMETER
-    60: 404,   # UNKNOWN_TABLE
-    81: 404,   # UNKNOWN_DATABASE
+    60: 404,  # UNKNOWN_TABLE
+    81: 404,  # UNKNOWN_DATABASE
     516: 401,  # AUTHENTICATION_FAILED
 }
 _MAX_BODY = 1 << 31
@@ -276,7 +289,8 @@ class Handler(BaseHTTPRequestHandler):
             fmt = params.get("default_format", "TabSeparated")
             qparams = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
             settings = {
-                k: v for k, v in params.items()
+                k: v
+                for k, v in params.items()
                 if k not in _PROTOCOL_PARAMS and not k.startswith("param_") and _SETTING_NAME.match(k)
             }
             try:
@@ -294,7 +308,9 @@ class Handler(BaseHTTPRequestHandler):
             200,
             out,
             {
-                "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",
+                "Content-Type": "application/octet-stream"
+                if fmt == "Native"
+                else "text/plain; charset=UTF-8",
                 "X-ClickHouse-Query-Id": query_id,
                 "X-ClickHouse-Format": fmt,
                 "X-ClickHouse-Timezone": "UTC",
@@ -333,7 +349,7 @@ class Handler(BaseHTTPRequestHandler):
                 if not full.strip():
                     raise QueryFailed(62, "Empty query")
                 return full.decode(), None
-            first = first[nl + 1:]
+            first = first[nl + 1 :]
         assert m is not None
         fd, path = tempfile.mkstemp(dir=self.engine.tmpdir, suffix=".bin")
         written = 0
@@ -377,7 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if _status_reason(args.port):
         raise SystemExit(f"port {args.port} is already in use (RFTLOOP_LOCAL_CLICKHOUSE_PORT)")
-    serve(args.path, args.host, args.port, os.environ.get("RFTLOOP_CLICKHOUSE_PASSWORD", ""))
+    from infra.settings import ClickHouseSettings
+
+    serve(args.path, args.host, args.port, ClickHouseSettings().password.get_secret_value())
 
 
 def _status_reason(port: int) -> bool:

@@ -34,7 +34,8 @@ def kafka_lib(settings: LocalStackSettings) -> Path:
         _mvn(
             settings,
             [
-                "-f", str(_POM),
+                "-f",
+                str(_POM),
                 f"-Dkafka.version={settings.kafka_version}",
                 "dependency:copy-dependencies",
                 f"-DoutputDirectory={lib}",

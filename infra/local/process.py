@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -100,7 +101,7 @@ class ManagedProcess:
     def start(self, on_progress: Callable[[str], None] = lambda _m: None) -> str:
         """Start unless already running; wait until the probe answers. Returns what happened."""
         if self.pid() is not None:
-            healthy, reason = self.status()
+            healthy, _reason = self.status()
             if healthy:
                 return "already running"
             self._wait_ready(on_progress)
@@ -155,19 +156,15 @@ class ManagedProcess:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return "not running"
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.1)
         how = "stopped"
         if pid_alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             how = f"killed after {timeout_s:.0f}s"
             while pid_alive(pid):
                 time.sleep(0.05)

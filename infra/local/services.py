@@ -96,15 +96,23 @@ def kafka(settings: LocalStackSettings) -> ManagedProcess:
             ).stdout.split()[-1]
             fmt = subprocess.run(
                 [*tool, "format", "--standalone", "-t", cluster_id, "-c", str(props)],
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
             if fmt.returncode != 0:
                 raise ServiceError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
         return [
-            java, f"-Xmx{settings.kafka_heap}", f"-Xms{settings.kafka_heap}",
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            java,
+            f"-Xmx{settings.kafka_heap}",
+            f"-Xms{settings.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}",
-            "-cp", cp, "kafka.Kafka", str(props),
+            "-cp",
+            cp,
+            "kafka.Kafka",
+            str(props),
         ]
 
     return ManagedProcess(
@@ -127,13 +135,18 @@ def registry(settings: LocalStackSettings) -> ManagedProcess:
         java = find_java(settings, 21, "RFTLOOP_LOCAL_REGISTRY_JAVA", settings.registry_java)
         db.parent.mkdir(parents=True, exist_ok=True)
         return [
-            java, f"-Xmx{settings.registry_heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dquarkus.http.port={port}", "-Dquarkus.http.host=127.0.0.1",
+            java,
+            f"-Xmx{settings.registry_heap}",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dquarkus.http.port={port}",
+            "-Dquarkus.http.host=127.0.0.1",
             # Schemas survive `rftloop down`/`up`, so ids framed into Kafka records stay valid.
             f"-Dapicurio.datasource.url=jdbc:h2:file:{db};DB_CLOSE_ON_EXIT=FALSE",
             f"-Dapicurio.storage.snapshot.location={db.parent}",
             "-Dquarkus.log.console.level=WARN",
-            "-jar", str(home / "quarkus-run.jar"),
+            "-jar",
+            str(home / "quarkus-run.jar"),
         ]
 
     return ManagedProcess(
@@ -155,8 +168,13 @@ def clickhouse(settings: LocalStackSettings) -> ManagedProcess:
     return ManagedProcess(
         name="clickhouse",
         prepare=lambda: [
-            sys.executable, "-m", "infra.clickhouse.embedded_server",
-            "--path", str(state / "data" / "clickhouse"), "--port", str(port),
+            sys.executable,
+            "-m",
+            "infra.clickhouse.embedded_server",
+            "--path",
+            str(state / "data" / "clickhouse"),
+            "--port",
+            str(port),
         ],
         cwd=root,
         state_dir=state,

@@ -29,8 +29,14 @@ def _env(state: Path, ports: dict[str, int]) -> dict[str, str]:
 
 
 def _rftloop(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_up_status_down_round_trip(tmp_path: Path) -> None:
@@ -50,7 +56,10 @@ def test_up_status_down_round_trip(tmp_path: Path) -> None:
         st = _rftloop(env, "status", "--json")
         assert st.returncode == 0
         assert {c["name"]: c["healthy"] for c in json.loads(st.stdout)} == {
-            "kafka": True, "registry": True, "clickhouse": True}
+            "kafka": True,
+            "registry": True,
+            "clickhouse": True,
+        }
     finally:
         down = _rftloop(env, "down")
     assert down.returncode == 0, down.stderr
@@ -76,7 +85,11 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
-    env = {**os.environ, "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS": "not a broker list", "RFTLOOP_LOCAL_STATE_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS": "not a broker list",
+        "RFTLOOP_LOCAL_STATE_DIR": str(tmp_path),
+    }
     r = _rftloop(env, "topics", "ensure")
     assert r.returncode == 2
     assert "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS" in r.stderr and "host:port" in r.stderr

@@ -18,15 +18,19 @@ def test_insert_100k_rows_and_aggregate(stack, ch_database) -> None:
     import datetime as dt
 
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    rows = [(i, f"it's \x00 \"q\" ünïcødé {i}", i * 0.5, t0 + dt.timedelta(milliseconds=i)) for i in range(100_000)]
+    rows = [
+        (i, f'it\'s \x00 "q" ünïcødé {i}', i * 0.5, t0 + dt.timedelta(milliseconds=i)) for i in range(100_000)
+    ]
     c.insert("t", rows, column_names=["id", "s", "f", "d"])
     count, total, mx = c.query("SELECT count(), sum(id), max(f) FROM t").result_rows[0]
     assert (count, total, mx) == (100_000, sum(range(100_000)), 99_999 * 0.5)
     # binary-safe: NUL, quotes and unicode come back byte for byte
     assert c.query("SELECT s FROM t WHERE id = 7").result_rows == [(rows[7][1],)]
     # query parameters
-    r = c.query("SELECT count() FROM t WHERE id >= {lo:UInt64} AND s LIKE {pat:String}",
-                parameters={"lo": 99_990, "pat": "%99999"})
+    r = c.query(
+        "SELECT count() FROM t WHERE id >= {lo:UInt64} AND s LIKE {pat:String}",
+        parameters={"lo": 99_990, "pat": "%99999"},
+    )
     assert r.result_rows == [(1,)]
     # streaming reads
     with c.query_row_block_stream("SELECT id FROM t ORDER BY id") as stream:

@@ -19,8 +19,14 @@ def test_poison_messages_dead_lettered_and_replayed(stack, unique) -> None:
     reg = registry.client(stack.registry)
     registry.register(reg, topic)
     serde = TopicSerde(reg, topic)
-    good = ev.InferenceCompleted(producer="t", request_id="r", model="m", status=ev.CompletionStatus.ok,
-                                 latency_ms=1.0, cost=Decimal(0))
+    good = ev.InferenceCompleted(
+        producer="t",
+        request_id="r",
+        model="m",
+        status=ev.CompletionStatus.ok,
+        latency_ms=1.0,
+        cost=Decimal(0),
+    )
     valid = serde.encode_event(good)
     poison = {
         b"garbage": b"\xde\xad\xbe\xef" * 4,

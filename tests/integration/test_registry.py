@@ -12,7 +12,9 @@ from infra.registry import client
 
 
 def _schema(*fields: dict) -> Schema:
-    return Schema(json.dumps({"type": "record", "name": "R", "namespace": "t", "fields": list(fields)}), "AVRO")
+    return Schema(
+        json.dumps({"type": "record", "name": "R", "namespace": "t", "fields": list(fields)}), "AVRO"
+    )
 
 
 def test_register_lookup_latest_by_id_and_compat(stack, unique) -> None:
@@ -26,8 +28,12 @@ def test_register_lookup_latest_by_id_and_compat(stack, unique) -> None:
     assert json.loads(reg.get_schema(sid).schema_str)["fields"][0]["name"] == "a"
     reg.set_compatibility(subject, "BACKWARD")
     assert reg.get_compatibility(subject) == "BACKWARD"
-    assert reg.test_compatibility(subject, _schema({"name": "a", "type": "int"}, {"name": "b", "type": "string", "default": ""}))
-    assert not reg.test_compatibility(subject, _schema({"name": "a", "type": "int"}, {"name": "b", "type": "string"}))
+    assert reg.test_compatibility(
+        subject, _schema({"name": "a", "type": "int"}, {"name": "b", "type": "string", "default": ""})
+    )
+    assert not reg.test_compatibility(
+        subject, _schema({"name": "a", "type": "int"}, {"name": "b", "type": "string"})
+    )
     with pytest.raises(SchemaRegistryError) as err:
         reg.get_schema(987654)
     assert err.value.http_status_code == 404

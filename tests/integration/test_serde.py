@@ -22,8 +22,16 @@ def _topic(unique: str) -> TopicSpec:
 
 
 def _event(**kw) -> ev.InferenceCompleted:  # type: ignore[no-untyped-def]
-    fields = {"producer": "test", "request_id": "r-1", "model": "m", "status": ev.CompletionStatus.ok,
-              "completion": "42", "latency_ms": 10.0, "cost": Decimal("0.000000100"), **kw}
+    fields = {
+        "producer": "test",
+        "request_id": "r-1",
+        "model": "m",
+        "status": ev.CompletionStatus.ok,
+        "completion": "42",
+        "latency_ms": 10.0,
+        "cost": Decimal("0.000000100"),
+        **kw,
+    }
     return ev.InferenceCompleted(**fields)
 
 
@@ -42,7 +50,9 @@ def test_registered_schema_roundtrip_and_confluent_interop(stack, unique) -> Non
     # The stock confluent-kafka path reads our bytes and we read its bytes.
     schema_str = topic.schema_path.read_text()
     ctx = SerializationContext(topic.name, MessageField.VALUE)
-    stock_ser = AvroSerializer(reg, schema_str, conf={"auto.register.schemas": False, "use.latest.version": True})
+    stock_ser = AvroSerializer(
+        reg, schema_str, conf={"auto.register.schemas": False, "use.latest.version": True}
+    )
     stock_de = AvroDeserializer(reg, schema_str)
     record = event.to_avro()
     assert stock_de(data, ctx) == stock_de(stock_ser(record, ctx), ctx)

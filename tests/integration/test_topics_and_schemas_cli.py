@@ -18,16 +18,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(stack, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env={**os.environ, **stack.env()},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        env={**os.environ, **stack.env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_ensure_creates_then_reports_differences_without_changing(stack) -> None:
     first = ensure_topics(stack.kafka)
     assert {r.topic for r in first} == {t.name for t in ALL_TOPICS} | {t.dlq for t in ALL_TOPICS}
     a = admin(stack.kafka)
-    res = ConfigResource(ConfigResource.Type.TOPIC, COMPLETED.name, incremental_configs=[
-        ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        COMPLETED.name,
+        incremental_configs=[
+            ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     for fut in a.incremental_alter_configs([res]).values():
         fut.result()
     reports = {r.topic: r for r in ensure_topics(stack.kafka)}

@@ -33,6 +33,7 @@ def test_rename_is_reported_as_a_rename() -> None:
         for f in fields:
             if f["name"] == "latency_ms":
                 f["name"] = "latency_millis"
+
     (problem,) = backward_problems(V1, _with(rename))
     assert "'latency_millis'" in problem and "renamed from latency_ms" in problem
 
@@ -42,6 +43,7 @@ def test_retype_names_the_field_and_promotion_is_allowed() -> None:
         for f in fields:
             if f["name"] == "latency_ms":
                 f["type"] = "string"
+
     (problem,) = backward_problems(V1, _with(retype))
     assert "'latency_ms'" in problem and "changed type" in problem
 
@@ -49,6 +51,7 @@ def test_retype_names_the_field_and_promotion_is_allowed() -> None:
         for f in fields:
             if f["name"] == "prompt_tokens":
                 f["type"] = "long"
+
     assert backward_problems(V1, _with(promote)) == []
 
 

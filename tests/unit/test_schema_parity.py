@@ -20,8 +20,15 @@ from schemas import events as ev
 from schemas.topics import ALL_TOPICS
 
 SCHEMAS = {t.event: json.loads(t.schema_path.read_text()) for t in ALL_TOPICS}
-_PRIMITIVES: dict[str, Any] = {"string": str, "int": int, "long": int, "double": float, "float": float,
-                               "boolean": bool, "bytes": bytes}
+_PRIMITIVES: dict[str, Any] = {
+    "string": str,
+    "int": int,
+    "long": int,
+    "double": float,
+    "float": float,
+    "boolean": bool,
+    "bytes": bytes,
+}
 _LOGICAL: dict[str, Any] = {"uuid": uuid.UUID, "timestamp-millis": datetime, "decimal": Decimal}
 
 
@@ -111,36 +118,114 @@ def samples() -> list[ev.Event]:
     out: list[ev.Event] = []
     for text in EDGE_TEXT:
         out += [
-            ev.InferenceRequested(producer="t", request_id="r1", endpoint=ev.Endpoint.chat, prompt=text,
-                                  messages=[ev.ChatMessage(role="user", content=text)], max_tokens=16,
-                                  temperature=0.0, params={"stop": '["\\n"]'}, user_id="u", **m),
-            ev.InferenceCompleted(producer="t", request_id="r1", status=ev.CompletionStatus.ok, completion=text,
-                                  finish_reason="stop", latency_ms=12.5, ttft_ms=3.25, prompt_tokens=10,
-                                  completion_tokens=4, tokens_per_s=320.0, cost=Decimal("0.000001234"), **m),
-            ev.FeedbackSubmitted(producer="t", request_id="r1", kind=ev.FeedbackKind.correction,
-                                 correction=text, source=ev.FeedbackSource.user, **m),
-            ev.RewardedSample(producer="t", request_id="r1", prompt=text, completion=text, reward=-1.0,
-                              reward_sources=[ev.RewardSource(source=ev.FeedbackSource.evaluator,
-                                                              kind="exact_match", name="arith", value=-1.0)], **m),
+            ev.InferenceRequested(
+                producer="t",
+                request_id="r1",
+                endpoint=ev.Endpoint.chat,
+                prompt=text,
+                messages=[ev.ChatMessage(role="user", content=text)],
+                max_tokens=16,
+                temperature=0.0,
+                params={"stop": '["\\n"]'},
+                user_id="u",
+                **m,
+            ),
+            ev.InferenceCompleted(
+                producer="t",
+                request_id="r1",
+                status=ev.CompletionStatus.ok,
+                completion=text,
+                finish_reason="stop",
+                latency_ms=12.5,
+                ttft_ms=3.25,
+                prompt_tokens=10,
+                completion_tokens=4,
+                tokens_per_s=320.0,
+                cost=Decimal("0.000001234"),
+                **m,
+            ),
+            ev.FeedbackSubmitted(
+                producer="t",
+                request_id="r1",
+                kind=ev.FeedbackKind.correction,
+                correction=text,
+                source=ev.FeedbackSource.user,
+                **m,
+            ),
+            ev.RewardedSample(
+                producer="t",
+                request_id="r1",
+                prompt=text,
+                completion=text,
+                reward=-1.0,
+                reward_sources=[
+                    ev.RewardSource(
+                        source=ev.FeedbackSource.evaluator, kind="exact_match", name="arith", value=-1.0
+                    )
+                ],
+                **m,
+            ),
         ]
     # optional fields left out entirely
     out += [
         ev.InferenceRequested(producer="sdk", endpoint=ev.Endpoint.external, prompt="p", model="gpt-x"),
-        ev.InferenceCompleted(producer="sdk", status=ev.CompletionStatus.error, error_kind="timeout",
-                              latency_ms=30_000.0, cost=Decimal(0), model="gpt-x"),
-        ev.FeedbackSubmitted(producer="sdk", kind=ev.FeedbackKind.thumbs, value=1.0,
-                             source=ev.FeedbackSource.user, model="gpt-x"),
-        ev.MetricsWindow(producer="streams", model="m", version="base",
-                         window_start=datetime(2026, 1, 1, tzinfo=UTC), window_end=datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
-                         window_size_s=60, window_kind=ev.WindowKind.tumbling, requests=0, errors=0, error_rate=0.0,
-                         prompt_tokens=0, completion_tokens=0, cost_total=Decimal(0), latency_sketch=b"\x00\x01"),
-        ev.ModelVersionEvent(producer="trainer", kind=ev.VersionEventKind.published, model="m", version="v-1",
-                             parent_version="base", adapter_uri="file:///a", adapter_sha256="ab" * 32,
-                             lineage=[ev.OffsetRange(topic="llm.samples.rewarded", partition=0, first_offset=0,
-                                                     last_offset=99, samples=100)],
-                             eval={"accuracy": 0.5}, decision="publish", reasons=["+12 points"]),
-        ev.TrainingRunEvent(producer="trainer", kind=ev.TrainingRunKind.finished, run_id="r", model="m",
-                            parent_version="base", method="grpo", status=ev.TrainingRunStatus.rejected),
+        ev.InferenceCompleted(
+            producer="sdk",
+            status=ev.CompletionStatus.error,
+            error_kind="timeout",
+            latency_ms=30_000.0,
+            cost=Decimal(0),
+            model="gpt-x",
+        ),
+        ev.FeedbackSubmitted(
+            producer="sdk",
+            kind=ev.FeedbackKind.thumbs,
+            value=1.0,
+            source=ev.FeedbackSource.user,
+            model="gpt-x",
+        ),
+        ev.MetricsWindow(
+            producer="streams",
+            model="m",
+            version="base",
+            window_start=datetime(2026, 1, 1, tzinfo=UTC),
+            window_end=datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
+            window_size_s=60,
+            window_kind=ev.WindowKind.tumbling,
+            requests=0,
+            errors=0,
+            error_rate=0.0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_total=Decimal(0),
+            latency_sketch=b"\x00\x01",
+        ),
+        ev.ModelVersionEvent(
+            producer="trainer",
+            kind=ev.VersionEventKind.published,
+            model="m",
+            version="v-1",
+            parent_version="base",
+            adapter_uri="file:///a",
+            adapter_sha256="ab" * 32,
+            lineage=[
+                ev.OffsetRange(
+                    topic="llm.samples.rewarded", partition=0, first_offset=0, last_offset=99, samples=100
+                )
+            ],
+            eval={"accuracy": 0.5},
+            decision="publish",
+            reasons=["+12 points"],
+        ),
+        ev.TrainingRunEvent(
+            producer="trainer",
+            kind=ev.TrainingRunKind.finished,
+            run_id="r",
+            model="m",
+            parent_version="base",
+            method="grpo",
+            status=ev.TrainingRunStatus.rejected,
+        ),
     ]
     return out
 

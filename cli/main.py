@@ -57,6 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not args.no_init:
         cmd_topics_ensure(args)
         cmd_schemas_register(args)
+        cmd_db_migrate(args)
     return cmd_status(args)
 
 
@@ -180,6 +181,50 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ClickHouse ---------------------------------------------------------------------
+
+
+def _clickhouse() -> Any:
+    from infra.settings import ClickHouseSettings
+
+    return load_or_explain(ClickHouseSettings)
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from infra.clickhouse.client import connect
+    from infra.clickhouse.migrate import migrate
+
+    ch = _clickhouse()
+    applied = migrate(connect(ch, database="default"), ch.database)
+    for a in applied:
+        print(f"migration {a.version}: applied ({a.statements} statements)")
+    print(f"database {ch.database}: {len(applied)} migration(s) applied, schema up to date")
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    import signal
+
+    from consumers.clickhouse_sink.sink import ClickHouseSink
+    from infra import registry
+
+    sink = ClickHouseSink(
+        _kafka(),
+        _clickhouse(),
+        registry.client(_registry()),
+        batch_size=args.batch_size,
+        batch_seconds=args.batch_seconds,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sink.stop())
+    signal.signal(signal.SIGINT, lambda *_: sink.stop())
+    stats = sink.run(max_seconds=args.max_seconds)
+    print(
+        f"sink stopped: consumed {stats.consumed}, inserted {stats.inserted}, "
+        f"dead-lettered {stats.dead_lettered}, {stats.batches} batches"
+    )
+    return 0
+
+
 # -- bench / demo -------------------------------------------------------------------
 
 
@@ -244,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("topic")
     rep.add_argument("--force", action="store_true", help="replay undecodable letters too")
     rep.set_defaults(sub_fn=cmd_dlq_replay)
+
+    db = add("db", lambda a: a.sub_fn(a), "ClickHouse schema")
+    dbsub = db.add_subparsers(dest="sub", required=True)
+    dbsub.add_parser("migrate", help="apply pending DDL migrations").set_defaults(sub_fn=cmd_db_migrate)
+
+    p = add("sink", cmd_sink, "run the Kafka -> ClickHouse sink for every event topic (until SIGTERM)")
+    p.add_argument("--batch-size", type=int, default=20_000)
+    p.add_argument("--batch-seconds", type=float, default=1.0)
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
 
     p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
     p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")

@@ -1,0 +1,169 @@
+"""Kafka → ClickHouse sink for every event topic.
+
+Delivery guarantee: at-least-once into ReplacingMergeTree tables keyed on
+``event_id``, so replays collapse (read with FINAL). Offsets are committed only
+after every buffered row of the batch is inserted. Batches are bounded by size
+and time. While ClickHouse is down the sink pauses its partitions, retries the
+same batch with backoff, and resumes without loss. Undecodable records go to
+``<topic>.dlq`` (never dropped, never a crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from infra.clickhouse.client import connect
+from infra.clickhouse.migrate import migrate
+from infra.clickhouse.tables import EventTable, event_table
+from infra.dlq import send_to_dlq
+from infra.kafka import consumer, producer
+from infra.serde import SerdeError, TopicSerde
+from infra.settings import ClickHouseSettings, KafkaSettings
+from schemas.topics import ALL_TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+NAME = "clickhouse-sink"
+
+
+@dataclass
+class SinkStats:
+    consumed: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    insert_failures: int = 0
+    per_table: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class ClickHouseSink:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        clickhouse: ClickHouseSettings,
+        registry: SchemaRegistryClient,
+        *,
+        topics: list[TopicSpec] | None = None,
+        group_id: str = "rftloop-clickhouse-sink",
+        batch_size: int = 20_000,
+        batch_seconds: float = 1.0,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self.topics = topics or list(ALL_TOPICS)
+        self._kafka = kafka
+        self._ch_settings = clickhouse
+        self._tables: dict[str, EventTable] = {t.name: event_table(t) for t in self.topics}
+        self._serdes = {t.name: TopicSerde(registry, t) for t in self.topics}
+        self._group_id = group_id
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.max_backoff_s = max_backoff_s
+        self.stats = SinkStats()
+        self._stop = threading.Event()
+        self._client: Any = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _ch(self) -> Any:
+        if self._client is None:
+            self._client = connect(self._ch_settings, database=self._ch_settings.database)
+        return self._client
+
+    def run(self, max_seconds: float | None = None) -> SinkStats:
+        """Consume until ``stop()`` (or ``max_seconds``); commit after each inserted batch."""
+        migrate(connect(self._ch_settings, database="default"), self._ch_settings.database)
+        c = consumer(self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000})
+        dlq = producer(self._kafka)
+        buffers: dict[str, list[list[Any]]] = defaultdict(list)
+        pending: list[Message] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            self._insert_with_backoff(c, buffers)
+            if dlq.flush(30):
+                raise RuntimeError("dead letters still undelivered; not committing")
+            c.commit(asynchronous=False)
+            self.stats.batches += 1
+            buffers.clear()
+            pending.clear()
+
+        def on_revoke(consumer_: Any, partitions: list[TopicPartition]) -> None:
+            flush()  # commit what we hold before the partitions move
+
+        c.subscribe([t.name for t in self.topics], on_revoke=on_revoke)
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        batch_started = time.monotonic()
+        try:
+            while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                msgs = c.consume(num_messages=min(5_000, self.batch_size), timeout=0.2)
+                for msg in msgs:
+                    if msg.error():
+                        log.warning("consume error: %s", msg.error())
+                        continue
+                    self.stats.consumed += 1
+                    pending.append(msg)
+                    topic = msg.topic() or ""
+                    try:
+                        record = self._serdes[topic].decode(msg.value())
+                    except SerdeError as exc:
+                        send_to_dlq(dlq, msg, exc, NAME)
+                        self.stats.dead_lettered += 1
+                        continue
+                    table = self._tables[topic]
+                    buffers[table.name].append(table.row(record, msg.partition() or 0, msg.offset() or 0))
+                full = len(pending) >= self.batch_size
+                if pending and (full or time.monotonic() - batch_started >= self.batch_seconds):
+                    flush()
+                    batch_started = time.monotonic()
+                elif not pending:
+                    batch_started = time.monotonic()
+            flush()
+        finally:
+            c.close()
+        return self.stats
+
+    def _insert_with_backoff(self, c: Any, buffers: dict[str, list[list[Any]]]) -> None:
+        backoff = 0.2
+        paused: list[TopicPartition] = []
+        done: set[str] = set()
+        while True:
+            try:
+                for name, rows in buffers.items():
+                    if name in done or not rows:
+                        continue
+                    table = next(t for t in self._tables.values() if t.name == name)
+                    self._ch().insert(table.name, rows, column_names=table.column_names)
+                    done.add(name)  # a retry never re-inserts a table that made it
+                    self.stats.inserted += len(rows)
+                    self.stats.per_table[name] += len(rows)
+                if paused:
+                    c.resume(paused)
+                    log.info("ClickHouse is back; resumed %d partition(s)", len(paused))
+                return
+            except Exception as exc:  # any ClickHouse / network error: keep the batch, back off
+                self.stats.insert_failures += 1
+                self._client = None
+                if not paused:
+                    paused = c.assignment()
+                    c.pause(paused)
+                log.warning(
+                    "insert failed (%s: %s); retrying in %.1fs with partitions paused",
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
+                if self._stop.wait(backoff):
+                    raise RuntimeError(
+                        "stopped while ClickHouse was unavailable; batch not committed"
+                    ) from exc
+                backoff = min(backoff * 2, self.max_backoff_s)
+                c.poll(0)  # keep group membership alive while paused

@@ -40,6 +40,7 @@ class SinkStats:
     dead_lettered: int = 0
     batches: int = 0
     insert_failures: int = 0
+    first_message_at: float | None = None  # time.monotonic() of the first record consumed
     per_table: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -110,6 +111,8 @@ class ClickHouseSink:
                         log.warning("consume error: %s", msg.error())
                         continue
                     self.stats.consumed += 1
+                    if self.stats.first_message_at is None:
+                        self.stats.first_message_at = time.monotonic()
                     pending.append(msg)
                     topic = msg.topic() or ""
                     try:

@@ -321,10 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rftloop: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from confluent_kafka import KafkaException
+
         from infra.local.process import ServiceError
 
         if isinstance(exc, ServiceError):
             print(f"rftloop: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, KafkaException):
+            servers = KafkaSettings().bootstrap_servers
+            print(
+                f"rftloop: cannot talk to Kafka at {servers} (RFTLOOP_KAFKA_BOOTSTRAP_SERVERS): {exc}; "
+                "is it running (`rftloop status`)?",
+                file=sys.stderr,
+            )
             return 1
         raise
 

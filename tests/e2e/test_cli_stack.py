@@ -93,3 +93,15 @@ def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
     r = _rftloop(env, "topics", "ensure")
     assert r.returncode == 2
     assert "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS" in r.stderr and "host:port" in r.stderr
+
+
+def test_unreachable_broker_names_the_setting(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "RFTLOOP_LOCAL_STATE_DIR": str(tmp_path),
+    }
+    r = _rftloop(env, "topics", "ensure", timeout=120)
+    assert r.returncode == 1
+    assert f"cannot talk to Kafka at 127.0.0.1:{port} (RFTLOOP_KAFKA_BOOTSTRAP_SERVERS)" in r.stderr

@@ -86,3 +86,47 @@ def test_poison_messages_dead_lettered_and_replayed(stack, unique) -> None:
         # a "fixed" letter: pretend an operator accepts everything now
         assert dlq.replay(stack.kafka, topic.name, p, accept=lambda v: v == b"") == (1, 4)
         assert dlq.replay(stack.kafka, topic.name, p, accept=lambda v: False) == (0, 4)
+
+
+def test_dlq_cli_show_and_replay(stack, unique) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra.dlq import send_to_dlq
+
+    ensure_topics(stack.kafka, only=[COMPLETED])
+    registry.register(registry.client(stack.registry), COMPLETED)
+    with producing(stack.kafka) as p:
+        produce(p, COMPLETED.name, f"bad-{unique}", b"not avro at all")
+    c = consumer(stack.kafka, f"g-{unique}")
+    c.subscribe([COMPLETED.name])
+    deadline = time.monotonic() + 30
+    with producing(stack.kafka) as p:
+        while time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error() and msg.key() == f"bad-{unique}".encode():
+                send_to_dlq(p, msg, ValueError("not avro"), "cli-test")
+                break
+    c.close()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, **stack.env()},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    show = cli("dlq", "show", COMPLETED.name, "--json")
+    assert show.returncode == 0, show.stderr
+    letters = [d for d in json.loads(show.stdout) if d["key"] == f"bad-{unique}"]
+    assert len(letters) == 1 and letters[0]["error"] == "ValueError: not avro"
+    assert letters[0]["source"].startswith(f"{COMPLETED.name}[")
+    rep = cli("dlq", "replay", COMPLETED.name)
+    assert rep.returncode == 0, rep.stderr
+    assert "replayed 0 dead letter(s)" in rep.stdout and "still undecodable" in rep.stdout

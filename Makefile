@@ -22,7 +22,7 @@ test-integration: venv
 
 lint: venv
 	$(PY) -m ruff check .
-	$(PY) -m mypy schemas infra cli bench
+	$(PY) -m mypy schemas infra cli bench consumers
 
 demo: venv
 	$(PY) -m cli.main demo $(DEMO_ARGS)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message, TopicPartition
 
-from infra.kafka import TrackedProducer, consumer, produce
+from infra.kafka import Headers, TrackedProducer, consumer, header_list, produce
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import KafkaSettings
 from schemas.events import Event
@@ -40,7 +40,7 @@ def dlq_topic(topic: str) -> str:
 def send_to_dlq(p: TrackedProducer, msg: Message, error: BaseException, consumer_name: str) -> None:
     """Publish the original key/value/headers of ``msg`` to its topic's DLQ."""
     topic = msg.topic() or "unknown"
-    headers = [(k, v) for k, v in (msg.headers() or []) if k not in _OURS]
+    headers: Headers = [(k, v) for k, v in header_list(msg) if k not in _OURS]
     headers += [
         (H_TOPIC, topic.encode()),
         (H_PARTITION, str(msg.partition()).encode()),
@@ -82,7 +82,7 @@ class DeadLetter:
 
 
 def _headers(msg: Message) -> dict[str, str]:
-    return {k: (v or b"").decode(errors="replace") for k, v in (msg.headers() or [])}
+    return {k: v.decode(errors="replace") if isinstance(v, bytes) else (v or "") for k, v in header_list(msg)}
 
 
 def read_all(
@@ -108,11 +108,11 @@ def read_all(
             msg = c.poll(0.5)
             if msg is None or msg.error():
                 continue
-            out.append(
-                DeadLetter(msg.partition(), msg.offset(), msg.key(), msg.value() or b"", _headers(msg))
-            )
-            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                remaining.pop(msg.partition(), None)
+            part, off, key = msg.partition() or 0, msg.offset() or 0, msg.key()
+            key_bytes = key.encode() if isinstance(key, str) else key
+            out.append(DeadLetter(part, off, key_bytes, msg.value() or b"", _headers(msg)))
+            if off + 1 >= remaining.get(part, 0):
+                remaining.pop(part, None)
         return out
     finally:
         c.close()
@@ -143,7 +143,7 @@ def replay(
             pid: c.get_watermark_offsets(TopicPartition(name, pid), timeout=10)[1] for pid in md.partitions
         }
         committed = c.committed([TopicPartition(name, pid) for pid in md.partitions], timeout=10)
-        start = {tp.partition: max(tp.offset, 0) for tp in committed}
+        start = {tp.partition: max(tp.offset or 0, 0) for tp in committed}
         todo = {pid for pid, end in ends.items() if end > start.get(pid, 0)}
         if not todo:
             return 0, 0
@@ -153,23 +153,24 @@ def replay(
             msg = c.poll(0.5)
             if msg is None or msg.error():
                 continue
-            if msg.offset() >= ends[msg.partition()]:
-                todo.discard(msg.partition())
+            part, off = msg.partition() or 0, msg.offset() or 0
+            if off >= ends[part]:
+                todo.discard(part)
                 continue
             value = msg.value() or b""
             if accept(value):
-                headers = [(k, v) for k, v in (msg.headers() or []) if k not in _OURS]
-                headers.append(("dlq.replayed_from", f"{name}@{msg.offset()}".encode()))
+                headers: Headers = [(k, v) for k, v in header_list(msg) if k not in _OURS]
+                headers.append(("dlq.replayed_from", f"{name}@{off}".encode()))
                 produce(p, _headers(msg).get(H_TOPIC, topic), msg.key(), value, headers=headers)
                 replayed += 1
             else:
-                produce(p, name, msg.key(), value, headers=msg.headers() or [])
+                produce(p, name, msg.key(), value, headers=header_list(msg))
                 skipped += 1
             if p.flush(30):
                 raise RuntimeError("replay: records still undelivered; nothing committed")
             c.commit(message=msg, asynchronous=False)
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                todo.discard(msg.partition())
+            if off + 1 >= ends[part]:
+                todo.discard(part)
         return replayed, skipped
     finally:
         c.close()

@@ -18,6 +18,14 @@ from schemas.topics import ALL_TOPICS, DLQ_CONFIG, TopicSpec
 
 log = logging.getLogger(__name__)
 
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def header_list(msg: Message) -> Headers:
+    """A record's headers as a list of (name, value), whatever shape the client gave them in."""
+    h = msg.headers() or []
+    return list(h.items()) if isinstance(h, dict) else list(h)
+
 
 class DeliveryFailed(KafkaException):
     """A record could not be delivered after librdkafka's retries."""
@@ -56,7 +64,7 @@ class TrackedProducer:
         topic: str,
         value: bytes,
         key: str | bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: Headers | None = None,
     ) -> None:
         """Queue one record; when the local queue is full, serve callbacks and retry."""
         while True:
@@ -113,7 +121,7 @@ def produce(
     topic: str,
     key: str | bytes | None,
     value: bytes,
-    headers: list[tuple[str, bytes]] | None = None,
+    headers: Headers | None = None,
 ) -> None:
     p.produce(topic, value, key, headers)
 
@@ -132,7 +140,8 @@ def consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> _Consu
 
 
 def admin(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(settings.client_config())
+    conf: dict[str, Any] = {**settings.client_config()}
+    return AdminClient(conf)
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def check(reg: SchemaRegistryClient, topic: TopicSpec, schema: dict[str, Any]) -
         if exc.http_status_code == 404:
             return []
         raise
-    old = json.loads(latest.schema.schema_str)
+    old = json.loads(latest.schema.schema_str or "{}")
     problems = backward_problems(old, schema)
     if not problems and not reg.test_compatibility(topic.subject, Schema(canonical(schema), "AVRO")):
         problems.append(f"the registry rejects the change to {topic.subject} as not {COMPATIBILITY}")
@@ -160,14 +160,20 @@ def register(
     avro = Schema(canonical(schema), "AVRO")
     try:
         found = reg.lookup_schema(topic.subject, avro)
-        return SubjectResult(topic.subject, found.schema_id, found.version, "unchanged")
+        return SubjectResult(topic.subject, _known(found.schema_id), _known(found.version), "unchanged")
     except SchemaRegistryError as exc:
         if exc.http_status_code != 404:
             raise
     schema_id = reg.register_schema(topic.subject, avro)
     reg.set_compatibility(topic.subject, COMPATIBILITY)
     version = reg.lookup_schema(topic.subject, avro).version
-    return SubjectResult(topic.subject, schema_id, version, "registered")
+    return SubjectResult(topic.subject, schema_id, _known(version), "registered")
+
+
+def _known(value: int | None) -> int:
+    if value is None:
+        raise SchemaRegistryError(500, 50001, "registry answered without an id/version")
+    return value
 
 
 def register_all(reg: SchemaRegistryClient) -> list[SubjectResult]:

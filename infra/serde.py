@@ -91,7 +91,10 @@ class TopicSerde:
     def _resolve_id(self) -> int:
         avro = Schema(canonical(self._schema_json), "AVRO")
         try:
-            return int(self._registry.lookup_schema(self.topic.subject, avro).schema_id)
+            found = self._registry.lookup_schema(self.topic.subject, avro).schema_id
+            if found is None:
+                raise SerdeError(f"registry returned no id for {self.topic.subject}")
+            return int(found)
         except SchemaRegistryError as exc:
             if exc.http_status_code != 404:
                 raise SerdeError(f"registry lookup for {self.topic.subject} failed: {exc}") from exc
@@ -125,7 +128,7 @@ class TopicSerde:
                 if exc.http_status_code == 404:
                     raise UnknownSchemaId(f"schema id {schema_id} is not in the registry") from exc
                 raise
-            writer_json = json.loads(registered.schema_str)
+            writer_json = json.loads(registered.schema_str or "{}")
             parsed = (
                 self.reader_schema if writer_json == self._schema_json else fastavro.parse_schema(writer_json)
             )
@@ -151,11 +154,14 @@ class TopicSerde:
             raise CorruptBody(
                 f"{len(data) - stream.tell()} trailing bytes after the record (schema id {schema_id})"
             )
+        if not isinstance(record, dict):
+            raise CorruptBody(f"decoded a {type(record).__name__}, not a record (schema id {schema_id})")
         return record
 
     def decode_event(self, data: bytes | None) -> Event:
         record = self.decode(data)
         try:
-            return self.topic.event.from_avro(record)  # type: ignore[no-any-return]
+            event: Event = self.topic.event.from_avro(record)
+            return event
         except ValueError as exc:
             raise InvalidRecord(str(exc)) from exc

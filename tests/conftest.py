@@ -115,3 +115,23 @@ def ch_database(stack: Stack, unique: str) -> Iterator[str]:
     c.command(f"CREATE DATABASE {name}")
     yield name
     c.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture
+def event_topic(stack: Stack, unique: str) -> object:
+    """Factory: event_topic(COMPLETED) -> (a fresh copy of that topic, created and registered; its serde)."""
+    from dataclasses import replace
+
+    from infra import registry
+    from infra.kafka import ensure_topics
+    from infra.serde import TopicSerde
+
+    reg = registry.client(stack.registry)
+
+    def make(spec):  # type: ignore[no-untyped-def]
+        topic = replace(spec, name=f"{spec.name}-{unique}")
+        ensure_topics(stack.kafka, only=[topic])
+        registry.register(reg, topic)
+        return topic, TopicSerde(reg, topic)
+
+    return make

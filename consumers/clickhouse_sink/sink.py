@@ -83,7 +83,7 @@ class ClickHouseSink:
         migrate(connect(self._ch_settings, database="default"), self._ch_settings.database)
         c = consumer(self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000})
         dlq = producer(self._kafka)
-        buffers: dict[str, list[list[Any]]] = defaultdict(list)
+        buffers: dict[str, list[list[Any]]] = defaultdict(list)  # topic -> rows
         pending: list[Message] = []
 
         def flush() -> None:
@@ -122,7 +122,7 @@ class ClickHouseSink:
                         self.stats.dead_lettered += 1
                         continue
                     table = self._tables[topic]
-                    buffers[table.name].append(table.row(record, msg.partition() or 0, msg.offset() or 0))
+                    buffers[topic].append(table.row(record, msg.partition() or 0, msg.offset() or 0))
                 full = len(pending) >= self.batch_size
                 if pending and (full or time.monotonic() - batch_started >= self.batch_seconds):
                     flush()
@@ -140,10 +140,11 @@ class ClickHouseSink:
         done: set[str] = set()
         while True:
             try:
-                for name, rows in buffers.items():
+                for topic, rows in buffers.items():
+                    table = self._tables[topic]
+                    name = table.name
                     if name in done or not rows:
                         continue
-                    table = next(t for t in self._tables.values() if t.name == name)
                     self._ch().insert(table.name, rows, column_names=table.column_names)
                     done.add(name)  # a retry never re-inserts a table that made it
                     self.stats.inserted += len(rows)

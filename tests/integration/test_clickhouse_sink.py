@@ -115,15 +115,12 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
     assert raw >= 3_000  # duplicates physically present until merges; FINAL hides them
 
 
-def test_sink_pauses_while_clickhouse_is_down_and_catches_up(stack, unique) -> None:
+def test_sink_pauses_while_clickhouse_is_down_and_catches_up(stack, unique, event_topic) -> None:
     from consumers.clickhouse_sink.sink import ClickHouseSink
     from infra.local.services import clickhouse as clickhouse_service
 
-    topic = replace(COMPLETED, name=f"completed-{unique}")
-    ensure_topics(stack.kafka, only=[topic])
+    topic, ser = event_topic(COMPLETED)
     reg = registry.client(stack.registry)
-    registry.register(reg, topic)
-    ser = TopicSerde(reg, topic)
     ch = stack.clickhouse.model_copy(update={"database": f"sinkdown_{unique}"})
     sink = ClickHouseSink(
         stack.kafka,

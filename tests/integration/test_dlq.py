@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from decimal import Decimal
 
 from infra import dlq, registry
 from infra.kafka import consumer, ensure_topics, produce, producing
-from infra.serde import TopicSerde
 from schemas import events as ev
 from schemas.topics import COMPLETED
 
 
-def test_poison_messages_dead_lettered_and_replayed(stack, unique) -> None:
-    topic = replace(COMPLETED, name=f"completed-{unique}")
-    ensure_topics(stack.kafka, only=[topic])
-    reg = registry.client(stack.registry)
-    registry.register(reg, topic)
-    serde = TopicSerde(reg, topic)
+def test_poison_messages_dead_lettered_and_replayed(stack, unique, event_topic) -> None:
+    topic, serde = event_topic(COMPLETED)
     good = ev.InferenceCompleted(
         producer="t",
         request_id="r",

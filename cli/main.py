@@ -225,6 +225,18 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_streams(args: argparse.Namespace) -> int:
+    from infra.settings import StreamsSettings
+    from streams.app import run_worker
+
+    settings = load_or_explain(StreamsSettings)
+    assert isinstance(settings, StreamsSettings)
+    if args.web_port is not None:
+        settings = settings.model_copy(update={"web_port": args.web_port})
+    run_worker(_kafka(), _registry(), settings, loglevel="debug" if args.verbose else "info")
+    return 0
+
+
 # -- bench / demo -------------------------------------------------------------------
 
 
@@ -298,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=20_000)
     p.add_argument("--batch-seconds", type=float, default=1.0)
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+
+    p = add("streams", cmd_streams, "run a stream worker: joins, rewards, rolling windows (until Ctrl-C)")
+    p.add_argument("--web-port", type=int, default=None, help="worker HTTP port for /windows/ (0 = off)")
 
     p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
     p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")

@@ -38,14 +38,41 @@ def dlq_topic(topic: str) -> str:
 
 
 def send_to_dlq(p: TrackedProducer, msg: Message, error: BaseException, consumer_name: str) -> None:
-    """Publish the original key/value/headers of ``msg`` to its topic's DLQ."""
-    topic = msg.topic() or "unknown"
-    headers: Headers = [(k, v) for k, v in header_list(msg) if k not in _OURS]
-    headers += [
+    """Publish the original key/value/headers of a confluent-kafka ``msg`` to its topic's DLQ."""
+    send_dead_letter(
+        p,
+        topic=msg.topic() or "unknown",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        timestamp_ms=msg.timestamp()[1],
+        key=msg.key(),
+        value=msg.value() or b"",
+        headers=header_list(msg),
+        error=error,
+        consumer_name=consumer_name,
+    )
+
+
+def send_dead_letter(
+    p: TrackedProducer,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    key: bytes | None,
+    value: bytes,
+    headers: Headers,
+    error: BaseException,
+    consumer_name: str,
+) -> None:
+    """Publish one record's original bytes to ``<topic>.dlq`` (any client: confluent-kafka, faust)."""
+    out: Headers = [(k, v) for k, v in headers if k not in _OURS]
+    out += [
         (H_TOPIC, topic.encode()),
-        (H_PARTITION, str(msg.partition()).encode()),
-        (H_OFFSET, str(msg.offset()).encode()),
-        (H_TIMESTAMP, str(msg.timestamp()[1]).encode()),
+        (H_PARTITION, str(partition).encode()),
+        (H_OFFSET, str(offset).encode()),
+        (H_TIMESTAMP, str(timestamp_ms).encode()),
         (H_ERROR_CLASS, type(error).__name__.encode()),
         (H_ERROR_MESSAGE, str(error)[:2000].encode(errors="replace")),
         (H_CONSUMER, consumer_name.encode()),
@@ -53,12 +80,12 @@ def send_to_dlq(p: TrackedProducer, msg: Message, error: BaseException, consumer
     log.warning(
         "dead letter topic=%s partition=%s offset=%s error=%s: %s",
         topic,
-        msg.partition(),
-        msg.offset(),
+        partition,
+        offset,
         type(error).__name__,
         error,
     )
-    produce(p, dlq_topic(topic), msg.key(), msg.value() or b"", headers=headers)
+    produce(p, dlq_topic(topic), key, value, headers=out)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,26 @@ class ClickHouseSettings(BaseSettings):
         return urlparse(self.url).scheme == "https"
 
 
+class StreamsSettings(BaseSettings):
+    """The faust stream processors: joins, rewards, rolling windows."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_STREAMS_", extra="ignore")
+
+    app_id: str = Field("rftloop-streams", description="consumer group and changelog topic prefix")
+    topic_suffix: str = Field("", description="appended to every topic name (isolated test/tenant sets)")
+    feedback_horizon_s: float = Field(86_400, gt=0, description="how long a request waits for feedback")
+    windows: str = Field(
+        "tumbling:10,tumbling:60,hopping:300:60", description="window specs, seconds: KIND:SIZE[:STEP]"
+    )
+    lateness_s: float = Field(5.0, ge=0, description="a window closes this long after its end")
+    evaluators: str = Field("number_match,json_valid,regex", description="registered evaluators to run")
+    evaluator_modules: str = Field("", description="comma-separated modules that register evaluators")
+    batch_size: int = Field(2000, ge=1, description="events per metrics batch")
+    batch_seconds: float = Field(0.2, gt=0, description="longest wait to fill a metrics batch")
+    web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (open windows); 0 = off")
+    data_dir: Path = Field(Path(".rftloop/streams"), description="faust worker state")
+
+
 class LocalStackSettings(BaseSettings):
     """Where `rftloop up` keeps the local services, and which ports they take."""
 

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.local.artifacts import apicurio_home, find_java, kafka_lib
-from infra.local.process import ManagedProcess, ServiceError, port_in_use
+from infra.local.process import ManagedProcess, ServiceError, free_port, port_in_use
 from infra.settings import LocalStackSettings
 
 _LOG4J2 = """\
@@ -141,6 +141,10 @@ def registry(settings: LocalStackSettings) -> ManagedProcess:
             "-XX:TieredStopAtLevel=1",
             f"-Dquarkus.http.port={port}",
             "-Dquarkus.http.host=127.0.0.1",
+            # Quarkus also opens a management port (health, metrics; 9000 by default): a free one
+            # on loopback, so several stacks (tests, benchmarks, a dev stack) coexist.
+            f"-Dquarkus.management.port={free_port()}",
+            "-Dquarkus.management.host=127.0.0.1",
             # Schemas survive `rftloop down`/`up`, so ids framed into Kafka records stay valid.
             f"-Dapicurio.datasource.url=jdbc:h2:file:{db};DB_CLOSE_ON_EXIT=FALSE",
             f"-Dapicurio.storage.snapshot.location={db.parent}",

@@ -1,0 +1,173 @@
+"""Rewards: how feedback becomes a number, and the registry of evaluators.
+
+One place for both, because the streams (live rewards) and the trainer (GRPO
+reward functions, held-out scoring) must agree on what a reward is.
+
+- ``feedback_reward`` maps one FeedbackSubmitted to a value in [-1, 1] (scores
+  pass through as given): thumbs -> +1/-1, rating r of 1..scale_max -> linear
+  onto [-1, 1], score -> as is, preference -> +1 (this response preferred) or
+  -1, correction -> -1 (the user had to fix it; the text becomes the reference).
+- Evaluators are plain Python callables ``(EvalInput) -> float | None``
+  registered by name with ``@evaluator("name")``; ``None`` means "does not
+  apply" (e.g. exact match without a reference). Built-ins: ``exact_match``,
+  ``number_match``, ``json_valid``, ``regex``, ``length_budget``. Your own:
+  put them in a module and name it in ``RFTLOOP_STREAMS_EVALUATOR_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from schemas.events import FeedbackKind, FeedbackSubmitted
+
+
+class UnknownEvaluator(KeyError):
+    """An evaluator name that nobody registered."""
+
+
+@dataclass(frozen=True)
+class EvalInput:
+    prompt: str
+    completion: str
+    reference: str | None = None
+    completion_tokens: int = 0
+    params: dict[str, str] = field(default_factory=dict)
+
+
+Evaluator = Callable[[EvalInput], float | None]
+_REGISTRY: dict[str, Evaluator] = {}
+
+
+def evaluator(name: str) -> Callable[[Evaluator], Evaluator]:
+    """Register ``fn`` under ``name`` (a later registration of the same name replaces it)."""
+
+    def register(fn: Evaluator) -> Evaluator:
+        _REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def get(name: str) -> Evaluator:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownEvaluator(
+            f"no evaluator named {name!r}; registered: {', '.join(sorted(_REGISTRY))}. "
+            "Register one with @infra.rewards.evaluator(name) in a module listed in "
+            "RFTLOOP_STREAMS_EVALUATOR_MODULES"
+        ) from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_modules(modules: Iterable[str]) -> None:
+    """Import user modules so their @evaluator decorators run."""
+    for module in modules:
+        if module:
+            importlib.import_module(module)
+
+
+def resolve(selected: Iterable[str]) -> dict[str, Evaluator]:
+    return {name: get(name) for name in selected if name}
+
+
+def run(evaluators: dict[str, Evaluator], item: EvalInput) -> dict[str, float]:
+    """Scores of every evaluator that applies; an evaluator that raises scores nothing."""
+    scores: dict[str, float] = {}
+    for name, fn in evaluators.items():
+        try:
+            value = fn(item)
+        except Exception:  # a user's evaluator must not take the stream down
+            continue
+        if value is not None and math.isfinite(value):
+            scores[name] = float(value)
+    return scores
+
+
+def feedback_reward(fb: FeedbackSubmitted) -> float | None:
+    """The reward one piece of feedback stands for; None when it carries no value."""
+    return reward_of(fb.kind.value, fb.value, fb.scale_max)
+
+
+def reward_of(kind: str, value: float | None, scale_max: float | None = None) -> float | None:
+    """``feedback_reward`` on the raw fields (the streams' hot path skips the pydantic model)."""
+    if kind == FeedbackKind.correction:
+        return -1.0
+    if value is None or not math.isfinite(value):
+        return None
+    if kind == FeedbackKind.thumbs:
+        return 1.0 if value > 0 else -1.0
+    if kind == FeedbackKind.rating:
+        top = scale_max if scale_max and scale_max > 1 else 5.0
+        clipped = min(max(value, 1.0), top)
+        return 2.0 * (clipped - 1.0) / (top - 1.0) - 1.0
+    if kind == FeedbackKind.preference:
+        return 1.0 if value > 0 else -1.0
+    return float(value)  # score: as given
+
+
+# -- built-in evaluators -----------------------------------------------------
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.strip().lower().rstrip(".").split())
+
+
+@evaluator("exact_match")
+def exact_match(item: EvalInput) -> float | None:
+    """1 if the completion equals the reference (case, spaces, final period ignored), else 0."""
+    if item.reference is None:
+        return None
+    return 1.0 if _norm(item.completion) == _norm(item.reference) else 0.0
+
+
+@evaluator("number_match")
+def number_match(item: EvalInput) -> float | None:
+    """1 if the first number in the completion equals the reference number, else 0."""
+    if item.reference is None:
+        return None
+    want = _NUMBER.search(item.reference)
+    if want is None:
+        return None
+    got = _NUMBER.search(item.completion)
+    return 1.0 if got is not None and float(got.group()) == float(want.group()) else 0.0
+
+
+@evaluator("json_valid")
+def json_valid(item: EvalInput) -> float | None:
+    """For requests that ask for JSON (param response_format=json): 1 if it parses, else 0."""
+    if item.params.get("response_format") != "json":
+        return None
+    try:
+        json.loads(item.completion)
+    except ValueError:
+        return 0.0
+    return 1.0
+
+
+@evaluator("regex")
+def regex_match(item: EvalInput) -> float | None:
+    """For requests with param ``expect_regex``: 1 if the completion matches it, else 0."""
+    pattern = item.params.get("expect_regex")
+    if not pattern:
+        return None
+    return 1.0 if re.search(pattern, item.completion) else 0.0
+
+
+@evaluator("length_budget")
+def length_budget(item: EvalInput) -> float | None:
+    """1 within ``length_budget`` completion tokens (param, default 32), falling linearly to 0 at 2x."""
+    budget = int(item.params.get("length_budget", "32") or 32)
+    tokens = item.completion_tokens
+    if tokens <= budget:
+        return 1.0
+    return max(0.0, 1.0 - (tokens - budget) / budget)

@@ -1,0 +1,365 @@
+"""The faust-streaming app: request/response/feedback join, rewards, rolling windows.
+
+Agents (one consumer group, ``RFTLOOP_STREAMS_APP_ID``; run N workers to split partitions):
+
+- ``join``: InferenceRequested + InferenceCompleted + FeedbackSubmitted keyed by
+  request_id into a changelogged table (expiry after the feedback horizon); runs
+  the evaluators and publishes their scores as FeedbackSubmitted; publishes a
+  RewardedSample whenever a response's reward sources grow (streams/join.py).
+- ``buckets``: InferenceCompleted + FeedbackSubmitted, in batches, folded into
+  base-width buckets per (model, version) and published as partial
+  accumulators keyed ``model|version`` (stage 1 of streams/windows.py).
+- ``windows``: merges partials into every window (changelogged table keyed
+  ``model|version``; a partial already merged — same offset — is skipped) and,
+  on a tick, publishes a MetricsWindow for each window that closed.
+
+Every output goes through faust's producer, which faust flushes before it
+commits the input offsets: at-least-once. Outputs carry derived event ids
+(replays publish the same ids; ClickHouse keeps one row per id). Records that
+do not decode, or carry absurd values, go to ``<topic>.dlq`` with headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+import faust
+from faust.types import EventT
+from faust.web import Request, Response, View
+
+from infra import registry as registry_mod
+from infra import rewards
+from infra.dlq import send_dead_letter
+from infra.kafka import TrackedProducer, producer
+from infra.serde import InvalidRecord, SerdeError, TopicSerde
+from infra.settings import KafkaSettings, RegistrySettings, StreamsSettings
+from schemas.events import FeedbackSubmitted, InferenceCompleted, InferenceRequested, RewardedSample
+from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED, TopicSpec
+from streams.join import PRODUCER, JoinState, derived_id
+from streams.windows import Accumulator, VersionWindows, base_bucket_s, parse_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamStats:
+    joined: int = 0
+    samples: int = 0
+    evaluator_scores: int = 0
+    bucketed: int = 0
+    duplicates: int = 0
+    partials: int = 0
+    windows_closed: int = 0
+    dead_letters: int = 0
+    expired: int = 0
+
+
+class _RecentIds:
+    """Bounded memory of event ids seen by this worker (drops duplicates that arrive close together)."""
+
+    def __init__(self, size: int = 500_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def seen(self, event_id: str) -> bool:
+        if event_id in self._ids:
+            return True
+        self._ids[event_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return False
+
+
+def check_completed(r: dict[str, Any]) -> None:
+    """Absurd values are poison, not data: they would corrupt every window they touch."""
+    for name in ("latency_ms", "ttft_ms", "tokens_per_s"):
+        v = r[name]
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise InvalidRecord(f"{name}={v}: must be a finite number >= 0")
+    if r["prompt_tokens"] < 0 or r["completion_tokens"] < 0 or r["cost"] < 0:
+        raise InvalidRecord("token counts and cost must be >= 0")
+
+
+class StreamsApp:
+    def __init__(self, kafka: KafkaSettings, registry: RegistrySettings, settings: StreamsSettings) -> None:
+        self.settings = settings
+        self.stats = StreamStats()
+        self.specs = parse_windows(settings.windows)
+        self.bucket_s = base_bucket_s(self.specs)
+        rewards.load_modules(m.strip() for m in settings.evaluator_modules.split(","))
+        self.evaluators = rewards.resolve(e.strip() for e in settings.evaluators.split(","))
+        reg = registry_mod.client(registry)
+        sfx = settings.topic_suffix
+        self.specs_by_topic: dict[str, TopicSpec] = {}
+        self.serde: dict[str, TopicSerde] = {}
+        for spec in (REQUESTED, COMPLETED, FEEDBACK, REWARDED, METRICS):
+            named = replace(spec, name=spec.name + sfx)
+            self.specs_by_topic[named.name] = named
+            self.serde[spec.name] = TopicSerde(reg, named)
+        self._recent = _RecentIds()
+        self._dlq: TrackedProducer = producer(kafka)
+        self._sweep_at: dict[int, float] = {}
+
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{hp.strip()}" for hp in kafka.bootstrap_servers.split(",")],
+            store="memory://",
+            datadir=str(settings.data_dir),
+            web_enabled=settings.web_port > 0,
+            web_port=settings.web_port or 6066,
+            web_host="127.0.0.1",
+            topic_partitions=kafka.partitions,
+            topic_replication_factor=kafka.replication_factor,
+            key_serializer="raw",
+            value_serializer="json",  # tables and the partials topic; event topics say raw
+            consumer_auto_offset_reset="earliest",
+            broker_max_poll_records=5000,
+            stream_buffer_maxsize=20_000,
+            stream_wait_empty=False,
+            commit_interval=1.0,
+            producer_acks=-1,
+        )
+        app = self.app
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.t_requested = app.topic(REQUESTED.name + sfx, **raw)
+        self.t_completed = app.topic(COMPLETED.name + sfx, **raw)
+        self.t_feedback = app.topic(FEEDBACK.name + sfx, **raw)
+        self.t_rewarded = app.topic(REWARDED.name + sfx, **raw)
+        self.t_metrics = app.topic(METRICS.name + sfx, **raw)
+        self.t_partials = app.topic(
+            f"{settings.app_id}-window-partials{sfx}",
+            internal=True,
+            partitions=kafka.partitions,
+            key_serializer="raw",
+            value_serializer="json",
+        )
+        self.joins = app.Table("joins", default=None, partitions=kafka.partitions)
+        self.windows = app.Table("windows", default=None, partitions=kafka.partitions)
+
+        app.agent(
+            app.topic(REQUESTED.name + sfx, COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw), name="join"
+        )(self._join_agent)
+        app.agent(app.topic(COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw), name="buckets")(
+            self._bucket_agent
+        )
+        app.agent(self.t_partials, name="windows")(self._windows_agent)
+        app.timer(1.0)(self._tick)
+        app.task(self._prepare)
+        streams_app = self
+
+        @app.page("/windows/")
+        class OpenWindows(View):
+            async def get(self, request: Request) -> Response:
+                return self.json(streams_app.open_windows())
+
+        @app.page("/stats/")
+        class Stats(View):
+            async def get(self, request: Request) -> Response:
+                return self.json(streams_app.stats.__dict__)
+
+    # -- helpers ---------------------------------------------------------------
+    async def _prepare(self) -> None:
+        """Resolve schema ids before the first event (blocking registry calls, once)."""
+        for s in self.serde.values():
+            await asyncio.to_thread(lambda s=s: s.schema_id)
+        log.info(
+            "streams ready: windows %s (bucket %ss), evaluators %s",
+            ", ".join(s.name for s in self.specs),
+            self.bucket_s,
+            ", ".join(self.evaluators) or "none",
+        )
+
+    def _dead_letter(self, event: EventT, error: BaseException) -> None:
+        msg = event.message
+        self.stats.dead_letters += 1
+        value = msg.value if isinstance(msg.value, bytes) else b""
+        key = msg.key if isinstance(msg.key, bytes) else None
+        send_dead_letter(
+            self._dlq,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            timestamp_ms=int(msg.timestamp * 1000),
+            key=key,
+            value=value,
+            headers=[(k, v) for k, v in (msg.headers or [])],
+            error=error,
+            consumer_name=self.settings.app_id,
+        )
+        self._dlq.poll(0)
+
+    def _base(self, topic: str) -> str:
+        sfx = self.settings.topic_suffix
+        return topic[: -len(sfx)] if sfx and topic.endswith(sfx) else topic
+
+    async def _send_event(self, topic: faust.types.TopicT, base: str, key: str, event: Any) -> None:
+        data = self.serde[base].encode_event(event)
+        await topic.send(key=key.encode(), value=data, force=True)
+
+    # -- join --------------------------------------------------------------------
+    async def _join_agent(self, stream: faust.StreamT) -> None:
+        horizon = self.settings.feedback_horizon_s
+        async for event in stream.events():
+            base = self._base(event.message.topic)
+            try:
+                decoded = self.serde[base].decode_event(event.message.value)
+                request_id = decoded.request_id  # type: ignore[attr-defined]
+                if not request_id:
+                    raise InvalidRecord(f"{type(decoded).__name__} without request_id cannot be joined")
+            except SerdeError as exc:
+                self._dead_letter(event, exc)
+                continue
+            assert isinstance(decoded, InferenceRequested | InferenceCompleted | FeedbackSubmitted)
+            now = time.time()
+            partition = event.message.partition
+            current = self.joins.get(request_id)
+            state = (
+                JoinState.from_json(current) if current else JoinState(partition=partition, expires_at=0.0)
+            )
+            outputs = state.apply(decoded, self.evaluators, now, horizon)
+            self.joins[request_id] = state.to_json()
+            self.stats.joined += 1
+            for out in outputs:
+                if isinstance(out, RewardedSample):
+                    self.stats.samples += 1
+                    await self._send_event(self.t_rewarded, REWARDED.name, request_id, out)
+                else:
+                    self.stats.evaluator_scores += 1
+                    await self._send_event(self.t_feedback, FEEDBACK.name, request_id, out)
+            if now >= self._sweep_at.get(partition, 0.0):
+                self._sweep_at[partition] = now + min(60.0, horizon / 10)
+                self._expire(partition, now)
+
+    def _expire(self, partition: int, now: float) -> None:
+        """Drop joins of this partition past their horizon (deletes go to this partition's changelog)."""
+        old = [k for k, v in self.joins.items() if v and v["p"] == partition and v["x"] < now]
+        for key in old:
+            del self.joins[key]
+        self.stats.expired += len(old)
+
+    # -- stage 1: buckets -------------------------------------------------------
+    async def _bucket_agent(self, stream: faust.StreamT) -> None:
+        completed_serde = self.serde[COMPLETED.name]
+        feedback_serde = self.serde[FEEDBACK.name]
+        completed_topic = self.t_completed.get_topic_name()
+        width = self.bucket_s
+        async for batch in stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds):
+            buckets: dict[tuple[str, str, int], Accumulator] = {}
+            for event in batch:
+                is_completed = event.message.topic == completed_topic
+                try:
+                    r = (completed_serde if is_completed else feedback_serde).decode(event.message.value)
+                    if is_completed:
+                        check_completed(r)
+                except SerdeError as exc:
+                    self._dead_letter(event, exc)
+                    continue
+                if self._recent.seen(r["event_id"]):
+                    self.stats.duplicates += 1
+                    continue
+                t = int(r["occurred_at"].timestamp()) // width * width
+                k = (r["model"], r["version"], t)
+                acc = buckets.get(k)
+                if acc is None:
+                    acc = buckets[k] = Accumulator()
+                if is_completed:
+                    acc.add_completed(r)
+                else:
+                    reward = rewards.reward_of(r["kind"], r["value"], r["scale_max"])
+                    acc.add_feedback(reward, r["kind"], r["value"], r["source"] == "user")
+            self.stats.bucketed += len(batch)
+            for (model, version, t), acc in buckets.items():
+                self.stats.partials += 1
+                await self.t_partials.send(
+                    key=f"{model}|{version}".encode(),
+                    value={"m": model, "v": version, "b": t, "acc": acc.to_json()},
+                    force=True,
+                )
+
+    # -- stage 2: windows -------------------------------------------------------
+    async def _windows_agent(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            value = event.value
+            key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+            current = self.windows.get(key)
+            if current:
+                state = VersionWindows.from_json(current)
+            elif "m" in value:
+                state = VersionWindows(value["m"], value["v"])
+            else:
+                continue  # a tick for a key with no windows
+            offset = event.message.offset
+            if offset <= state.last_offset:
+                continue  # already merged before a restart / rebalance
+            state.last_offset = offset
+            if "acc" in value:
+                state.add_partial(self.specs, int(value["b"]), Accumulator.from_json(value["acc"]))
+            closed = []
+            for spec, start in state.due(self.specs, time.time(), self.settings.lateness_s):
+                acc = state.close(spec, start)
+                wid = derived_id("window", state.model, state.version, spec.name, str(start))
+                closed.append(
+                    acc.to_event(
+                        event_id=wid,
+                        producer=PRODUCER,
+                        model=state.model,
+                        version=state.version,
+                        spec=spec,
+                        start_s=start,
+                        final=True,
+                    )
+                )
+            self.windows[key] = state.to_json()
+            for window in closed:
+                self.stats.windows_closed += 1
+                await self._send_event(self.t_metrics, METRICS.name, key, window)
+
+    async def _tick(self) -> None:
+        """Ask the owner of each key with a due window to close it (through its partition)."""
+        now = time.time()
+        for key, current in list(self.windows.items()):
+            if not current:
+                continue
+            state = VersionWindows.from_json(current)
+            if state.due(self.specs, now, self.settings.lateness_s):
+                await self.t_partials.send(key=key.encode(), value={"tick": now}, force=True)
+
+    def open_windows(self) -> list[dict[str, Any]]:
+        """Open (not yet final) windows of the partitions this worker owns, as MetricsWindow JSON."""
+        out = []
+        by_name = {s.name: s for s in self.specs}
+        for current in list(self.windows.values()):
+            if not current:
+                continue
+            state = VersionWindows.from_json(current)
+            for key, acc_json in state.open.items():
+                name, start = key.rsplit("|", 1)
+                w = Accumulator.from_json(acc_json).to_event(
+                    event_id=derived_id("window", state.model, state.version, name, start),
+                    producer=PRODUCER,
+                    model=state.model,
+                    version=state.version,
+                    spec=by_name[name],
+                    start_s=int(start),
+                    final=False,
+                )
+                out.append(w.model_dump(mode="json", exclude={"latency_sketch"}))
+        return out
+
+
+def run_worker(
+    kafka: KafkaSettings, registry: RegistrySettings, settings: StreamsSettings, loglevel: str = "info"
+) -> None:
+    """Run one worker until it is stopped (Ctrl-C / SIGINT; SIGKILL is survived through changelogs)."""
+    import uvloop
+    from faust.worker import Worker
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    streams = StreamsApp(kafka, registry, settings)
+    Worker(streams.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,207 @@
+"""Join a request, its response and its feedback by ``request_id`` (pure logic).
+
+The faust agent (streams/app.py) keeps one ``JoinState`` per request_id in a
+changelogged table and calls ``JoinState.apply`` for every event, in whatever
+order the events arrive. ``apply`` is idempotent per ``event_id`` (a duplicate
+changes nothing and emits nothing) and returns what to publish:
+
+- evaluator scores, as FeedbackSubmitted(source=evaluator) with an event_id
+  derived from (request_id, evaluator), once request and response are both
+  known and the response is ok; they come back through the feedback topic like
+  any other feedback, so ClickHouse, the metrics and the sample all see them;
+- a RewardedSample whenever the set of reward sources grows and request and
+  response are known. Its event_id is derived from the request and the
+  sources, so a replay publishes the same id (ClickHouse keeps one row) and
+  the latest sample of a request supersedes the earlier ones.
+
+Requests that opted out of training (``training_opt_out`` on the request or
+the response) are joined and scored but never become a RewardedSample.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra import rewards
+from schemas.events import (
+    ChatMessage,
+    FeedbackKind,
+    FeedbackSource,
+    FeedbackSubmitted,
+    InferenceCompleted,
+    InferenceRequested,
+    RewardedSample,
+    RewardSource,
+)
+
+NAMESPACE = uuid.UUID("6f1d6c3e-2a8b-4b7e-9a51-1c0de0f1a001")
+PRODUCER = "rftloop-streams"
+
+
+def derived_id(*parts: str) -> uuid.UUID:
+    """A stable event id for output derived from inputs: replays produce the same id."""
+    return uuid.uuid5(NAMESPACE, "|".join(parts))
+
+
+@dataclass
+class JoinState:
+    partition: int
+    expires_at: float
+    request: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    feedback: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)
+    evaluated: bool = False
+    emitted: str = ""
+
+    # -- storage (faust table values are JSON) --------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "p": self.partition,
+            "x": self.expires_at,
+            "rq": self.request,
+            "rs": self.response,
+            "fb": self.feedback,
+            "s": self.seen,
+            "ev": self.evaluated,
+            "em": self.emitted,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> JoinState:
+        return cls(d["p"], d["x"], d["rq"], d["rs"], d["fb"], d["s"], d["ev"], d["em"])
+
+    # -- events ---------------------------------------------------------------
+    def apply(
+        self,
+        event: InferenceRequested | InferenceCompleted | FeedbackSubmitted,
+        evaluators: dict[str, rewards.Evaluator],
+        now: float,
+        horizon_s: float,
+    ) -> list[FeedbackSubmitted | RewardedSample]:
+        eid = str(event.event_id)
+        if eid in self.seen or eid in self.feedback:
+            return []
+        self.expires_at = max(self.expires_at, now + horizon_s)
+        if isinstance(event, InferenceRequested):
+            self.seen.append(eid)
+            self.request = {
+                "prompt": event.prompt,
+                "messages": [m.model_dump() for m in event.messages],
+                "params": dict(event.params),
+                "user_id": event.user_id,
+                "opt_out": event.training_opt_out,
+                "model": event.model,
+                "version": event.version,
+                "adapter": event.adapter,
+            }
+        elif isinstance(event, InferenceCompleted):
+            self.seen.append(eid)
+            self.response = {
+                "ok": event.status == "ok",
+                "completion": event.completion,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+                "latency_ms": event.latency_ms,
+                "opt_out": event.training_opt_out,
+                "model": event.model,
+                "version": event.version,
+                "adapter": event.adapter,
+                "request_id": event.request_id,
+            }
+        else:
+            value = rewards.feedback_reward(event)
+            self.feedback[eid] = {
+                "source": event.source.value,
+                "kind": event.kind.value,
+                "name": event.evaluator,
+                "value": value,
+                "correction": event.correction,
+                "at": event.occurred_at.timestamp(),
+            }
+        return self._outputs(evaluators, event.request_id or "")
+
+    def _outputs(
+        self, evaluators: dict[str, rewards.Evaluator], request_id: str
+    ) -> list[FeedbackSubmitted | RewardedSample]:
+        out: list[FeedbackSubmitted | RewardedSample] = []
+        rq, rs = self.request, self.response
+        if rq is None or rs is None or not rs["ok"]:
+            return out
+        if not self.evaluated and evaluators:
+            self.evaluated = True
+            scores = rewards.run(
+                evaluators,
+                rewards.EvalInput(
+                    prompt=rq["prompt"],
+                    completion=rs["completion"],
+                    reference=self.reference(),
+                    completion_tokens=rs["completion_tokens"],
+                    params=rq["params"],
+                ),
+            )
+            for name, score in sorted(scores.items()):
+                out.append(
+                    FeedbackSubmitted(
+                        event_id=derived_id(request_id, "evaluator", name),
+                        producer=PRODUCER,
+                        request_id=request_id,
+                        model=rs["model"],
+                        version=rs["version"],
+                        adapter=rs["adapter"],
+                        kind=FeedbackKind.score,
+                        value=score,
+                        source=FeedbackSource.evaluator,
+                        evaluator=name,
+                    )
+                )
+        sources = {eid: fb for eid, fb in self.feedback.items() if fb["value"] is not None}
+        signature = ",".join(sorted(sources))
+        if sources and signature != self.emitted and not (rq["opt_out"] or rs["opt_out"]):
+            self.emitted = signature
+            out.append(self._sample(request_id, sources, signature))
+        return out
+
+    def reference(self) -> str | None:
+        corrections = [fb for fb in self.feedback.values() if fb["correction"]]
+        if corrections:
+            return str(max(corrections, key=lambda fb: fb["at"])["correction"])
+        if self.request is not None:
+            return self.request["params"].get("reference")
+        return None
+
+    def _sample(self, request_id: str, sources: dict[str, dict[str, Any]], signature: str) -> RewardedSample:
+        rq, rs = self.request, self.response
+        assert rq is not None and rs is not None
+        reward_sources = [
+            RewardSource(
+                source=FeedbackSource(fb["source"]),
+                kind=fb["kind"],
+                name=fb["name"],
+                value=float(fb["value"]),
+                event_id=eid,
+            )
+            for eid, fb in sorted(sources.items())
+        ]
+        total_weight = sum(s.weight for s in reward_sources)
+        reward = sum(s.value * s.weight for s in reward_sources) / total_weight
+        return RewardedSample(
+            event_id=derived_id(request_id, "sample", signature),
+            producer=PRODUCER,
+            request_id=request_id,
+            model=rs["model"],
+            version=rs["version"],
+            adapter=rs["adapter"],
+            prompt=rq["prompt"],
+            messages=[ChatMessage(**m) for m in rq["messages"]],
+            completion=rs["completion"],
+            reward=reward,
+            reward_sources=reward_sources,
+            reference=self.reference(),
+            prompt_tokens=rs["prompt_tokens"],
+            completion_tokens=rs["completion_tokens"],
+            latency_ms=rs["latency_ms"],
+            user_id=rq["user_id"],
+        )

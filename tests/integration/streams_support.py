@@ -1,0 +1,140 @@
+"""Helpers for the streams tests: real faust workers as subprocesses, event builders, readers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from infra.kafka import consumer
+from infra.serde import TopicSerde
+from infra.settings import KafkaSettings
+from schemas.events import (
+    CompletionStatus,
+    Endpoint,
+    FeedbackKind,
+    FeedbackSource,
+    FeedbackSubmitted,
+    InferenceCompleted,
+    InferenceRequested,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def worker(
+    env: dict[str, str], log_path: Path, extra: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One `rftloop streams` worker process; killed (SIGKILL: faust may hang on SIGTERM) on exit."""
+    full = {**os.environ, **env, **(extra or {})}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "streams", "--web-port", "0"],
+            cwd=ROOT,
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def request_events(
+    rid: str,
+    *,
+    version: str,
+    at: datetime,
+    ok: bool = True,
+    latency_ms: float = 100.0,
+    ttft_ms: float = 10.0,
+    completion: str = "42",
+    reference: str | None = None,
+    opt_out: bool = False,
+    prompt_tokens: int = 20,
+    completion_tokens: int = 4,
+    cost: str = "0.000010000",
+) -> tuple[InferenceRequested, InferenceCompleted]:
+    params = {"reference": reference} if reference is not None else {}
+    req = InferenceRequested(
+        producer="test",
+        request_id=rid,
+        occurred_at=at,
+        model="m",
+        version=version,
+        endpoint=Endpoint.chat,
+        prompt=f"question {rid}",
+        params=params,
+        training_opt_out=opt_out,
+    )
+    done = InferenceCompleted(
+        producer="test",
+        request_id=rid,
+        occurred_at=at,
+        model="m",
+        version=version,
+        status=CompletionStatus.ok if ok else CompletionStatus.error,
+        error_kind=None if ok else "engine",
+        completion=completion if ok else "",
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms if ok else None,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens if ok else 0,
+        tokens_per_s=completion_tokens / (latency_ms / 1000) if ok else None,
+        cost=Decimal(cost),
+        training_opt_out=opt_out,
+    )
+    return req, done
+
+
+def thumbs(rid: str, *, version: str, at: datetime, up: bool) -> FeedbackSubmitted:
+    return FeedbackSubmitted(
+        producer="test",
+        request_id=rid,
+        occurred_at=at,
+        model="m",
+        version=version,
+        kind=FeedbackKind.thumbs,
+        value=1.0 if up else -1.0,
+        source=FeedbackSource.user,
+    )
+
+
+def read_topic(kafka: KafkaSettings, topic: str, serde: TopicSerde, idle_s: float = 2.0) -> list[Any]:
+    """Every event on ``topic`` from the beginning until nothing arrives for ``idle_s``."""
+    c = consumer(kafka, f"reader-{uuid.uuid4().hex[:8]}", **{"auto.offset.reset": "earliest"})
+    md = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+    out = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle_s:
+            msg = c.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            out.append(serde.decode_event(msg.value()))
+            last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def utc(ts: float) -> datetime:
+    dt = datetime.fromtimestamp(ts, UTC)
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)

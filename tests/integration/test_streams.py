@@ -1,0 +1,210 @@
+"""The faust app on the real stack: joins, rewards and windows equal a direct computation from raw events."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.kafka import produce, producing
+from schemas.events import MetricsWindow, RewardedSample
+from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED
+from tests.integration.streams_support import read_topic, request_events, thumbs, utc, worker
+
+WINDOWS = "tumbling:2,hopping:4:2"
+
+
+@pytest.fixture
+def streams_topics(event_topic: Any, unique: str) -> dict[str, Any]:
+    return {spec.name: event_topic(spec) for spec in (REQUESTED, COMPLETED, FEEDBACK, REWARDED, METRICS)}
+
+
+def streams_env(stack: Any, unique: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **stack.env(),
+        "RFTLOOP_STREAMS_APP_ID": f"streams-{unique}",
+        "RFTLOOP_STREAMS_TOPIC_SUFFIX": f"-{unique}",
+        "RFTLOOP_STREAMS_WINDOWS": WINDOWS,
+        "RFTLOOP_STREAMS_LATENESS_S": "3",
+        "RFTLOOP_STREAMS_EVALUATORS": "number_match",
+        "RFTLOOP_STREAMS_DATA_DIR": str(tmp_path / "faust"),
+        "RFTLOOP_KAFKA_PARTITIONS": "3",
+        **extra,
+    }
+
+
+def wait_ready(log: Path, proc: Any, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "Ready" in text:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"worker not ready after {timeout_s}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def exact_quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
+
+
+def windows_until(
+    stack: Any, topic: str, serde: Any, version_counts: dict[str, int], timeout_s: float = 60
+) -> list[MetricsWindow]:
+    """Read MetricsWindows until the 2 s tumbling windows account for every request of every version."""
+    deadline = time.monotonic() + timeout_s
+    windows: list[MetricsWindow] = []
+    while time.monotonic() < deadline:
+        windows = read_topic(stack.kafka, topic, serde, idle_s=1.0)
+        seen: dict[str, int] = defaultdict(int)
+        for w in windows:
+            if w.window_kind == "tumbling":
+                seen[w.version] += w.requests
+        if dict(seen) == version_counts:
+            return windows
+        time.sleep(1)
+    raise AssertionError(f"windows never covered {version_counts}: got {len(windows)} windows")
+
+
+def test_join_rewards_and_windows_match_a_direct_computation(
+    stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "worker.log"
+    env = streams_env(stack, unique, tmp_path)
+    with worker(env, log) as proc:
+        wait_ready(log, proc)
+        t0 = time.time()
+        completed, feedback, requested = [], [], []
+        expected_sources: dict[str, list[float]] = defaultdict(list)
+        opted_out: set[str] = set()
+        with producing(stack.kafka) as p:
+
+            def send(spec: Any, event: Any) -> None:
+                topic, serde = streams_topics[spec.name]
+                produce(p, topic.name, event.request_id, serde.encode_event(event))
+
+            for i in range(240):
+                rid = f"r{i}-{unique}"
+                version = "v1" if i % 2 else "v2"
+                ok = i % 7 != 0
+                at = utc(t0 + i * 0.02)
+                reference = ("42" if i % 6 else "41") if i % 3 == 0 else None
+                req, done = request_events(
+                    rid,
+                    version=version,
+                    at=at,
+                    ok=ok,
+                    latency_ms=50.0 + (i * 37) % 400,
+                    ttft_ms=5.0 + (i * 13) % 50,
+                    reference=reference,
+                    opt_out=i % 10 == 0,
+                    completion_tokens=1 + i % 9,
+                    cost=f"0.{i:09d}",
+                )
+                events: list[tuple[Any, Any]] = [(REQUESTED, req), (COMPLETED, done)]
+                if i % 4 == 0:
+                    fb = thumbs(rid, version=version, at=utc(t0 + i * 0.02 + 0.01), up=i % 8 == 0)
+                    events.append((FEEDBACK, fb))
+                    feedback.append(fb)
+                    if ok:
+                        expected_sources[rid].append(1.0 if i % 8 == 0 else -1.0)
+                if ok and reference is not None:
+                    expected_sources[rid].append(1.0 if reference == "42" else 0.0)
+                if i % 5 == 0:
+                    events.reverse()  # feedback before the response before the request
+                if i % 11 == 0:
+                    events += events  # exact duplicates (same event ids) count once
+                if i % 10 == 0:
+                    opted_out.add(rid)
+                for spec, ev in events:
+                    send(spec, ev)
+                completed.append(done)
+                requested.append(req)
+        counts = {v: sum(1 for c in completed if c.version == v) for v in ("v1", "v2")}
+        mtopic, mserde = streams_topics[METRICS.name]
+        windows = windows_until(stack, mtopic.name, mserde, counts)
+        rtopic, rserde = streams_topics[REWARDED.name]
+        samples: list[RewardedSample] = read_topic(stack.kafka, rtopic.name, rserde, idle_s=2.0)
+
+    # -- tumbling 2 s windows: every figure equals the same aggregate over the raw events
+    by_window: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    for c in completed:
+        by_window[(c.version, int(c.occurred_at.timestamp()) // 2 * 2)].append(c)
+    fb_by_window: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    for f in feedback:
+        fb_by_window[(f.version, int(f.occurred_at.timestamp()) // 2 * 2)].append(f)
+    tumbling = {
+        (w.version, int(w.window_start.timestamp())): w for w in windows if w.window_kind == "tumbling"
+    }
+    assert set(by_window) <= set(tumbling)
+    for key, events in by_window.items():
+        w = tumbling[key]
+        oks = [e for e in events if e.status == "ok"]
+        assert w.requests == len(events)
+        assert w.errors == len(events) - len(oks)
+        assert w.error_rate == pytest.approx(w.errors / w.requests)
+        assert w.prompt_tokens == sum(e.prompt_tokens for e in events)
+        assert w.completion_tokens == sum(e.completion_tokens for e in events)
+        assert w.cost_total == sum((e.cost for e in events), Decimal(0))
+        for q, got in ((0.5, w.latency_p50_ms), (0.95, w.latency_p95_ms), (0.99, w.latency_p99_ms)):
+            want = exact_quantile([e.latency_ms for e in oks], q)
+            assert got == pytest.approx(want, rel=0.02), (key, q)
+        assert w.ttft_p95_ms == pytest.approx(exact_quantile([e.ttft_ms for e in oks], 0.95), rel=0.02)
+        tps = [e.tokens_per_s for e in oks]
+        assert w.tokens_per_s == pytest.approx(sum(tps) / len(tps))
+        fbs = fb_by_window.get(key, [])
+        assert w.thumbs_up == sum(1 for f in fbs if f.value > 0)
+        assert w.thumbs_down == sum(1 for f in fbs if f.value < 0)
+        assert w.feedback_coverage == pytest.approx(len(fbs) / len(events))
+
+    # -- hopping 4 s every 2 s: each window counts the events of its 4 seconds
+    hopping = [w for w in windows if w.window_kind == "hopping"]
+    assert hopping
+    for w in hopping:
+        start = w.window_start.timestamp()
+        inside = [
+            c for c in completed if c.version == w.version and start <= c.occurred_at.timestamp() < start + 4
+        ]
+        assert w.requests == len(inside)
+    assert all(w.final for w in windows)
+    assert len({w.event_id for w in windows}) == len(windows)
+
+    # -- rewards: user thumbs and evaluator scores, over all windows of a version
+    for version in ("v1", "v2"):
+        version_of = {c.request_id: c.version for c in completed}
+        rewards_in = [r for rid, rs in expected_sources.items() if version_of[rid] == version for r in rs]
+        # thumbs of failed requests count as feedback too (rewards of the metrics = every feedback value)
+        failed_thumbs = [
+            (1.0 if f.value > 0 else -1.0)
+            for f in feedback
+            if f.version == version and f.request_id not in expected_sources
+        ]
+        got_n = sum(w.reward_count for w in windows if w.window_kind == "tumbling" and w.version == version)
+        got_sum = sum(
+            (w.reward_mean or 0) * w.reward_count
+            for w in windows
+            if w.window_kind == "tumbling" and w.version == version
+        )
+        assert got_n == len(rewards_in) + len(failed_thumbs)
+        assert got_sum == pytest.approx(sum(rewards_in) + sum(failed_thumbs))
+
+    # -- samples: the latest of each request carries every source; none for opt-outs
+    latest: dict[str, RewardedSample] = {}
+    for s in samples:
+        rid = s.request_id or ""
+        if rid not in latest or len(s.reward_sources) > len(latest[rid].reward_sources):
+            latest[rid] = s
+    want = {rid: rs for rid, rs in expected_sources.items() if rid not in opted_out}
+    assert set(latest) == set(want)
+    for rid, sources in want.items():
+        s = latest[rid]
+        assert sorted(x.value for x in s.reward_sources) == sorted(sources)
+        assert s.reward == pytest.approx(sum(sources) / len(sources))
+        assert s.prompt == f"question {rid}"
+        assert not math.isnan(s.reward)
+    assert len({s.event_id for s in samples}) == len(samples)

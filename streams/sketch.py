@@ -90,7 +90,7 @@ class DDSketch:
         return sketch
 
     def to_json(self) -> dict[str, Any]:
-        return {"a": self.accuracy, "z": self.zeros, "b": [[k, n] for k, n in self.buckets.items()]}
+        return {"a": self.accuracy, "z": self.zeros, "b": [[k, n] for k, n in sorted(self.buckets.items())]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DDSketch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import defaultdict
 from decimal import Decimal
@@ -208,3 +209,48 @@ def test_join_rewards_and_windows_match_a_direct_computation(
         assert s.prompt == f"question {rid}"
         assert not math.isnan(s.reward)
     assert len({s.event_id for s in samples}) == len(samples)
+
+
+def test_two_workers_split_the_partitions_and_count_every_event_once(
+    stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
+) -> None:
+    """Worker B joins while events flow: the rebalance neither loses nor double-counts an event."""
+    env = streams_env(
+        stack, unique, tmp_path, RFTLOOP_STREAMS_WINDOWS="tumbling:5", RFTLOOP_STREAMS_LATENESS_S="20"
+    )
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    produced: list[Any] = []
+
+    def send_chunk(n: int) -> None:
+        with producing(stack.kafka) as p:
+            for _ in range(n):
+                i = len(produced)
+                req, done = request_events(f"q{i}-{unique}", version="v1", at=utc(time.time()))
+                fb = thumbs(req.request_id or "", version="v1", at=utc(time.time()), up=i % 2 == 0)
+                for spec, ev in ((REQUESTED, req), (COMPLETED, done), (FEEDBACK, fb)):
+                    topic, serde = streams_topics[spec.name]
+                    produce(p, topic.name, ev.request_id, serde.encode_event(ev))
+                produced.append(done)
+
+    with worker(env, log_a) as a:
+        wait_ready(log_a, a)
+        send_chunk(600)
+        with worker(env, log_b, {"RFTLOOP_STREAMS_DATA_DIR": str(tmp_path / "faust-b")}) as b:
+            send_chunk(300)  # while B starts and the group rebalances
+            wait_ready(log_b, b)
+            send_chunk(600)
+            mtopic, mserde = streams_topics[METRICS.name]
+            windows = windows_until(stack, mtopic.name, mserde, {"v1": len(produced)}, timeout_s=90)
+            rtopic, rserde = streams_topics[REWARDED.name]
+            samples = read_topic(stack.kafka, rtopic.name, rserde, idle_s=2.0)
+        # B was assigned source partitions (faust logs its assignment as a table).
+        assigned = re.search(
+            rf"llm\.inference\.completed-{unique}\s*\|\s*\{{", log_b.read_text(errors="replace")
+        )
+        assert assigned, "worker B never got a partition of the source topics"
+
+    assert sum(w.requests for w in windows) == 1500
+    assert sum(w.thumbs_up + w.thumbs_down for w in windows) == 1500
+    assert sum(w.thumbs_up for w in windows) == 750
+    assert {s.request_id for s in samples} == {d.request_id for d in produced}
+    assert len({s.event_id for s in samples}) == 1500

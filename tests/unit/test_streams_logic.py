@@ -1,0 +1,223 @@
+"""Pure logic of the streams: sketch accuracy and merging, window roll-up, rewards, the join."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from infra import rewards
+from schemas.events import (
+    CompletionStatus,
+    Endpoint,
+    FeedbackKind,
+    FeedbackSource,
+    FeedbackSubmitted,
+    InferenceCompleted,
+    InferenceRequested,
+    RewardedSample,
+    WindowKind,
+)
+from streams.join import JoinState
+from streams.sketch import DDSketch, SketchError
+from streams.windows import (
+    Accumulator,
+    VersionWindows,
+    WindowSpec,
+    WindowSpecError,
+    base_bucket_s,
+    parse_windows,
+)
+
+
+def exact(values: list[float], q: float) -> float:
+    return sorted(values)[int(q * (len(values) - 1))]
+
+
+def test_sketch_quantiles_are_within_the_relative_accuracy() -> None:
+    rng = random.Random(7)
+    values = [rng.lognormvariate(5, 1.2) for _ in range(20_000)]
+    s = DDSketch(0.01)
+    for v in values:
+        s.add(v)
+    for q in (0.01, 0.5, 0.9, 0.95, 0.99, 1.0):
+        assert s.quantile(q) == pytest.approx(exact(values, q), rel=0.0101)
+
+
+def test_merged_sketches_equal_one_sketch_of_all_values_and_survive_bytes() -> None:
+    rng = random.Random(1)
+    values = [rng.uniform(0, 1000) for _ in range(5000)] + [0.0] * 10
+    whole, parts = DDSketch(), [DDSketch() for _ in range(4)]
+    for i, v in enumerate(values):
+        whole.add(v)
+        parts[i % 4].add(v)
+    merged = DDSketch()
+    for p in parts:
+        merged.merge(DDSketch.from_bytes(p.to_bytes()))
+    assert merged.buckets == whole.buckets and merged.count == whole.count == 5010
+    assert DDSketch.from_json(merged.to_json()).quantile(0.99) == whole.quantile(0.99)
+    assert DDSketch().quantile(0.5) is None
+    with pytest.raises(SketchError):
+        DDSketch.from_bytes(b"\x01garbage")
+    with pytest.raises(SketchError):
+        DDSketch(0.01).merge(DDSketch(0.02))
+
+
+def test_window_specs_parse_and_refuse_what_cannot_roll_up() -> None:
+    specs = parse_windows("tumbling:10,tumbling:60,hopping:300:60")
+    assert [s.name for s in specs] == ["tumbling:10", "tumbling:60", "hopping:300:60"]
+    assert base_bucket_s(specs) == 10
+    assert WindowSpec(WindowKind.hopping, 300, 60).starts_containing(1000) == [720, 780, 840, 900, 960]
+    assert WindowSpec(WindowKind.tumbling, 60, 60).starts_containing(1000) == [960]
+    for bad in ("", "sliding:10", "tumbling:x", "hopping:300", "hopping:300:70", "tumbling:10:5"):
+        with pytest.raises(WindowSpecError):
+            parse_windows(bad)
+
+
+def completed(latency: float, ok: bool = True, cost: str = "0.000001") -> dict[str, object]:
+    return {
+        "status": "ok" if ok else "error",
+        "latency_ms": latency,
+        "ttft_ms": latency / 10 if ok else None,
+        "tokens_per_s": 10.0 if ok else None,
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "cost": Decimal(cost),
+    }
+
+
+def test_buckets_rolled_into_windows_equal_one_pass_over_the_events() -> None:
+    specs = parse_windows("tumbling:10,hopping:30:10")
+    rng = random.Random(3)
+    events = [(rng.randrange(1000, 1100), rng.uniform(1, 500), rng.random() > 0.1) for _ in range(3000)]
+    state = VersionWindows("m", "v1")
+    buckets: dict[int, Accumulator] = {}
+    for t, lat, ok in events:
+        buckets.setdefault(t // 10 * 10, Accumulator()).add_completed(completed(lat, ok))
+    for b, acc in sorted(buckets.items(), key=lambda _: rng.random()):  # any order
+        state.add_partial(specs, b, Accumulator.from_json(acc.to_json()))
+    for spec, start in state.due(specs, now_s=10_000, lateness_s=0):
+        acc = state.close(spec, start)
+        inside = [e for e in events if start <= e[0] < start + spec.size_s]
+        direct = Accumulator()
+        for _, lat, ok in inside:
+            direct.add_completed(completed(lat, ok))
+        assert acc.to_json() == direct.to_json()
+        w = acc.to_event(
+            event_id=uuid.uuid4(), producer="t", model="m", version="v1", spec=spec, start_s=start, final=True
+        )
+        assert w.requests == len(inside)
+        assert w.errors == sum(1 for e in inside if not e[2])
+    assert not state.open
+    # a partial for a window that already closed is late: counted, not merged
+    state.add_partial(specs, 1000, Accumulator())
+    assert state.late_partials >= 1 and not state.open
+
+
+def test_feedback_maps_to_rewards() -> None:
+    def fb(kind: FeedbackKind, value: float | None, scale_max: float | None = None) -> float | None:
+        return rewards.feedback_reward(
+            FeedbackSubmitted(
+                producer="t",
+                request_id="r",
+                model="m",
+                kind=kind,
+                value=value,
+                scale_max=scale_max,
+                source=FeedbackSource.user,
+                correction="x" if kind == FeedbackKind.correction else None,
+            )
+        )
+
+    assert fb(FeedbackKind.thumbs, 1) == 1.0 and fb(FeedbackKind.thumbs, 0) == -1.0
+    assert fb(FeedbackKind.rating, 5) == 1.0 and fb(FeedbackKind.rating, 1) == -1.0
+    assert fb(FeedbackKind.rating, 3) == 0.0 and fb(FeedbackKind.rating, 10, 10) == 1.0
+    assert fb(FeedbackKind.score, 0.25) == 0.25 and fb(FeedbackKind.score, None) is None
+    assert fb(FeedbackKind.correction, None) == -1.0
+
+
+def test_evaluators_score_apply_or_stay_silent() -> None:
+    item = rewards.EvalInput(
+        prompt="2+2?", completion="The answer is 4.", reference="4", completion_tokens=40
+    )
+    assert rewards.get("number_match")(item) == 1.0
+    assert rewards.get("exact_match")(item) == 0.0
+    assert rewards.get("length_budget")(item) == pytest.approx(0.75)
+    assert rewards.get("json_valid")(item) is None
+    assert rewards.run(rewards.resolve(["number_match", "json_valid"]), item) == {"number_match": 1.0}
+    with pytest.raises(rewards.UnknownEvaluator, match="RFTLOOP_STREAMS_EVALUATOR_MODULES"):
+        rewards.get("nope")
+
+    @rewards.evaluator("always_raises")
+    def boom(_: rewards.EvalInput) -> float:
+        raise RuntimeError("user bug")
+
+    assert rewards.run({"always_raises": boom}, item) == {}
+
+
+def _events(
+    rid: str, opt_out: bool = False
+) -> tuple[InferenceRequested, InferenceCompleted, FeedbackSubmitted]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    req = InferenceRequested(
+        producer="t",
+        request_id=rid,
+        model="m",
+        endpoint=Endpoint.chat,
+        prompt="1+1?",
+        params={"reference": "2"},
+        training_opt_out=opt_out,
+        occurred_at=at,
+    )
+    done = InferenceCompleted(
+        producer="t",
+        request_id=rid,
+        model="m",
+        status=CompletionStatus.ok,
+        completion="2",
+        latency_ms=5,
+        cost=Decimal(0),
+        occurred_at=at,
+    )
+    fb = FeedbackSubmitted(
+        producer="t",
+        request_id=rid,
+        model="m",
+        kind=FeedbackKind.thumbs,
+        value=-1,
+        source=FeedbackSource.user,
+        occurred_at=at,
+    )
+    return req, done, fb
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0), (2, 0, 1)])
+def test_join_is_order_independent_and_idempotent(order: tuple[int, int, int]) -> None:
+    evaluators = rewards.resolve(["number_match"])
+    events = _events("r1")
+    state = JoinState(partition=0, expires_at=0)
+    outputs = []
+    for i in order:
+        outputs += state.apply(events[i], evaluators, now=100, horizon_s=60)
+        assert state.apply(events[i], evaluators, now=100, horizon_s=60) == []  # duplicate
+        state = JoinState.from_json(state.to_json())
+    scores = [o for o in outputs if isinstance(o, FeedbackSubmitted)]
+    assert [(s.evaluator, s.value) for s in scores] == [("number_match", 1.0)]
+    for s in scores:  # the evaluator's score comes back through the feedback topic
+        outputs += state.apply(s, evaluators, now=101, horizon_s=60)
+    samples = [o for o in outputs if isinstance(o, RewardedSample)]
+    last = samples[-1]
+    assert sorted(x.value for x in last.reward_sources) == [-1.0, 1.0] and last.reward == 0.0
+    assert last.prompt == "1+1?" and last.completion == "2" and last.reference == "2"
+    assert state.expires_at == 161
+
+
+def test_join_never_emits_samples_for_opted_out_requests() -> None:
+    state = JoinState(partition=0, expires_at=0)
+    out = []
+    for e in _events("r2", opt_out=True):
+        out += state.apply(e, {}, now=0, horizon_s=60)
+    assert not [o for o in out if isinstance(o, RewardedSample)]

@@ -44,7 +44,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         t.add_column(c)
     for r in rows:
         t.add_row(*[str(x) for x in r])
-    Console().print(t)
+    Console(width=None if sys.stdout.isatty() else 200).print(t)  # pipes and logs get every column
 
 
 # -- stack ------------------------------------------------------------------------
@@ -237,6 +237,104 @@ def cmd_streams(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from infra.clickhouse import queries
+    from infra.clickhouse.client import connect
+
+    since = queries.parse_duration(args.since)
+    ch = _clickhouse()
+    client = connect(ch)
+    if args.by == "version":
+        rows = queries.version_metrics(client, ch.database, since, args.model or "")
+    else:
+        rows = queries.version_series(client, ch.database, since, 60, args.model or "")
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    if not rows:
+        print(f"no inference events in the last {args.since} (database {ch.database})")
+        return 0
+    if args.by == "version":
+        columns = [
+            "model",
+            "version",
+            "requests",
+            "error %",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "TTFT p50",
+            "tok/s",
+            "cost/req",
+            "reward",
+            "👍 rate",
+            "feedback",
+        ]
+        table = [
+            [
+                r["model"],
+                r["version"],
+                r["requests"],
+                _fmt(100 * r["error_rate"]),
+                _fmt(r["latency_p50_ms"]),
+                _fmt(r["latency_p95_ms"]),
+                _fmt(r["latency_p99_ms"]),
+                _fmt(r["ttft_p50_ms"]),
+                _fmt(r["tokens_per_s"]),
+                _fmt(r["cost_per_request"], 6),
+                _fmt(r["reward_mean"], 3),
+                _fmt(r["thumbs_up_rate"], 2),
+                _fmt(r["feedback_coverage"], 2),
+            ]
+            for r in rows
+        ]
+    else:
+        columns = [
+            "minute",
+            "model",
+            "version",
+            "requests",
+            "error %",
+            "p50 ms",
+            "p95 ms",
+            "TTFT p50",
+            "cost/req",
+        ]
+        table = [
+            [
+                r["t"],
+                r["model"],
+                r["version"],
+                r["requests"],
+                _fmt(100 * r["error_rate"]),
+                _fmt(r["latency_p50_ms"]),
+                _fmt(r["latency_p95_ms"]),
+                _fmt(r["ttft_p50_ms"]),
+                _fmt(r["cost_per_request"], 6),
+            ]
+            for r in rows
+        ]
+    _table(f"last {args.since}, by {args.by}", columns, table)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cli.api import create_app
+
+    uvicorn.run(create_app(_clickhouse()), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 # -- bench / demo -------------------------------------------------------------------
 
 
@@ -314,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("streams", cmd_streams, "run a stream worker: joins, rewards, rolling windows (until Ctrl-C)")
     p.add_argument("--web-port", type=int, default=None, help="worker HTTP port for /windows/ (0 = off)")
 
+    p = add("metrics", cmd_metrics, "per-version quality, latency and cost from ClickHouse")
+    p.add_argument("--since", default="15m", help="window to look back over: 90s, 15m, 2h, 7d")
+    p.add_argument("--model", help="only this base model")
+    p.add_argument("--by", choices=["version", "minute"], default="version")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("api", cmd_api, "serve the monitoring JSON endpoints (/api/metrics, /api/series)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8300)
+
     p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
     p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")
     p.add_argument("--list", action="store_true", help="list benchmarks")
@@ -340,9 +447,12 @@ def main(argv: list[str] | None = None) -> int:
 
         from infra.local.process import ServiceError
 
-        if isinstance(exc, ServiceError):
+        from infra.clickhouse.queries import BadDuration
+        from streams.windows import WindowSpecError
+
+        if isinstance(exc, ServiceError | BadDuration | WindowSpecError):
             print(f"rftloop: {exc}", file=sys.stderr)
-            return 1
+            return 1 if isinstance(exc, ServiceError) else 2
         if isinstance(exc, KafkaException):
             servers = KafkaSettings().bootstrap_servers
             print(

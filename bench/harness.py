@@ -122,13 +122,15 @@ Benchmark = Callable[[Context], list[Result]]
 
 
 def registry() -> dict[str, Benchmark]:
-    from bench import infra_benchmarks, serde_benchmark, sink_benchmark
+    from bench import infra_benchmarks, serde_benchmark, sink_benchmark, streams_benchmark
 
     return {
         "infra.kafka_produce_mb_s": infra_benchmarks.kafka_produce,
         "infra.clickhouse_insert_rows_s": infra_benchmarks.clickhouse_insert,
         "schemas.serde_events_per_s": serde_benchmark.serde_events,
         "sink.rows_per_s": sink_benchmark.sink_rows,
+        "streams.events_per_s": streams_benchmark.events_per_s,
+        "e2e.freshness_ms": streams_benchmark.freshness_ms,
     }
 
 

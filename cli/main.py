@@ -445,9 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from confluent_kafka import KafkaException
 
-        from infra.local.process import ServiceError
-
         from infra.clickhouse.queries import BadDuration
+        from infra.local.process import ServiceError
         from streams.windows import WindowSpecError
 
         if isinstance(exc, ServiceError | BadDuration | WindowSpecError):

@@ -143,10 +143,19 @@ class StreamsSettings(BaseSettings):
     lateness_s: float = Field(5.0, ge=0, description="a window closes this long after its end")
     evaluators: str = Field("number_match,json_valid,regex", description="registered evaluators to run")
     evaluator_modules: str = Field("", description="comma-separated modules that register evaluators")
+    agents: str = Field("join,metrics", description="what this worker runs: join, metrics, or both")
     batch_size: int = Field(2000, ge=1, description="events per metrics batch")
     batch_seconds: float = Field(0.2, gt=0, description="longest wait to fill a metrics batch")
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (open windows); 0 = off")
     data_dir: Path = Field(Path(".rftloop/streams"), description="faust worker state")
+
+    @field_validator("agents")
+    @classmethod
+    def _agents(cls, v: str) -> str:
+        names = {a.strip() for a in v.split(",") if a.strip()}
+        if not names or names - {"join", "metrics"}:
+            raise ValueError(f"RFTLOOP_STREAMS_AGENTS={v!r}: expected join, metrics or join,metrics")
+        return ",".join(sorted(names))
 
 
 class LocalStackSettings(BaseSettings):

@@ -142,14 +142,15 @@ class StreamsApp:
         self.joins = app.Table("joins", default=None, partitions=kafka.partitions)
         self.windows = app.Table("windows", default=None, partitions=kafka.partitions)
 
-        app.agent(
-            app.topic(REQUESTED.name + sfx, COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw), name="join"
-        )(self._join_agent)
-        app.agent(app.topic(COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw), name="buckets")(
-            self._bucket_agent
-        )
-        app.agent(self.t_partials, name="windows")(self._windows_agent)
-        app.timer(1.0)(self._tick)
+        agents = set(settings.agents.split(","))
+        if "join" in agents:
+            sources = app.topic(REQUESTED.name + sfx, COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw)
+            app.agent(sources, name="join")(self._join_agent)
+        if "metrics" in agents:
+            sources = app.topic(COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw)
+            app.agent(sources, name="buckets")(self._bucket_agent)
+            app.agent(self.t_partials, name="windows")(self._windows_agent)
+            app.timer(1.0)(self._tick)
         app.task(self._prepare)
         streams_app = self
 

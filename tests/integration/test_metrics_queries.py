@@ -29,8 +29,8 @@ from schemas.events import (
     RewardSource,
     VersionEventKind,
 )
-from streams.windows import Accumulator, parse_windows
 from schemas.topics import COMPLETED, FEEDBACK, METRICS, REWARDED, VERSIONS
+from streams.windows import Accumulator, parse_windows
 from tests.integration.streams_support import request_events, utc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -335,6 +335,20 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from infra.settings import GatewaySettings
+    from producers.gateway.app import serve
+
+    settings = load_or_explain(GatewaySettings)
+    assert isinstance(settings, GatewaySettings)
+    update = {
+        k: v for k, v in (("model", args.model), ("port", args.port), ("host", args.host)) if v is not None
+    }
+    settings = settings.model_copy(update=update)
+    serve(settings, _kafka(), _registry(), _local().cache_dir)
+    return 0
+
+
 # -- bench / demo -------------------------------------------------------------------
 
 
@@ -420,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("api", cmd_api, "serve the monitoring JSON endpoints (/api/metrics, /api/series)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8300)
+
+    p = add("gateway", cmd_gateway, "serve the OpenAI-compatible API on vLLM (LoRA versions, events)")
+    p.add_argument("--model", help="smollm2 (default), tiny, or an HF model path / name")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
 
     p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
     p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")

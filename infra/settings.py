@@ -158,6 +158,39 @@ class StreamsSettings(BaseSettings):
         return ",".join(sorted(names))
 
 
+class GatewaySettings(BaseSettings):
+    """The OpenAI-compatible inference gateway on vLLM."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_GATEWAY_", extra="ignore")
+
+    model: str = Field("smollm2", description="smollm2, tiny, or any HF model path / name")
+    served_name: str = Field("smollm2-135m-instruct", description="model id in the API and the events")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: SecretStr = Field(
+        SecretStr("rftloop-dev-key"), description="comma-separated accepted API keys; empty = no auth"
+    )
+    admin_key: SecretStr = Field(SecretStr("rftloop-admin-key"), description="key for promote/rollback")
+    price_prompt_per_1k: float = Field(0.0001, ge=0, description="currency per 1k prompt tokens")
+    price_completion_per_1k: float = Field(0.0003, ge=0, description="currency per 1k completion tokens")
+    price_engine_second: float = Field(0.0001, ge=0, description="currency per engine-second")
+    max_tokens_limit: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    max_model_len: int = Field(2048, ge=64, description="context length (prompt + completion)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    event_buffer: int = Field(100_000, ge=100, description="events held while Kafka is unreachable")
+    redact: bool = Field(True, description="redact emails, phones, card numbers in events")
+    redact_patterns: str = Field("", description="extra regexes to redact, separated by ;;")
+    canary_share: float = Field(0.1, ge=0, le=1, description="traffic share of a newly published version")
+    adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="adapters are loaded only from here")
+    max_loras: int = Field(4, ge=1)
+    max_lora_rank: int = Field(16, ge=1)
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
+
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+
 class LocalStackSettings(BaseSettings):
     """Where `rftloop up` keeps the local services, and which ports they take."""
 

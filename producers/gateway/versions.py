@@ -1,0 +1,123 @@
+"""Follow the compacted ``model.versions`` topic and apply it: load adapters, shift traffic.
+
+Read from the beginning on start (no consumer group), so a restarted gateway
+rebuilds its routing table; then keep following. A published adapter is loaded
+only from the artifact root and only when its sha256 matches the event
+(infra/adapters.py); a refused one is logged and listed in /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from infra import adapters
+from infra import registry as registry_mod
+from infra.kafka import consumer
+from infra.serde import SerdeError, TopicSerde
+from infra.settings import GatewaySettings, KafkaSettings, RegistrySettings
+from producers.gateway.router import Router, UnknownVersion
+from schemas.events import ModelVersionEvent, VersionEventKind
+from schemas.topics import VERSIONS
+
+log = logging.getLogger(__name__)
+
+
+class VersionFollower:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        registry: RegistrySettings,
+        settings: GatewaySettings,
+        router: Router,
+        load: Callable[[str, int, str], Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.topic = replace(VERSIONS, name=VERSIONS.name + settings.topic_suffix)
+        self.serde = TopicSerde(registry_mod.client(registry), self.topic)
+        self.kafka, self.settings, self.router = kafka, settings, router
+        self._load, self._loop = load, loop
+        self._next_lora_id = 1
+        self.applied = 0
+        self.refused: dict[str, str] = {}
+        self.loaded_at: dict[str, float] = {}  # version -> time.time() when it began serving
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rftloop-versions", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        c = consumer(self.kafka, f"rftloop-gateway-{uuid.uuid4().hex[:8]}")
+        try:
+            md = c.list_topics(self.topic.name, timeout=30).topics.get(self.topic.name)
+            parts = list(md.partitions) if md is not None and md.error is None else [0]
+            ends = {
+                p: c.get_watermark_offsets(TopicPartition(self.topic.name, p), timeout=10)[1] for p in parts
+            }
+            c.assign([TopicPartition(self.topic.name, p, OFFSET_BEGINNING) for p in parts])
+            remaining = {p: end for p, end in ends.items() if end > 0}  # replay up to here = caught up
+            if not remaining:
+                self.caught_up.set()
+            while not self._stop.is_set():
+                msg = c.poll(0.1)
+                if msg is None or msg.error():
+                    continue
+                try:
+                    event = self.serde.decode_event(msg.value())
+                    assert isinstance(event, ModelVersionEvent)
+                    if event.model == self.settings.served_name:
+                        self.apply(event)
+                except SerdeError as exc:
+                    log.error("model.versions offset %s undecodable: %s", msg.offset(), exc)
+                p = msg.partition() or 0
+                if p in remaining and (msg.offset() or 0) + 1 >= remaining[p]:
+                    del remaining[p]
+                    if not remaining:
+                        self.caught_up.set()
+        finally:
+            c.close()
+
+    def apply(self, event: ModelVersionEvent) -> None:
+        version = event.version
+        try:
+            if event.kind == VersionEventKind.published:
+                path = adapters.verify(
+                    event.adapter_uri or "", event.adapter_sha256, self.settings.adapter_root
+                )
+                lora_id = self._next_lora_id
+                self._next_lora_id += 1
+                future = asyncio.run_coroutine_threadsafe(self._load(version, lora_id, str(path)), self._loop)
+                future.result(timeout=120)
+                self.router.publish(version, str(path), lora_id, share=event.traffic_share)
+                self.loaded_at[version] = time.time()
+                self.refused.pop(version, None)
+                log.info("version %s loaded from %s, traffic %s", version, path, self.router.weights())
+            elif event.kind == VersionEventKind.promoted:
+                self.router.promote(version)
+                log.info("version %s promoted: %s", version, self.router.weights())
+            elif event.kind == VersionEventKind.rolled_back:
+                self.router.rollback(version, fallback=event.parent_version)
+                log.info("version %s rolled back: %s", version, self.router.weights())
+            self.applied += 1
+        except adapters.AdapterRefused as exc:
+            self.refused[version] = str(exc)
+            log.error("version %s refused: %s", version, exc)
+        except UnknownVersion:
+            log.warning("%s for version %s, which this gateway never loaded", event.kind.value, version)
+        except Exception as exc:  # loading failed in the engine: keep serving the others
+            self.refused[version] = f"{type(exc).__name__}: {exc}"
+            log.exception("version %s could not be applied", version)

@@ -1,0 +1,7 @@
+"""Application SDK: log LLM calls and feedback as rftloop events."""
+
+from producers.sdk.logger import FeedbackClient, InferenceLogger, LoggerMisuse
+from producers.sdk.redaction import Redactor
+from producers.sdk.sender import SenderClosed
+
+__all__ = ["FeedbackClient", "InferenceLogger", "LoggerMisuse", "Redactor", "SenderClosed"]

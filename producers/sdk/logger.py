@@ -1,0 +1,253 @@
+"""Log any LLM call, and its feedback, as rftloop events — three lines in an application:
+
+    from producers.sdk import InferenceLogger
+    with InferenceLogger(producer="sdk:support-bot") as log:
+        rid = log.log(model="gpt-4o", prompt=question, completion=answer, latency_ms=820)
+
+``log`` returns the request_id to send feedback for later with ``FeedbackClient``.
+The calling thread only queues a tuple (the event is built, redacted, encoded and
+sent on a background thread), so the call costs microseconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from infra.settings import KafkaSettings, RegistrySettings
+from producers.sdk.redaction import Redactor
+from producers.sdk.sender import EventSender
+from schemas.events import (
+    ChatMessage,
+    CompletionStatus,
+    Endpoint,
+    Event,
+    FeedbackKind,
+    FeedbackSource,
+    FeedbackSubmitted,
+    InferenceCompleted,
+    InferenceRequested,
+)
+from schemas.topics import COMPLETED, FEEDBACK, REQUESTED, TopicSpec
+
+
+class LoggerMisuse(ValueError):
+    """A call that cannot become a valid event (missing prompt, negative latency, unknown kind ...)."""
+
+
+def _ms_time(ts: float) -> datetime:
+    dt = datetime.fromtimestamp(ts, UTC)
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
+class _Client:
+    topics: tuple[TopicSpec, ...]
+
+    def __init__(
+        self,
+        *,
+        producer: str,
+        kafka: KafkaSettings | None = None,
+        registry: RegistrySettings | None = None,
+        buffer: int = 100_000,
+        redactor: Redactor | None = None,
+        topic_suffix: str = "",
+    ) -> None:
+        self.producer_name = producer
+        self.redact = redactor if redactor is not None else Redactor()
+        self._sender = EventSender(
+            kafka or KafkaSettings(),
+            registry or RegistrySettings(),
+            list(self.topics),
+            buffer=buffer,
+            topic_suffix=topic_suffix,
+        )
+
+    @property
+    def stats(self) -> Any:
+        return self._sender.stats
+
+    def health(self) -> dict[str, Any]:
+        return self._sender.health()
+
+    def submit_events(self, *events: tuple[TopicSpec, Event]) -> bool:
+        """Queue ready-made events (the gateway builds its own)."""
+        return self._sender.submit(lambda: list(events))
+
+    def flush(self, timeout_s: float = 30) -> bool:
+        return self._sender.flush(timeout_s)
+
+    def close(self, timeout_s: float = 30) -> bool:
+        return self._sender.close(timeout_s)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InferenceLogger(_Client):
+    topics = (REQUESTED, COMPLETED)
+
+    def log(
+        self,
+        *,
+        model: str,
+        completion: str = "",
+        latency_ms: float,
+        prompt: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        version: str = "base",
+        request_id: str | None = None,
+        status: str = "ok",
+        error: str | None = None,
+        ttft_ms: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: float | Decimal = 0,
+        finish_reason: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        training_opt_out: bool = False,
+        params: dict[str, str] | None = None,
+    ) -> str:
+        """Queue one call as InferenceRequested + InferenceCompleted; returns its request_id."""
+        if prompt is None and not messages:
+            raise LoggerMisuse("log() needs prompt= or messages=")
+        if latency_ms < 0 or latency_ms != latency_ms:
+            raise LoggerMisuse(f"latency_ms={latency_ms}: must be a number >= 0")
+        if status not in ("ok", "error"):
+            raise LoggerMisuse(f"status={status!r}: 'ok' or 'error'")
+        rid = request_id or uuid.uuid4().hex
+        now = _ms_time(time.time())
+        args = (
+            model,
+            completion,
+            latency_ms,
+            prompt,
+            messages,
+            version,
+            rid,
+            status,
+            error,
+            ttft_ms,
+            prompt_tokens,
+            completion_tokens,
+            cost,
+            finish_reason,
+            user_id,
+            session_id,
+            training_opt_out,
+            params,
+            now,
+        )
+        self._sender.submit(lambda: self._build(*args))
+        return rid
+
+    def _build(
+        self,
+        model: str,
+        completion: str,
+        latency_ms: float,
+        prompt: str | None,
+        messages: list[dict[str, str]] | None,
+        version: str,
+        rid: str,
+        status: str,
+        error: str | None,
+        ttft_ms: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float | Decimal,
+        finish_reason: str | None,
+        user_id: str | None,
+        session_id: str | None,
+        opt_out: bool,
+        params: dict[str, str] | None,
+        at: datetime,
+    ) -> list[tuple[TopicSpec, Event]]:
+        r = self.redact
+        msgs = [ChatMessage(role=m["role"], content=r(m["content"])) for m in (messages or [])]
+        text = r(prompt) if prompt is not None else "\n".join(f"{m.role}: {m.content}" for m in msgs)
+        common = dict(
+            producer=self.producer_name,
+            request_id=rid,
+            occurred_at=at,
+            model=model,
+            version=version,
+            user_id=user_id,
+            session_id=session_id,
+            training_opt_out=opt_out,
+        )
+        req = InferenceRequested(
+            **common, endpoint=Endpoint.external, prompt=text, messages=msgs, params=params or {}
+        )
+        done = InferenceCompleted(
+            **common,
+            status=CompletionStatus(status),
+            error_kind="external" if error else None,
+            error_message=error,
+            completion=r(completion),
+            finish_reason=finish_reason,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            tokens_per_s=completion_tokens / (latency_ms / 1000)
+            if latency_ms > 0 and completion_tokens
+            else None,
+            cost=Decimal(str(cost)).quantize(Decimal("0.000000001")),
+            engine_seconds=latency_ms / 1000,
+        )
+        return [(REQUESTED, req), (COMPLETED, done)]
+
+
+class FeedbackClient(_Client):
+    topics = (FEEDBACK,)
+
+    def send(
+        self,
+        request_id: str,
+        kind: str,
+        value: float | None = None,
+        *,
+        model: str,
+        version: str = "base",
+        scale_max: float | None = None,
+        correction: str | None = None,
+        other_request_id: str | None = None,
+        comment: str | None = None,
+        user_id: str | None = None,
+        source: str = "user",
+        evaluator: str | None = None,
+    ) -> None:
+        try:
+            fk, fs = FeedbackKind(kind), FeedbackSource(source)
+        except ValueError as exc:
+            raise LoggerMisuse(f"{exc}; kinds: {', '.join(k.value for k in FeedbackKind)}") from None
+        if fk == FeedbackKind.correction and not correction:
+            raise LoggerMisuse("a correction needs correction='the right answer'")
+        if fk not in (FeedbackKind.correction,) and value is None:
+            raise LoggerMisuse(f"{kind} feedback needs a value")
+        if fk == FeedbackKind.preference and not other_request_id:
+            raise LoggerMisuse("a preference needs other_request_id (the response it is compared with)")
+        event = FeedbackSubmitted(
+            producer=self.producer_name,
+            request_id=request_id,
+            model=model,
+            version=version,
+            kind=fk,
+            value=value,
+            scale_max=scale_max,
+            other_request_id=other_request_id,
+            correction=self.redact(correction) if correction else None,
+            comment=self.redact(comment) if comment else None,
+            source=fs,
+            evaluator=evaluator,
+            user_id=user_id,
+        )
+        self._sender.submit(lambda: [(FEEDBACK, event)])

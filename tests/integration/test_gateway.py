@@ -1,0 +1,344 @@
+"""The gateway as users run it: a real vLLM engine (tiny random Llama), real Kafka, the openai client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from infra import adapters
+from infra import registry as registry_mod
+from infra.kafka import ensure_topics, produce, producing
+from infra.local.process import free_port
+from infra.serde import TopicSerde
+from schemas.events import ModelVersionEvent, VersionEventKind
+from schemas.topics import COMPLETED, FEEDBACK, REQUESTED, VERSIONS
+from tests.integration.streams_support import read_topic
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVED = "smollm2-135m-instruct"
+KEY, ADMIN = "test-key", "test-admin"
+
+
+@dataclass
+class Gateway:
+    url: str
+    suffix: str
+    serde: dict[str, Any]
+    adapter_root: Path
+    log: Path
+    kafka: Any
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+    def events(self, spec: Any) -> list[Any]:
+        topic, serde = self.serde[spec.name]
+        return read_topic(self.kafka, topic.name, serde, idle_s=1.5)
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    suffix = f"-gw{uuid.uuid4().hex[:6]}"
+    reg = registry_mod.client(stack.registry)
+    serde = {}
+    for spec in (REQUESTED, COMPLETED, FEEDBACK, VERSIONS):
+        topic = replace(spec, name=spec.name + suffix)
+        ensure_topics(stack.kafka, only=[topic])
+        registry_mod.register(reg, topic)
+        serde[spec.name] = (topic, TopicSerde(reg, topic))
+    tmp = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    env = {
+        **os.environ,
+        **stack.env(),
+        "RFTLOOP_GATEWAY_TOPIC_SUFFIX": suffix,
+        "RFTLOOP_GATEWAY_ADAPTER_ROOT": str(tmp / "adapters"),
+        "RFTLOOP_GATEWAY_API_KEYS": KEY,
+        "RFTLOOP_GATEWAY_ADMIN_KEY": ADMIN,
+        "RFTLOOP_GATEWAY_MAX_MODEL_LEN": "1024",
+        "RFTLOOP_GATEWAY_MAX_TOKENS_LIMIT": "128",
+    }
+    log = tmp / "gateway.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "gateway", "--model", "tiny", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not start:\n{log.read_text(errors='replace')[-4000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).json().get("versions_caught_up"):
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        yield Gateway(url, suffix, serde, tmp / "adapters", log, stack.kafka)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_openai_client_chats_streams_and_every_call_becomes_events(gateway: Gateway) -> None:
+    client = gateway.client()
+    chat = client.chat.completions.create(
+        model=SERVED,
+        max_tokens=8,
+        temperature=0,
+        user="alice",
+        messages=[
+            {
+                "role": "user",
+                "content": "Mail bob@example.com or call +1 415 555 0100, card 4111 1111 1111 1111",
+            }
+        ],
+    )
+    assert chat.model == SERVED and chat.choices[0].finish_reason in ("length", "stop")
+    assert chat.usage is not None and chat.usage.completion_tokens >= 1
+    pieces = []
+    stream = client.chat.completions.create(
+        model=SERVED, max_tokens=6, temperature=0, stream=True, messages=[{"role": "user", "content": "Hi"}]
+    )
+    for part in stream:
+        if part.choices and part.choices[0].delta.content:
+            pieces.append(part.choices[0].delta.content)
+    assert pieces, "no streamed tokens"
+    text = client.completions.create(model=SERVED, prompt="Once upon a time", max_tokens=5, temperature=0)
+    assert text.choices[0].text and text.usage is not None
+    assert SERVED in [m.id for m in client.models.list().data]
+
+    requested = {e.request_id: e for e in gateway.events(REQUESTED)}
+    completed = {e.request_id: e for e in gateway.events(COMPLETED)}
+    for rid in (chat.id, text.id):
+        assert rid in requested and rid in completed
+    done = completed[chat.id]
+    assert done.status == "ok" and done.version == "base" and done.user_id == "alice"
+    assert done.completion_tokens == chat.usage.completion_tokens
+    assert done.prompt_tokens == chat.usage.prompt_tokens
+    assert done.latency_ms > 0 and done.ttft_ms is not None and done.ttft_ms <= done.latency_ms
+    assert done.cost > 0 and done.tokens_per_s and done.finish_reason == chat.choices[0].finish_reason
+    prompt = requested[chat.id].messages[0].content
+    assert "bob@example.com" not in prompt and "[EMAIL]" in prompt
+    assert "415 555 0100" not in prompt and "4111 1111 1111 1111" not in prompt
+    assert requested[text.id].endpoint == "completion"
+    streamed = [e for e in completed.values() if e.completion == "".join(pieces)]
+    assert streamed, "the streamed call has no InferenceCompleted with its text"
+
+
+BAD: list[tuple[str, dict[str, str], Any, int]] = [
+    ("no key", {}, {"model": SERVED, "messages": [{"role": "user", "content": "x"}]}, 401),
+    (
+        "wrong key",
+        {"Authorization": "Bearer nope"},
+        {"model": SERVED, "messages": [{"role": "user", "content": "x"}]},
+        401,
+    ),
+    ("malformed JSON", {}, b"{not json", 400),
+    ("not an object", {}, b"[1, 2]", 400),
+    ("no messages", {}, {"model": SERVED, "messages": []}, 400),
+    ("missing messages", {}, {"model": SERVED}, 400),
+    ("empty message", {}, {"model": SERVED, "messages": [{"role": "user", "content": "  "}]}, 400),
+    ("bad role", {}, {"model": SERVED, "messages": [{"role": "wizard", "content": "x"}]}, 400),
+    ("unknown model", {}, {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}, 404),
+    ("unknown version", {}, {"model": f"{SERVED}:v999", "messages": [{"role": "user", "content": "x"}]}, 404),
+    (
+        "max_tokens too large",
+        {},
+        {"model": SERVED, "max_tokens": 100000, "messages": [{"role": "user", "content": "x"}]},
+        400,
+    ),
+    (
+        "negative max_tokens",
+        {},
+        {"model": SERVED, "max_tokens": -1, "messages": [{"role": "user", "content": "x"}]},
+        400,
+    ),
+    (
+        "temperature 5",
+        {},
+        {"model": SERVED, "temperature": 5, "messages": [{"role": "user", "content": "x"}]},
+        400,
+    ),
+    (
+        "over the context",
+        {},
+        {"model": SERVED, "max_tokens": 100, "messages": [{"role": "user", "content": "word " * 1200}]},
+        400,
+    ),
+    (
+        "body too large",
+        {},
+        {"model": SERVED, "messages": [{"role": "user", "content": "x" * (2 << 20)}]},
+        413,
+    ),
+]
+
+
+@pytest.mark.parametrize("name,headers,body,status", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_a_4xx_with_an_openai_error_body(
+    gateway: Gateway, name: str, headers: dict[str, str], body: Any, status: int
+) -> None:
+    h = {"Authorization": f"Bearer {KEY}", "content-type": "application/json", **headers}
+    if "Authorization" in headers or name == "no key":
+        h = {k: v for k, v in h.items() if name != "no key" or k != "Authorization"}
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", headers=h, timeout=60, **kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+
+
+def make_adapter(root: Path, name: str) -> tuple[Path, str]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from infra.models import prepare_tiny
+    from infra.settings import LocalStackSettings
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(prepare_tiny(LocalStackSettings().cache_dir))
+    model = get_peft_model(
+        base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    path = root / name
+    model.save_pretrained(path)
+    return path, adapters.adapter_sha256(path)
+
+
+def publish(gateway: Gateway, version: str, uri: str, sha: str | None, share: float = 0.5) -> float:
+    topic, serde = gateway.serde[VERSIONS.name]
+    event = ModelVersionEvent(
+        producer="test",
+        kind=VersionEventKind.published,
+        model=SERVED,
+        version=version,
+        parent_version="base",
+        adapter_uri=uri,
+        adapter_sha256=sha,
+        method="grpo",
+        decision="canary",
+        traffic_share=share,
+    )
+    with producing(gateway.kafka) as p:
+        produce(p, topic.name, topic.key_of(event), serde.encode_event(event))
+    return time.monotonic()
+
+
+def test_published_adapter_is_served_without_restart_and_bad_ones_are_refused(gateway: Gateway) -> None:
+    path, sha = make_adapter(gateway.adapter_root, "v-good")
+    outside, outside_sha = make_adapter(gateway.adapter_root.parent / "elsewhere", "v-out")
+    http = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    t0 = publish(gateway, "v-good", f"file://{path}", sha)
+    publish(gateway, "v-badsha", f"file://{path}", "0" * 64)
+    publish(gateway, "v-outside", str(outside), outside_sha)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
+        if f"{SERVED}:v-good" in ids:
+            break
+        time.sleep(0.05)
+    swap_s = time.monotonic() - t0
+    assert f"{SERVED}:v-good" in ids, ids
+    assert swap_s < 30
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": f"{SERVED}:v-good", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert r.status_code == 200 and r.json()["model"] == f"{SERVED}:v-good"
+    assert r.headers["x-rftloop-version"] == "v-good"
+    health = http.get("/healthz").json()
+    assert "does not match" in health["refused_versions"]["v-badsha"]
+    assert "outside the artifact root" in health["refused_versions"]["v-outside"]
+    assert health["traffic"]["v-good"] == pytest.approx(0.5)
+    # sticky routing: one user keeps one version while the weights hold
+    seen = {
+        http.post(
+            "/v1/chat/completions",
+            json={
+                "model": SERVED,
+                "max_tokens": 1,
+                "user": "carol",
+                "messages": [{"role": "user", "content": "x"}],
+            },
+        ).headers["x-rftloop-version"]
+        for _ in range(4)
+    }
+    assert len(seen) == 1
+    # promote through the admin API: needs the admin key; takes all traffic at once
+    assert http.post("/admin/versions/v-good/promote").status_code == 401
+    r = http.post("/admin/versions/v-good/promote", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 202
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and http.get("/healthz").json()["traffic"].get("v-good") != 1.0:
+        time.sleep(0.1)
+    assert http.get("/healthz").json()["traffic"]["v-good"] == 1.0
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": SERVED, "max_tokens": 2, "messages": [{"role": "user", "content": "hello"}]},
+    )
+    assert r.headers["x-rftloop-version"] == "v-good"
+    done = [e for e in gateway.events(COMPLETED) if e.request_id == r.json()["id"]]
+    assert done and done[0].version == "v-good" and done[0].adapter == str(path.resolve())
+    r = http.post("/admin/versions/v-good/rollback", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 202
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and http.get("/healthz").json()["traffic"].get("v-good") != 0.0:
+        time.sleep(0.1)
+    assert http.get("/healthz").json()["incumbent"] == "base"
+
+
+def test_feedback_endpoint_emits_feedback_and_nothing_was_dropped(gateway: Gateway) -> None:
+    http = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": SERVED, "max_tokens": 2, "messages": [{"role": "user", "content": "2+2?"}]},
+    )
+    rid = r.json()["id"]
+    ok = http.post("/v1/feedback", json={"request_id": rid, "kind": "thumbs", "value": 1})
+    assert ok.status_code == 202
+    fix = http.post(
+        "/v1/feedback", json={"request_id": rid, "kind": "correction", "correction": "4, ask a@b.io"}
+    )
+    assert fix.status_code == 202
+    for bad in (
+        {"request_id": rid, "kind": "hug"},
+        {"request_id": rid, "kind": "thumbs"},
+        {"request_id": rid, "kind": "correction"},
+        {"kind": "thumbs", "value": 1},
+    ):
+        r = http.post("/v1/feedback", json=bad)
+        assert r.status_code == 400, (bad, r.text)
+    events = [e for e in gateway.events(FEEDBACK) if e.request_id == rid]
+    assert sorted(e.kind for e in events) == ["correction", "thumbs"]
+    assert all(e.model == SERVED for e in events)
+    assert [e.correction for e in events if e.kind == "correction"] == ["4, ask [EMAIL]"]
+    health = http.get("/healthz").json()
+    assert health["status"] == "ok"
+    assert health["events"]["dropped"] == 0 and health["events"]["failed"] == 0
+    metrics = http.get("/metrics").text
+    assert 'rftloop_gateway_requests_total{version="base",status="ok"}' in metrics
+    assert "rftloop_gateway_events_dropped_total 0" in metrics

@@ -122,7 +122,7 @@ Benchmark = Callable[[Context], list[Result]]
 
 
 def registry() -> dict[str, Benchmark]:
-    from bench import infra_benchmarks, serde_benchmark, sink_benchmark, streams_benchmark
+    from bench import gateway_benchmark, infra_benchmarks, serde_benchmark, sink_benchmark, streams_benchmark
 
     return {
         "infra.kafka_produce_mb_s": infra_benchmarks.kafka_produce,
@@ -131,6 +131,8 @@ def registry() -> dict[str, Benchmark]:
         "sink.rows_per_s": sink_benchmark.sink_rows,
         "streams.events_per_s": streams_benchmark.events_per_s,
         "e2e.freshness_ms": streams_benchmark.freshness_ms,
+        "producers.sdk_log_call_us": gateway_benchmark.sdk_log_call,
+        "gateway": gateway_benchmark.gateway,
     }
 
 

@@ -98,7 +98,7 @@ def events_per_s(ctx: Context) -> list[Result]:
         "RFTLOOP_STREAMS_AGENTS": "metrics",
         "RFTLOOP_STREAMS_DATA_DIR": str(Path(ctx.stack["local"].state_dir) / f"faust{suffix}"),
     }
-    log = open(Path(ctx.stack["local"].state_dir) / f"streams{suffix}.log", "wb")
+    log = open(Path(ctx.stack["local"].state_dir) / f"streams{suffix}.log", "wb")  # noqa: SIM115 - outlives the block
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "streams", "--web-port", str(port)],
         cwd=ROOT,

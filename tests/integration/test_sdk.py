@@ -1,0 +1,74 @@
+"""The application SDK: three lines to log any LLM call; background delivery; named errors on misuse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from producers.sdk import FeedbackClient, InferenceLogger, LoggerMisuse, SenderClosed
+from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
+from tests.integration.streams_support import read_topic
+
+
+def test_logger_delivers_every_call_and_feedback(stack: Any, event_topic: Any, unique: str) -> None:
+    topics = {spec.name: event_topic(spec) for spec in (REQUESTED, COMPLETED, FEEDBACK)}
+    suffix = f"-{unique}"
+    with InferenceLogger(
+        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=suffix
+    ) as log:
+        ids = [
+            log.log(
+                model="gpt-4o",
+                prompt=f"q{i} from x@y.com",
+                completion=f"a{i}",
+                latency_ms=100 + i,
+                prompt_tokens=10,
+                completion_tokens=3,
+                cost=0.0001,
+                user_id="u1",
+            )
+            for i in range(2000)
+        ]
+        chat_id = log.log(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            completion="hello",
+            latency_ms=5,
+            status="error",
+            error="rate limited",
+        )
+        assert log.flush(30)
+        assert log.stats.dropped == 0 and log.stats.encode_errors == 0
+    with pytest.raises(SenderClosed):
+        log.log(model="m", prompt="late", latency_ms=1)
+    with FeedbackClient(
+        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=suffix
+    ) as fb:
+        fb.send(ids[0], "thumbs", 1, model="gpt-4o")
+        fb.send(ids[1], "rating", 4, model="gpt-4o", scale_max=5)
+        fb.send(ids[2], "correction", model="gpt-4o", correction="a2, see x@y.com")
+        with pytest.raises(LoggerMisuse, match="kinds"):
+            fb.send(ids[0], "hug", 1, model="gpt-4o")
+        with pytest.raises(LoggerMisuse, match="other_request_id"):
+            fb.send(ids[0], "preference", 1, model="gpt-4o")
+    requested = read_topic(stack.kafka, topics[REQUESTED.name][0].name, topics[REQUESTED.name][1])
+    completed = read_topic(stack.kafka, topics[COMPLETED.name][0].name, topics[COMPLETED.name][1])
+    feedback = read_topic(stack.kafka, topics[FEEDBACK.name][0].name, topics[FEEDBACK.name][1])
+    assert {e.request_id for e in requested} == {e.request_id for e in completed} == set(ids) | {chat_id}
+    assert len(requested) == len(completed) == 2001
+    assert all("x@y.com" not in e.prompt for e in requested)
+    err = next(e for e in completed if e.request_id == chat_id)
+    assert err.status == "error" and err.error_message == "rate limited"
+    assert sorted(e.kind for e in feedback) == ["correction", "rating", "thumbs"]
+    assert next(e for e in feedback if e.kind == "correction").correction == "a2, see [EMAIL]"
+
+
+def test_misuse_is_refused_with_a_named_error(stack: Any) -> None:
+    with InferenceLogger(producer="sdk:test", kafka=stack.kafka, registry=stack.registry) as log:
+        with pytest.raises(LoggerMisuse, match="prompt= or messages="):
+            log.log(model="m", completion="x", latency_ms=1)
+        with pytest.raises(LoggerMisuse, match="latency_ms"):
+            log.log(model="m", prompt="p", latency_ms=-5)
+        with pytest.raises(LoggerMisuse, match="status"):
+            log.log(model="m", prompt="p", latency_ms=5, status="maybe")

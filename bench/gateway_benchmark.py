@@ -43,13 +43,11 @@ async def _through_gateway(url: str, prompts: list[str]) -> tuple[float, int, li
 
     sem = asyncio.Semaphore(CONCURRENCY)
     ttfts: list[float] = []
-    tokens = 0
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600
     ) as http:
 
         async def one(p: str) -> None:
-            nonlocal tokens
             async with sem:
                 t0 = time.perf_counter()
                 first = None
@@ -69,13 +67,17 @@ async def _through_gateway(url: str, prompts: list[str]) -> tuple[float, int, li
                             first = time.perf_counter() - t0
                 ttfts.append((first or 0) * 1000)
 
+        async def completion_tokens() -> int:  # the gateway's own counter (cumulative: take differences)
+            for line in (await http.get("/metrics")).text.splitlines():
+                if line.startswith('rftloop_gateway_tokens_total{kind="completion"}'):
+                    return int(float(line.split()[-1]))
+            return 0
+
+        before = await completion_tokens()
         t0 = time.perf_counter()
         await asyncio.gather(*(one(p) for p in prompts))
         wall = time.perf_counter() - t0
-        metrics = (await http.get("/metrics")).text
-    for line in metrics.splitlines():
-        if line.startswith('rftloop_gateway_tokens_total{kind="completion"}'):
-            tokens = int(float(line.split()[-1]))
+        tokens = await completion_tokens() - before
     return wall, tokens, ttfts
 
 

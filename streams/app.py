@@ -176,7 +176,7 @@ class StreamsApp:
             ", ".join(self.evaluators) or "none",
         )
 
-    def _dead_letter(self, event: EventT, error: BaseException) -> None:
+    def _dead_letter(self, event: EventT, error: BaseException, agent: str) -> None:
         msg = event.message
         self.stats.dead_letters += 1
         value = msg.value if isinstance(msg.value, bytes) else b""
@@ -191,7 +191,7 @@ class StreamsApp:
             value=value,
             headers=[(k, v) for k, v in (msg.headers or [])],
             error=error,
-            consumer_name=self.settings.app_id,
+            consumer_name=f"{self.settings.app_id}.{agent}",
         )
         self._dlq.poll(0)
 
@@ -214,7 +214,7 @@ class StreamsApp:
                 if not request_id:
                     raise InvalidRecord(f"{type(decoded).__name__} without request_id cannot be joined")
             except SerdeError as exc:
-                self._dead_letter(event, exc)
+                self._dead_letter(event, exc, "join")
                 continue
             assert isinstance(decoded, InferenceRequested | InferenceCompleted | FeedbackSubmitted)
             now = time.time()
@@ -259,7 +259,7 @@ class StreamsApp:
                     if is_completed:
                         check_completed(r)
                 except SerdeError as exc:
-                    self._dead_letter(event, exc)
+                    self._dead_letter(event, exc, "metrics")
                     continue
                 if self._recent.seen(r["event_id"]):
                     self.stats.duplicates += 1

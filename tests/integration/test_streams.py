@@ -254,3 +254,42 @@ def test_two_workers_split_the_partitions_and_count_every_event_once(
     assert sum(w.thumbs_up for w in windows) == 750
     assert {s.request_id for s in samples} == {d.request_id for d in produced}
     assert len({s.event_id for s in samples}) == 1500
+
+
+def test_poison_goes_to_the_dlq_with_headers_and_the_worker_keeps_counting(
+    stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
+) -> None:
+    from infra.dlq import read_all
+
+    log = tmp_path / "worker.log"
+    topic, serde = streams_topics[COMPLETED.name]
+    with worker(streams_env(stack, unique, tmp_path), log) as proc:
+        wait_ready(log, proc)
+        good = [request_events(f"g{i}-{unique}", version="v1", at=utc(time.time()))[1] for i in range(50)]
+        _, negative = request_events(f"neg-{unique}", version="v1", at=utc(time.time()), latency_ms=-5.0)
+        _, nan = request_events(f"nan-{unique}", version="v1", at=utc(time.time()), latency_ms=float("nan"))
+        poison = [
+            b"garbage",
+            b"\x00\x00\x0f\x42\x3f" + b"\x02" * 20,  # framed, but a schema id the registry never issued
+            serde.encode_event(good[0])[:-7],  # truncated Avro
+            serde.encode_event(negative),
+            serde.encode_event(nan),
+        ]
+        with producing(stack.kafka) as p:
+            for i, value in enumerate(poison):
+                produce(p, topic.name, f"poison-{i}", value)
+            for done in good:
+                produce(p, topic.name, done.request_id, serde.encode_event(done))
+        mtopic, mserde = streams_topics[METRICS.name]
+        windows = windows_until(stack, mtopic.name, mserde, {"v1": 50})
+        assert proc.poll() is None, "the worker died on poison"
+    assert sum(w.requests for w in windows if w.window_kind == "tumbling") == 50
+    letters = [d for d in read_all(stack.kafka, topic.name) if d.headers["dlq.consumer"].endswith(".metrics")]
+    assert sorted(d.value for d in letters) == sorted(poison)
+    assert {d.headers["dlq.error.class"] for d in letters} == {
+        "NotFramed",
+        "UnknownSchemaId",
+        "CorruptBody",
+        "InvalidRecord",
+    }
+    assert all(d.headers["dlq.source.topic"] == topic.name for d in letters)

@@ -349,6 +349,73 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from consumers.trainer.run import NotEnoughData, run_once
+    from infra.settings import TrainerSettings
+
+    cfg = load_or_explain(TrainerSettings)
+    assert isinstance(cfg, TrainerSettings)
+    if args.model:
+        cfg = cfg.model_copy(update={"base_model": args.model})
+    if not args.now:
+        print(
+            "rftloop train: only --now is built so far (sample-count, time and quality-drop triggers are not)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = run_once(_kafka(), _registry(), _clickhouse(), cfg, _local().cache_dir)
+    except NotEnoughData as exc:
+        print(f"rftloop train: {exc}", file=sys.stderr)
+        return 3
+    print(
+        json.dumps(
+            {
+                "version": result.version,
+                "status": result.status,
+                "reasons": result.reasons,
+                "figures": result.figures,
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from infra.clickhouse.client import connect
+
+    ch = _clickhouse()
+    result = connect(ch).query(
+        f"SELECT model, version, state, decision, traffic_share, parent_version, method, "
+        f"eval['candidate_accuracy'] AS acc, eval['incumbent_accuracy'] AS inc_acc, "
+        f"eval['candidate_latency_ms'] AS lat_ms, reasons, published_at "
+        f"FROM {ch.database}.version_state ORDER BY updated_at DESC"
+    )
+    rows = [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    _table(
+        "model versions",
+        ["model", "version", "state", "parent", "method", "accuracy (vs incumbent)", "latency ms", "reasons"],
+        [
+            [
+                r["model"],
+                r["version"],
+                r["state"],
+                r["parent_version"] or "-",
+                r["method"] or "-",
+                f"{r['acc']:.3f} ({r['inc_acc']:.3f})" if r["acc"] or r["inc_acc"] else "-",
+                _fmt(r["lat_ms"]) if r["lat_ms"] else "-",
+                "; ".join(r["reasons"])[:120],
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
 # -- bench / demo -------------------------------------------------------------------
 
 
@@ -439,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="smollm2 (default), tiny, or an HF model path / name")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+
+    p = add("train", cmd_train, "run one RFT training run now: buffer -> KTO -> gate -> publish or reject")
+    p.add_argument("--now", action="store_true", help="run immediately")
+    p.add_argument("--model", help="base model: smollm2 (default), tiny, or an HF path")
+    p = add("versions", cmd_versions, "model versions with their state, gate figures and reasons")
+    p.add_argument("--json", action="store_true")
 
     p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
     p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")

@@ -191,6 +191,37 @@ class GatewaySettings(BaseSettings):
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
 
+class TrainerSettings(BaseSettings):
+    """The RFT trainer: what it trains on, how, and the gate a candidate must pass."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_TRAINER_", extra="ignore")
+
+    base_model: str = Field("smollm2", description="smollm2, tiny, or an HF path: the serving base model")
+    served_name: str = Field("smollm2-135m-instruct", description="model name in the events")
+    method: str = Field("kto", description="kto (thumbs / signed rewards)")
+    min_samples: int = Field(16, ge=2, description="rewarded samples needed for a run")
+    holdout_percent: int = Field(20, ge=1, le=90, description="share held out for the gate, by request_id hash")
+    min_eval_samples: int = Field(4, ge=1, description="held-out samples with a reference needed to gate")
+    max_steps: int = Field(8, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    lora_rank: int = Field(16, ge=1)
+    beta: float = Field(0.1, gt=0)
+    max_new_tokens: int = Field(16, ge=1, description="tokens per answer in the gate's evaluation")
+    min_quality_gain: float = Field(0.02, description="candidate accuracy must beat the incumbent's by this")
+    max_latency_ratio: float = Field(1.25, gt=0, description="candidate latency / incumbent latency budget")
+    max_cost_ratio: float = Field(1.25, gt=0, description="candidate tokens per answer / incumbent budget")
+    adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="where versions are written")
+    topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in ("kto",):
+            raise ValueError(f"RFTLOOP_TRAINER_METHOD={v!r}: only kto is built so far")
+        return v
+
+
 class LocalStackSettings(BaseSettings):
     """Where `rftloop up` keeps the local services, and which ports they take."""
 

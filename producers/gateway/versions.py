@@ -94,7 +94,9 @@ class VersionFollower:
     def apply(self, event: ModelVersionEvent) -> None:
         version = event.version
         try:
-            if event.kind == VersionEventKind.published:
+            if event.kind == VersionEventKind.published and version in self.router.routes:
+                log.info("version %s announced again; already serving it", version)
+            elif event.kind == VersionEventKind.published:
                 path = adapters.verify(
                     event.adapter_uri or "", event.adapter_sha256, self.settings.adapter_root
                 )

@@ -1,0 +1,1 @@
+"""RFT trainer: rewarded samples -> TRL LoRA update -> gate -> model-version event."""

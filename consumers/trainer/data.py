@@ -1,0 +1,107 @@
+"""Training data from the durable buffer (ClickHouse, written by the sink), split deterministically.
+
+One row per request (its latest RewardedSample), never a request twice in a
+run; opted-out requests never became samples. Each sample keeps where it came
+from (topic, partition, offset) for the version's lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from schemas.events import OffsetRange
+
+SAMPLES = """
+SELECT request_id,
+       argMax(event_id, occurred_at) AS event_id,
+       argMax(prompt, occurred_at) AS prompt,
+       argMax(messages, occurred_at) AS messages,
+       argMax(completion, occurred_at) AS completion,
+       argMax(reward, occurred_at) AS reward,
+       argMax(reference, occurred_at) AS reference,
+       argMax(_topic, occurred_at) AS topic,
+       argMax(_partition, occurred_at) AS partition,
+       argMax(_offset, occurred_at) AS offset
+FROM {db}.rewarded_samples FINAL
+WHERE model = {model:String}
+GROUP BY request_id
+ORDER BY request_id
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    request_id: str
+    event_id: str
+    prompt: str
+    messages: list[dict[str, str]]
+    completion: str
+    reward: float
+    reference: str | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def load_samples(client: Client, db: str, model: str) -> list[Sample]:
+    result = client.query(SAMPLES.replace("{db}", db), parameters={"model": model})
+    out = []
+    for row in result.named_results():
+        messages = json.loads(row["messages"]) if row["messages"] else []
+        out.append(
+            Sample(
+                row["request_id"],
+                str(row["event_id"]),
+                row["prompt"],
+                messages,
+                row["completion"],
+                float(row["reward"]),
+                row["reference"],
+                row["topic"],
+                int(row["partition"]),
+                int(row["offset"]),
+            )
+        )
+    return out
+
+
+def held_out(sample: Sample, percent: int) -> bool:
+    """Deterministic: the same request is always on the same side of the split."""
+    h = int.from_bytes(hashlib.sha256(sample.request_id.encode()).digest()[:4], "big")
+    return h % 100 < percent
+
+
+def split(samples: list[Sample], percent: int) -> tuple[list[Sample], list[Sample]]:
+    train = [s for s in samples if not held_out(s, percent)]
+    evaluate = [s for s in samples if held_out(s, percent)]
+    return train, evaluate
+
+
+def lineage(samples: list[Sample]) -> list[OffsetRange]:
+    by_tp: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for s in samples:
+        by_tp[(s.topic, s.partition)].append(s.offset)
+    return [
+        OffsetRange(topic=t, partition=p, first_offset=min(o), last_offset=max(o), samples=len(o))
+        for (t, p), o in sorted(by_tp.items())
+    ]
+
+
+def version_id(samples: list[Sample], config: dict[str, Any]) -> str:
+    """Same data and config -> same version id, so a replayed run does not make a second version."""
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.event_id):
+        digest.update(s.event_id.encode() + b"\0")
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    return "v" + digest.hexdigest()[:10]
+
+
+def chat(sample: Sample) -> list[dict[str, str]]:
+    """The conversation the model answered (messages when the request had them, else the prompt)."""
+    return sample.messages or [{"role": "user", "content": sample.prompt}]

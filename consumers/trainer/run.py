@@ -1,0 +1,235 @@
+"""One training run, end to end: buffer -> split -> KTO -> gate on vLLM -> publish or reject.
+
+Crash safety: the adapter is written to a temporary directory and renamed into
+``<adapter_root>/<version>`` only when the gate passes, then the event is
+published; a version directory that exists is (re-)announced with the same
+derived event id rather than trained again, so a run killed between the rename
+and the event heals on the next run, and a replayed run (same data, same
+config -> same version id) creates nothing new.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from consumers.trainer.data import lineage, load_samples, split, version_id
+from consumers.trainer.gate import decide, evaluate
+from consumers.trainer.kto import train_kto
+from infra import adapters, models
+from infra import registry as registry_mod
+from infra.clickhouse.client import connect
+from infra.kafka import produce, producing
+from infra.serde import TopicSerde
+from infra.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, TrainerSettings
+from schemas.events import (
+    Event,
+    ModelVersionEvent,
+    TrainingRunEvent,
+    TrainingRunKind,
+    TrainingRunStatus,
+    VersionEventKind,
+)
+from schemas.topics import TRAINING, VERSIONS, TopicSpec
+
+PRODUCER = "rftloop-trainer"
+NAMESPACE = uuid.UUID("6f1d6c3e-2a8b-4b7e-9a51-1c0de0f1a002")
+
+
+class NotEnoughData(RuntimeError):
+    """Too few rewarded samples (or held-out samples with a reference) for a run."""
+
+
+@dataclass
+class RunResult:
+    version: str
+    status: str
+    reasons: list[str]
+    figures: dict[str, float]
+
+
+def _send(
+    kafka: KafkaSettings, registry: RegistrySettings, spec: TopicSpec, suffix: str, event: Event
+) -> None:
+    topic = replace(spec, name=spec.name + suffix)
+    serde = TopicSerde(registry_mod.client(registry), topic)
+    with producing(kafka) as p:
+        produce(p, topic.name, topic.key_of(event), serde.encode_event(event))
+
+
+def incumbent_of(client: Any, db: str, model: str) -> str:
+    rows = client.query(
+        f"SELECT version FROM {db}.version_state WHERE model = {{m:String}} AND state = 'promoted' "
+        "ORDER BY updated_at DESC LIMIT 1",
+        parameters={"m": model},
+    ).result_rows
+    return str(rows[0][0]) if rows else "base"
+
+
+def run_once(
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    clickhouse: ClickHouseSettings,
+    cfg: TrainerSettings,
+    cache_dir: Path,
+    say: Callable[[str], None] = print,
+) -> RunResult:
+    client = connect(clickhouse)
+    samples = load_samples(client, clickhouse.database, cfg.served_name)
+    if len(samples) < cfg.min_samples:
+        raise NotEnoughData(
+            f"{len(samples)} rewarded samples for {cfg.served_name}; a run needs "
+            f"{cfg.min_samples} (RFTLOOP_TRAINER_MIN_SAMPLES)"
+        )
+    train, held = split(samples, cfg.holdout_percent)
+    eval_set = [s for s in held if s.reference]
+    if len(eval_set) < cfg.min_eval_samples:
+        raise NotEnoughData(
+            f"{len(eval_set)} held-out samples with a reference; the gate needs "
+            f"{cfg.min_eval_samples} (RFTLOOP_TRAINER_MIN_EVAL_SAMPLES)"
+        )
+    incumbent = incumbent_of(client, clickhouse.database, cfg.served_name)
+    config = {
+        "method": cfg.method,
+        "base_model": cfg.base_model,
+        "max_steps": cfg.max_steps,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "lora_rank": cfg.lora_rank,
+        "beta": cfg.beta,
+        "parent": incumbent,
+    }
+    version = version_id(train, config)
+    root = cfg.adapter_root
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / version
+    say(
+        f"trainer: {len(samples)} samples ({len(train)} train, {len(eval_set)} held out with a reference), "
+        f"incumbent {incumbent}, candidate {version}"
+    )
+    base_path = models.resolve(cfg.base_model, cache_dir)
+    run_id = f"run-{version}"
+    hyper = {k: str(v) for k, v in config.items()}
+    if (target / "adapter_config.json").exists():
+        say(f"trainer: {version} already exists (same data and config): announcing it again, not retraining")
+        figures: dict[str, float] = {}
+        decision_reasons = ["replayed run: same data and config as an existing version"]
+    else:
+        _send(
+            kafka,
+            registry,
+            TRAINING,
+            cfg.topic_suffix,
+            TrainingRunEvent(
+                producer=PRODUCER,
+                kind=TrainingRunKind.started,
+                run_id=run_id,
+                model=cfg.served_name,
+                parent_version=incumbent,
+                method=cfg.method,
+                samples=len(train),
+                config=hyper,
+            ),
+        )
+        tmp = root / f".{version}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        say(f"trainer: {cfg.method.upper()} on {len(train)} samples, {cfg.max_steps} steps ...")
+        metrics = train_kto(base_path, train, tmp, cfg)
+        say(
+            f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."
+        )
+        inc_path = str(root / incumbent) if incumbent != "base" and (root / incumbent).exists() else None
+        result = evaluate(
+            base_path, eval_set, {"incumbent": inc_path, "candidate": str(tmp)}, cfg.max_new_tokens
+        )
+        cand, inc = result["candidate"], result["incumbent"]
+        decision = decide(cand, inc, cfg)
+        figures = {
+            **metrics,
+            **{f"candidate_{k}": float(v) for k, v in asdict(cand).items()},
+            **{f"incumbent_{k}": float(v) for k, v in asdict(inc).items()},
+        }
+        decision_reasons = decision.reasons
+        say("trainer: " + "; ".join(decision.reasons))
+        if not decision.publish:
+            shutil.rmtree(tmp, ignore_errors=True)
+            event = ModelVersionEvent(
+                event_id=uuid.uuid5(NAMESPACE, f"{version}|rejected"),
+                producer=PRODUCER,
+                kind=VersionEventKind.rejected,
+                model=cfg.served_name,
+                version=version,
+                parent_version=incumbent,
+                method=cfg.method,
+                hyperparameters=hyper,
+                lineage=lineage(train),
+                eval=figures,
+                decision="rejected",
+                reasons=decision.reasons,
+            )
+            _send(kafka, registry, VERSIONS, cfg.topic_suffix, event)
+            _send(
+                kafka,
+                registry,
+                TRAINING,
+                cfg.topic_suffix,
+                TrainingRunEvent(
+                    producer=PRODUCER,
+                    kind=TrainingRunKind.finished,
+                    run_id=run_id,
+                    model=cfg.served_name,
+                    parent_version=incumbent,
+                    method=cfg.method,
+                    samples=len(train),
+                    config=hyper,
+                    status=TrainingRunStatus.rejected,
+                    version=version,
+                    metrics=figures,
+                ),
+            )
+            return RunResult(version, "rejected", decision.reasons, figures)
+        os.rename(tmp, target)  # atomic: the version directory appears whole or not at all
+    sha = adapters.adapter_sha256(target)
+    event = ModelVersionEvent(
+        event_id=uuid.uuid5(NAMESPACE, f"{version}|published"),
+        producer=PRODUCER,
+        kind=VersionEventKind.published,
+        model=cfg.served_name,
+        version=version,
+        parent_version=incumbent,
+        adapter_uri=f"file://{target}",
+        adapter_sha256=sha,
+        method=cfg.method,
+        hyperparameters=hyper,
+        lineage=lineage(train),
+        eval=figures,
+        decision="canary",
+        reasons=decision_reasons,
+    )
+    _send(kafka, registry, VERSIONS, cfg.topic_suffix, event)
+    _send(
+        kafka,
+        registry,
+        TRAINING,
+        cfg.topic_suffix,
+        TrainingRunEvent(
+            producer=PRODUCER,
+            kind=TrainingRunKind.finished,
+            run_id=run_id,
+            model=cfg.served_name,
+            parent_version=incumbent,
+            method=cfg.method,
+            samples=len(train),
+            config=hyper,
+            status=TrainingRunStatus.published,
+            version=version,
+            metrics=figures,
+        ),
+    )
+    say(f"trainer: published {version} ({target}, sha256 {sha[:12]}…)")
+    return RunResult(version, "published", decision_reasons, figures)

@@ -1,0 +1,149 @@
+"""`rftloop train --now` on the real pieces: ClickHouse buffer, TRL KTO, the vLLM gate, model.versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from infra import adapters
+from infra.clickhouse.client import connect
+from infra.clickhouse.migrate import migrate
+from infra.clickhouse.tables import event_table
+from schemas.events import FeedbackSource, RewardedSample, RewardSource
+from schemas.topics import REWARDED, TRAINING, VERSIONS
+from tests.integration.streams_support import read_topic
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVED = "smollm2-135m-instruct"
+
+
+def test_train_gate_publish_replay_and_reject(
+    stack: Any, ch_database: str, event_topic: Any, unique: str, tmp_path: Path
+) -> None:
+    versions_topic, versions_serde = event_topic(VERSIONS)
+    training_topic, training_serde = event_topic(TRAINING)
+    client = connect(stack.clickhouse, database=ch_database)
+    migrate(client, ch_database)
+    table = event_table(REWARDED)
+    rows = []
+    for i in range(48):
+        a, b = 10 + i, 20 + i
+        good = i % 2 == 0
+        sample = RewardedSample(
+            producer="t",
+            request_id=f"r{i}",
+            model=SERVED,
+            prompt=f"What is {a} plus {b}?",
+            completion=str(a + b) if good else f"{a} plus {b} is a sum of two numbers",
+            reward=1.0 if good else -1.0,
+            reference=str(a + b),
+            reward_sources=[
+                RewardSource(source=FeedbackSource.user, kind="thumbs", value=1.0 if good else -1.0)
+            ],
+        )
+        rows.append(table.row(sample.to_avro(), i % 3, 1000 + i))
+    client.insert(table.name, rows, column_names=table.column_names)
+    root = tmp_path / "adapters"
+    env = {
+        **os.environ,
+        **stack.env(),
+        "RFTLOOP_CLICKHOUSE_DATABASE": ch_database,
+        "RFTLOOP_TRAINER_TOPIC_SUFFIX": f"-{unique}",
+        "RFTLOOP_TRAINER_ADAPTER_ROOT": str(root),
+        "RFTLOOP_TRAINER_MAX_STEPS": "2",
+        "RFTLOOP_TRAINER_MIN_QUALITY_GAIN": "-1",
+        "RFTLOOP_TRAINER_MAX_LATENCY_RATIO": "100",
+        "RFTLOOP_TRAINER_MAX_COST_RATIO": "100",
+    }
+
+    def train(**extra: str) -> tuple[dict[str, Any], str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "cli.main", "train", "--now", "--model", "tiny"],
+            cwd=ROOT,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return json.loads(out.stdout[out.stdout.index("{\n") :]), out.stdout
+
+    first, _ = train()
+    assert first["status"] == "published"
+    version = first["version"]
+    assert (root / version / "adapter_config.json").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary directory left
+    assert 0 <= first["figures"]["candidate_accuracy"] <= 1 and first["figures"]["candidate_latency_ms"] > 0
+    published = [
+        e for e in read_topic(stack.kafka, versions_topic.name, versions_serde) if e.version == version
+    ]
+    assert len(published) == 1 and published[0].kind == "published"
+    event = published[0]
+    assert event.adapter_sha256 == adapters.adapter_sha256(root / version)
+    assert event.adapter_uri == f"file://{root / version}" and event.parent_version == "base"
+    assert sum(r.samples for r in event.lineage) == round(first["figures"]["train_samples"])
+    assert {r.partition for r in event.lineage} <= {0, 1, 2} and event.method == "kto"
+
+    again, text = train()  # same data, same config: same version, nothing trained, same event id
+    assert again["version"] == version and "already exists" in text
+    replays = [
+        e for e in read_topic(stack.kafka, versions_topic.name, versions_serde) if e.version == version
+    ]
+    assert {e.event_id for e in replays} == {event.event_id}
+
+    rejected, _ = train(RFTLOOP_TRAINER_MIN_QUALITY_GAIN="0.5", RFTLOOP_TRAINER_MAX_STEPS="3")
+    assert rejected["status"] == "rejected" and rejected["version"] != version
+    assert any(r.startswith("quality:") for r in rejected["reasons"])
+    assert not (root / rejected["version"]).exists()
+    runs = read_topic(stack.kafka, training_topic.name, training_serde)
+    finished = {e.version: e.status for e in runs if e.kind == "finished"}
+    assert finished == {version: "published", rejected["version"]: "rejected"}
+
+    # what the sink would write from model.versions: `rftloop versions` shows state, figures and reasons
+    vtable = event_table(VERSIONS)
+    every = read_topic(stack.kafka, versions_topic.name, versions_serde)
+    client.insert(
+        vtable.name,
+        [vtable.row(e.to_avro(), 0, n) for n, e in enumerate(every)],
+        column_names=vtable.column_names,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "versions", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    listed = {r["version"]: r for r in json.loads(out.stdout)}
+    assert listed[version]["state"] == "published" and listed[version]["method"] == "kto"
+    assert listed[rejected["version"]]["state"] == "rejected"
+    assert listed[version]["acc"] == first["figures"]["candidate_accuracy"]
+    table_out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "versions"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table_out.returncode == 0 and version in table_out.stdout
+
+
+def test_train_refuses_without_enough_data(stack: Any, ch_database: str) -> None:
+    migrate(connect(stack.clickhouse, database=ch_database), ch_database)
+    env = {**os.environ, **stack.env(), "RFTLOOP_CLICKHOUSE_DATABASE": ch_database}
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "train", "--now", "--model", "tiny"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 3 and "RFTLOOP_TRAINER_MIN_SAMPLES" in out.stderr

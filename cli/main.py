@@ -416,6 +416,49 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    import signal
+
+    from infra.settings import JudgeSettings
+    from streams.judge import Judge
+
+    cfg = load_or_explain(JudgeSettings)
+    assert isinstance(cfg, JudgeSettings)
+    judge = Judge(_kafka(), _registry(), cfg)
+    signal.signal(signal.SIGTERM, lambda *_: judge.stop())
+    signal.signal(signal.SIGINT, lambda *_: judge.stop())
+    judge.run(max_seconds=args.max_seconds)
+    for d in judge.decisions:
+        print(f"{d.kind.value} {d.model}:{d.version}: {'; '.join(d.reasons)}")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from infra.publish import publish_event
+    from infra.settings import GatewaySettings
+    from schemas.events import ModelVersionEvent, VersionEventKind
+    from schemas.topics import VERSIONS
+
+    gw = load_or_explain(GatewaySettings)
+    assert isinstance(gw, GatewaySettings)
+    kind = VersionEventKind.promoted if args.action == "promote" else VersionEventKind.rolled_back
+    event = ModelVersionEvent(
+        producer="rftloop-cli",
+        kind=kind,
+        model=args.model or gw.served_name,
+        version=args.version,
+        decision=args.action,
+        reasons=[args.reason or f"manual {args.action} (CLI)"],
+        actor="cli",
+        traffic_share=1.0 if kind == VersionEventKind.promoted else 0.0,
+    )
+    publish_event(_kafka(), _registry(), VERSIONS, event, gw.topic_suffix)
+    print(
+        f"{kind.value}: {event.model}:{event.version} (published to {VERSIONS.name}; gateways apply it now)"
+    )
+    return 0
+
+
 # -- bench / demo -------------------------------------------------------------------
 
 
@@ -512,6 +555,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model: smollm2 (default), tiny, or an HF path")
     p = add("versions", cmd_versions, "model versions with their state, gate figures and reasons")
     p.add_argument("--json", action="store_true")
+
+    p = add("judge", cmd_judge, "run the canary judge: promote or roll back candidates from live windows")
+    p.add_argument("--max-seconds", type=float, default=None)
+    for action in ("promote", "rollback"):
+        p = add(action, cmd_decide, f"{action} VERSION by hand (gateways apply it at once)")
+        p.add_argument("version")
+        p.add_argument("--model", help="served model name (default: RFTLOOP_GATEWAY_SERVED_NAME)")
+        p.add_argument("--reason")
+        p.set_defaults(action=action)
 
     p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
     p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")

@@ -52,5 +52,7 @@ def verify(uri: str, expected_sha256: str | None, root: Path) -> Path:
         raise AdapterRefused(f"{uri}: the event carries no sha256; refusing an unverifiable adapter")
     actual = adapter_sha256(path)
     if actual != expected_sha256:
-        raise AdapterRefused(f"{uri}: sha256 {actual[:12]}… does not match the event's {expected_sha256[:12]}…")
+        raise AdapterRefused(
+            f"{uri}: sha256 {actual[:12]}… does not match the event's {expected_sha256[:12]}…"
+        )
     return path

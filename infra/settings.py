@@ -200,7 +200,9 @@ class TrainerSettings(BaseSettings):
     served_name: str = Field("smollm2-135m-instruct", description="model name in the events")
     method: str = Field("kto", description="kto (thumbs / signed rewards)")
     min_samples: int = Field(16, ge=2, description="rewarded samples needed for a run")
-    holdout_percent: int = Field(20, ge=1, le=90, description="share held out for the gate, by request_id hash")
+    holdout_percent: int = Field(
+        20, ge=1, le=90, description="share held out for the gate, by request_id hash"
+    )
     min_eval_samples: int = Field(4, ge=1, description="held-out samples with a reference needed to gate")
     max_steps: int = Field(8, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -220,6 +222,23 @@ class TrainerSettings(BaseSettings):
         if v not in ("kto",):
             raise ValueError(f"RFTLOOP_TRAINER_METHOD={v!r}: only kto is built so far")
         return v
+
+
+class JudgeSettings(BaseSettings):
+    """The canary judge: when a candidate is promoted or rolled back."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_JUDGE_", extra="ignore")
+
+    window_kind: str = Field("tumbling", description="which MetricsWindows to compare")
+    window_size_s: int = Field(10, ge=1)
+    min_samples: int = Field(30, ge=1, description="rated responses per side before the reward test")
+    max_samples: int = Field(400, ge=1, description="undecided after this many -> roll back")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the reward test")
+    min_requests: int = Field(20, ge=1, description="requests per side before budgets are checked")
+    max_error_rate_increase: float = Field(0.05, ge=0)
+    max_latency_ratio: float = Field(1.5, gt=0, description="candidate p95 / incumbent p95 budget")
+    max_cost_ratio: float = Field(1.5, gt=0, description="candidate cost per request / incumbent budget")
+    topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
 
 
 class LocalStackSettings(BaseSettings):

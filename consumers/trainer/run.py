@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,8 @@ from consumers.trainer.data import lineage, load_samples, split, version_id
 from consumers.trainer.gate import decide, evaluate
 from consumers.trainer.kto import train_kto
 from infra import adapters, models
-from infra import registry as registry_mod
 from infra.clickhouse.client import connect
-from infra.kafka import produce, producing
-from infra.serde import TopicSerde
+from infra.publish import publish_event
 from infra.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, TrainerSettings
 from schemas.events import (
     Event,
@@ -56,10 +54,7 @@ class RunResult:
 def _send(
     kafka: KafkaSettings, registry: RegistrySettings, spec: TopicSpec, suffix: str, event: Event
 ) -> None:
-    topic = replace(spec, name=spec.name + suffix)
-    serde = TopicSerde(registry_mod.client(registry), topic)
-    with producing(kafka) as p:
-        produce(p, topic.name, topic.key_of(event), serde.encode_event(event))
+    publish_event(kafka, registry, spec, event, suffix)
 
 
 def incumbent_of(client: Any, db: str, model: str) -> str:

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infra.publish import publish_event
 from infra.settings import GatewaySettings, KafkaSettings, RegistrySettings
 from producers.gateway.engine import Engine
 from producers.gateway.router import Router, UnknownVersion
@@ -376,15 +377,8 @@ class Gateway:
 
     # -- admin -----------------------------------------------------------------
     def version_event(self, version: str, kind: VersionEventKind, reason: str) -> None:
-        from dataclasses import replace
-
-        from infra import registry as registry_mod
-        from infra.kafka import produce, producing
-        from infra.serde import TopicSerde
-
         if version not in self.router.routes:
             raise ApiError(404, f"version {version!r} is not live here", code="version_not_found")
-        topic = replace(VERSIONS, name=VERSIONS.name + self.settings.topic_suffix)
         event = ModelVersionEvent(
             producer=PRODUCER,
             kind=kind,
@@ -395,9 +389,7 @@ class Gateway:
             actor="admin-api",
             traffic_share=1.0 if kind == VersionEventKind.promoted else 0.0,
         )
-        serde = TopicSerde(registry_mod.client(self.registry), topic)
-        with producing(self.kafka) as p:
-            produce(p, topic.name, topic.key_of(event), serde.encode_event(event))
+        publish_event(self.kafka, self.registry, VERSIONS, event, self.settings.topic_suffix)
 
 
 def create_app(gateway: Gateway) -> FastAPI:

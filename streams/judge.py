@@ -1,0 +1,281 @@
+"""The canary judge: compare a candidate with its incumbent on live MetricsWindows; promote or roll back.
+
+It follows ``model.versions`` (who is incumbent, which candidates are in
+canary) and the closed MetricsWindows of one window spec (tumbling 10 s by
+default). For a candidate it sums both versions' windows that started after the
+candidate was published — the same period for both — and decides:
+
+- roll back at once when the candidate breaks a budget: error rate above the
+  incumbent's by more than ``max_error_rate_increase``, p95 latency or cost per
+  request above the incumbent's times the allowed ratio (latency p95 from the
+  merged DDSketches, so it is the true p95 of the period, not a mean of p95s);
+- with at least ``min_samples`` rewarded responses on each side, test the
+  reward: the share of positive feedback (thumbs up; else reward > 0) in a
+  two-proportion z-test at ``confidence``: significantly worse -> roll back,
+  significantly better -> promote;
+- no significant difference after ``max_samples`` -> roll back ("not shown to
+  be better"), so an unproven version never takes over by waiting.
+
+Each decision is a ModelVersionEvent (promoted / rolled_back) with the figures
+and the reasons; the gateways apply it at once. Decisions already on the
+topic (manual ones too) are respected on restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from statistics import NormalDist
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from infra import registry as registry_mod
+from infra.kafka import consumer
+from infra.publish import publish_event
+from infra.serde import SerdeError, TopicSerde
+from infra.settings import JudgeSettings, KafkaSettings, RegistrySettings
+from schemas.events import MetricsWindow, ModelVersionEvent, VersionEventKind
+from schemas.topics import METRICS, VERSIONS
+from streams.sketch import DDSketch
+
+log = logging.getLogger(__name__)
+PRODUCER = "rftloop-judge"
+NAMESPACE = uuid.UUID("6f1d6c3e-2a8b-4b7e-9a51-1c0de0f1a003")
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    errors: int = 0
+    positive: int = 0  # thumbs up, or rewards > 0 when a window has no thumbs
+    rated: int = 0
+    cost: Decimal = Decimal(0)
+    latency: DDSketch = field(default_factory=DDSketch)
+
+    def add(self, w: MetricsWindow) -> None:
+        self.requests += w.requests
+        self.errors += w.errors
+        self.cost += w.cost_total
+        votes = w.thumbs_up + w.thumbs_down
+        if votes:
+            self.positive += w.thumbs_up
+            self.rated += votes
+        elif w.reward_count and w.reward_mean is not None:
+            # mean in [-1, 1] over n rewards -> how many were positive, assuming +-1 rewards
+            self.positive += round(w.reward_count * (w.reward_mean + 1) / 2)
+            self.rated += w.reward_count
+        if w.latency_sketch:
+            self.latency.merge(DDSketch.from_bytes(w.latency_sketch))
+
+    @property
+    def rate(self) -> float:
+        return self.positive / self.rated if self.rated else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def cost_per_request(self) -> float:
+        return float(self.cost) / self.requests if self.requests else 0.0
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        return {
+            f"{prefix}_requests": float(self.requests),
+            f"{prefix}_rated": float(self.rated),
+            f"{prefix}_positive_rate": self.rate,
+            f"{prefix}_error_rate": self.error_rate,
+            f"{prefix}_latency_p95_ms": self.latency.quantile(0.95) or 0.0,
+            f"{prefix}_cost_per_request": self.cost_per_request,
+        }
+
+
+@dataclass
+class Verdict:
+    kind: VersionEventKind | None  # None: keep watching
+    reasons: list[str]
+    figures: dict[str, float]
+
+
+def two_proportion_z(p1: int, n1: int, p2: int, n2: int) -> float:
+    """z of (rate1 - rate2) with the pooled standard error; 0 when it is undefined."""
+    pooled = (p1 + p2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    return 0.0 if se == 0 else (p1 / n1 - p2 / n2) / se
+
+
+def judge(candidate: Totals, incumbent: Totals, cfg: JudgeSettings) -> Verdict:
+    figures = {**candidate.figures("candidate"), **incumbent.figures("incumbent")}
+    reasons = []
+    if candidate.requests >= cfg.min_requests and incumbent.requests >= cfg.min_requests:
+        if candidate.error_rate > incumbent.error_rate + cfg.max_error_rate_increase:
+            reasons.append(
+                f"error rate {candidate.error_rate:.3f} vs incumbent {incumbent.error_rate:.3f} "
+                f"(budget +{cfg.max_error_rate_increase:.3f})"
+            )
+        c95, i95 = candidate.latency.quantile(0.95), incumbent.latency.quantile(0.95)
+        if c95 and i95 and c95 > i95 * cfg.max_latency_ratio:
+            reasons.append(f"p95 latency {c95:.0f} ms vs {i95:.0f} ms (budget {cfg.max_latency_ratio:.2f}x)")
+        ci, ii = candidate.cost_per_request, incumbent.cost_per_request
+        if ci and ii and ci > ii * cfg.max_cost_ratio:
+            reasons.append(f"cost/request {ci:.6f} vs {ii:.6f} (budget {cfg.max_cost_ratio:.2f}x)")
+        if reasons:
+            return Verdict(VersionEventKind.rolled_back, reasons, figures)
+    if candidate.rated < cfg.min_samples or incumbent.rated < cfg.min_samples:
+        return Verdict(
+            None,
+            [f"waiting: {candidate.rated}/{incumbent.rated} rated responses of {cfg.min_samples}"],
+            figures,
+        )
+    z = two_proportion_z(candidate.positive, candidate.rated, incumbent.positive, incumbent.rated)
+    critical = NormalDist().inv_cdf(cfg.confidence)
+    figures["z"] = z
+    summary = (
+        f"positive feedback {candidate.rate:.3f} (n={candidate.rated}) vs incumbent {incumbent.rate:.3f} "
+        f"(n={incumbent.rated}), z={z:+.2f}, critical {critical:.2f} at {cfg.confidence:.0%}"
+    )
+    if z <= -critical:
+        return Verdict(VersionEventKind.rolled_back, [f"worse: {summary}"], figures)
+    if z >= critical:
+        return Verdict(VersionEventKind.promoted, [f"better: {summary}"], figures)
+    if candidate.rated >= cfg.max_samples:
+        return Verdict(
+            VersionEventKind.rolled_back,
+            [f"not shown to be better after {candidate.rated}: {summary}"],
+            figures,
+        )
+    return Verdict(None, [f"undecided: {summary}"], figures)
+
+
+@dataclass
+class Canary:
+    version: str
+    incumbent: str
+    since: datetime
+
+
+class Judge:
+    def __init__(self, kafka: KafkaSettings, registry: RegistrySettings, cfg: JudgeSettings) -> None:
+        self.kafka, self.registry, self.cfg = kafka, registry, cfg
+        reg = registry_mod.client(registry)
+        self.versions_topic = replace(VERSIONS, name=VERSIONS.name + cfg.topic_suffix)
+        self.metrics_topic = replace(METRICS, name=METRICS.name + cfg.topic_suffix)
+        self.serde = {
+            VERSIONS.name: TopicSerde(reg, self.versions_topic),
+            METRICS.name: TopicSerde(reg, self.metrics_topic),
+        }
+        self.incumbent: dict[str, str] = {}  # model -> version
+        self.canaries: dict[tuple[str, str], Canary] = {}
+        self.windows: dict[tuple[str, str], list[MetricsWindow]] = {}
+        self.decisions: list[ModelVersionEvent] = []
+        self._stop = False
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def on_version(self, e: ModelVersionEvent) -> None:
+        key = (e.model, e.version)
+        if e.kind == VersionEventKind.published:
+            self.canaries[key] = Canary(
+                e.version, self.incumbent.get(e.model, e.parent_version or "base"), e.occurred_at
+            )
+        elif e.kind == VersionEventKind.promoted:
+            self.incumbent[e.model] = e.version
+            self.canaries.pop(key, None)
+        elif e.kind == VersionEventKind.rolled_back:
+            self.canaries.pop(key, None)
+            if self.incumbent.get(e.model) == e.version:
+                self.incumbent[e.model] = e.parent_version or "base"
+
+    def on_window(self, w: MetricsWindow) -> None:
+        if (
+            w.window_kind.value == self.cfg.window_kind
+            and w.window_size_s == self.cfg.window_size_s
+            and w.final
+        ):
+            self.windows.setdefault((w.model, w.version), []).append(w)
+
+    def totals(self, model: str, version: str, since: datetime) -> Totals:
+        t = Totals()
+        for w in self.windows.get((model, version), []):
+            if w.window_start >= since:
+                t.add(w)
+        return t
+
+    def evaluate(self) -> list[ModelVersionEvent]:
+        out = []
+        for (model, version), canary in list(self.canaries.items()):
+            incumbent = self.incumbent.get(model, canary.incumbent)
+            verdict = judge(
+                self.totals(model, version, canary.since),
+                self.totals(model, incumbent, canary.since),
+                self.cfg,
+            )
+            if verdict.kind is None:
+                continue
+            event = ModelVersionEvent(
+                event_id=uuid.uuid5(NAMESPACE, f"{model}|{version}|{verdict.kind.value}"),
+                producer=PRODUCER,
+                kind=verdict.kind,
+                model=model,
+                version=version,
+                parent_version=incumbent,
+                eval=verdict.figures,
+                traffic_share=1.0 if verdict.kind == VersionEventKind.promoted else 0.0,
+                decision="promote" if verdict.kind == VersionEventKind.promoted else "rollback",
+                reasons=verdict.reasons,
+                actor="canary-judge",
+            )
+            publish_event(self.kafka, self.registry, VERSIONS, event, self.cfg.topic_suffix)
+            log.info("%s %s: %s", verdict.kind.value, version, "; ".join(verdict.reasons))
+            self.on_version(event)
+            self.decisions.append(event)
+            out.append(event)
+        return out
+
+    def run(self, max_seconds: float | None = None) -> None:
+        """Follow both topics from the beginning (state is rebuilt on restart) and decide as windows arrive."""
+        c = consumer(self.kafka, f"rftloop-judge-{uuid.uuid4().hex[:8]}")
+        tps = []
+        for topic in (self.versions_topic.name, self.metrics_topic.name):
+            md = c.list_topics(topic, timeout=30).topics.get(topic)
+            parts = list(md.partitions) if md is not None and md.error is None else [0]
+            tps += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+        c.assign(tps)
+        # Decide nothing until the decisions already on model.versions are read (restart = replay).
+        pending = {
+            tp.partition: c.get_watermark_offsets(tp, timeout=10)[1]
+            for tp in tps
+            if tp.topic == self.versions_topic.name
+        }
+        pending = {p: end for p, end in pending.items() if end > 0}
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        last_eval = 0.0
+        try:
+            while not self._stop and (deadline is None or time.monotonic() < deadline):
+                for msg in c.consume(500, 0.5):
+                    if msg.error():
+                        continue
+                    base = VERSIONS.name if msg.topic() == self.versions_topic.name else METRICS.name
+                    try:
+                        event = self.serde[base].decode_event(msg.value())
+                    except SerdeError as exc:
+                        log.error("judge: %s offset %s undecodable: %s", msg.topic(), msg.offset(), exc)
+                        continue
+                    if isinstance(event, ModelVersionEvent):
+                        self.on_version(event)
+                        p = msg.partition() or 0
+                        if p in pending and (msg.offset() or 0) + 1 >= pending[p]:
+                            del pending[p]
+                    elif isinstance(event, MetricsWindow):
+                        self.on_window(event)
+                if not pending and time.monotonic() - last_eval >= 1.0:
+                    last_eval = time.monotonic()
+                    self.evaluate()
+        finally:
+            c.close()

@@ -1,0 +1,91 @@
+"""The canary judge's decisions on summed windows (pure logic)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from infra.settings import JudgeSettings
+from schemas.events import MetricsWindow, VersionEventKind, WindowKind
+from streams.judge import Totals, judge, two_proportion_z
+from streams.sketch import DDSketch
+
+CFG = JudgeSettings(min_samples=30, max_samples=300, confidence=0.95, min_requests=20)
+
+
+def window(
+    version: str,
+    up: int,
+    down: int,
+    requests: int = 100,
+    errors: int = 0,
+    latency: float = 100.0,
+    cost: str = "0.01",
+) -> MetricsWindow:
+    sketch = DDSketch()
+    for _ in range(requests - errors):
+        sketch.add(latency)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return MetricsWindow(
+        event_id=uuid.uuid4(),
+        producer="t",
+        model="m",
+        version=version,
+        window_start=start,
+        window_end=start + timedelta(seconds=10),
+        window_size_s=10,
+        window_kind=WindowKind.tumbling,
+        requests=requests,
+        errors=errors,
+        error_rate=errors / requests,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost_total=Decimal(cost),
+        thumbs_up=up,
+        thumbs_down=down,
+        latency_sketch=sketch.to_bytes(),
+    )
+
+
+def totals(*windows: MetricsWindow) -> Totals:
+    t = Totals()
+    for w in windows:
+        t.add(w)
+    return t
+
+
+def test_two_proportion_z_matches_the_textbook_value() -> None:
+    # 60/100 vs 45/100: pooled 0.525, se 0.07062 -> z 2.124
+    assert round(two_proportion_z(60, 100, 45, 100), 3) == 2.124
+    assert two_proportion_z(0, 10, 0, 10) == 0.0
+
+
+def test_clearly_better_is_promoted_clearly_worse_rolled_back() -> None:
+    inc = totals(window("base", 40, 60))
+    better = judge(totals(window("v1", 70, 30)), inc, CFG)
+    assert better.kind == VersionEventKind.promoted and better.reasons[0].startswith("better")
+    worse = judge(totals(window("v1", 15, 85)), inc, CFG)
+    assert worse.kind == VersionEventKind.rolled_back and worse.reasons[0].startswith("worse")
+    assert (
+        worse.figures["candidate_positive_rate"] == 0.15 and worse.figures["incumbent_positive_rate"] == 0.4
+    )
+
+
+def test_it_waits_for_enough_samples_and_gives_up_on_an_unproven_candidate() -> None:
+    inc = totals(window("base", 40, 60))
+    assert judge(totals(window("v1", 10, 5, requests=15)), inc, CFG).kind is None
+    same = judge(totals(window("v1", 41, 59)), inc, CFG)
+    assert same.kind is None and same.reasons[0].startswith("undecided")
+    long = judge(totals(*[window("v1", 41, 59)] * 4), inc, CFG)
+    assert long.kind == VersionEventKind.rolled_back and "not shown to be better" in long.reasons[0]
+
+
+def test_budgets_roll_back_before_any_reward_test() -> None:
+    inc = totals(window("base", 40, 60))
+    slow = judge(totals(window("v1", 90, 10, latency=400.0)), inc, CFG)
+    assert slow.kind == VersionEventKind.rolled_back and "p95 latency" in slow.reasons[0]
+    failing = judge(totals(window("v1", 90, 10, errors=30)), inc, CFG)
+    assert failing.kind == VersionEventKind.rolled_back and "error rate" in failing.reasons[0]
+    pricey = judge(totals(window("v1", 90, 10, cost="0.05")), inc, CFG)
+    assert pricey.kind == VersionEventKind.rolled_back and "cost/request" in pricey.reasons[0]

@@ -1,146 +1,480 @@
-"""`make demo`: bring the local stack up, push a smoke flow of real events through it, stop.
+"""`make demo`: the closed loop on this machine — serve, measure, reward, train, gate, canary, decide.
 
-Today's flow proves the foundation end to end: Avro events framed against the
-registry go through Kafka, are read back by a consumer group, land in the
-embedded ClickHouse and are aggregated there per model version. (The full
-closed loop — gateway, streams, trainer, canary — builds on this.)
+1. `rftloop up`: Kafka, the schema registry, the embedded ClickHouse; topics, schemas, migrations.
+2. Starts the sink, a stream worker, the canary judge and the gateway (SmolLM2 on vLLM-CPU;
+   `--quick`: a tiny random Llama, pipeline only) as real processes (logs under the state dir).
+3. Simulated users ask arithmetic questions through the OpenAI API and give thumbs up when the
+   answer is right, down when wrong; the streams join, score (number_match) and reward them.
+4. When enough rewarded samples exist the trainer runs (KTO + LoRA), gates the candidate against
+   the incumbent on vLLM, and publishes it or records the rejection.
+5. A published candidate gets canary traffic; the judge promotes or rolls it back.
+6. A deliberately bad adapter (random LoRA weights) is published; the judge must roll it back.
+7. A summary table per version and a PNG chart of quality and latency over time.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
-import uuid
-from decimal import Decimal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra import registry
+from infra import adapters, registry
 from infra.clickhouse.client import connect
-from infra.kafka import consumer, produce, producing
+from infra.clickhouse.migrate import migrate
+from infra.kafka import ensure_topics
 from infra.local import stack
-from infra.serde import TopicSerde
+from infra.local.process import free_port
+from infra.publish import publish_event
 from infra.settings import (
     ClickHouseSettings,
+    GatewaySettings,
     KafkaSettings,
     LocalStackSettings,
     RegistrySettings,
     load_or_explain,
 )
-from schemas import events as ev
-from schemas.topics import COMPLETED
+from schemas.events import ModelVersionEvent, VersionEventKind
+from schemas.topics import VERSIONS
 
-N_EVENTS = 2_000
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "rftloop-demo-key"
 
 
-def run_demo(keep: bool = False) -> int:
-    console = Console()
+class DemoFailed(RuntimeError):
+    """A phase of the demo could not complete; the message says which and where its log is."""
+
+
+class Procs:
+    """The demo's long-running components as real processes, stopped together."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir = env, log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        log = open(self.log_dir / f"demo-{name}.log", "wb")  # noqa: SIM115 - the child owns it
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise DemoFailed(f"{name} exited ({p.returncode}); see {self.log_dir / f'demo-{name}.log'}")
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT if p is self.procs.get("streams") else signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)  # faust can hang on shutdown; its state is in Kafka
+                p.wait(10)
+
+
+def _question(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return f"What is {a} plus {b}? Answer with just the number.", a + b
+
+
+def _correct(text: str, answer: int) -> bool:
+    import re
+
+    found = re.search(r"-?\d+", text)
+    return found is not None and int(found.group()) == answer
+
+
+class Workload:
+    """Simulated users: sticky user ids, thumbs from correctness (90 % of them give feedback)."""
+
+    def __init__(self, url: str, served: str, seed: int = 7) -> None:
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+        self.served = served
+        self.rng = random.Random(seed)
+        self.sent = 0
+        self.by_version: dict[str, list[bool]] = {}
+
+    def one(self, user: str, question: str, answer: int) -> None:
+        r = self.http.post(
+            "/v1/chat/completions",
+            json={
+                "model": self.served,
+                "user": user,
+                "max_tokens": 16,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": question}],
+                "metadata": {"reference": str(answer)},
+            },
+        )
+        if r.status_code != 200:
+            return
+        body = r.json()
+        ok = _correct(body["choices"][0]["message"]["content"], answer)
+        version = r.headers.get("x-rftloop-version", "base")
+        self.by_version.setdefault(version, []).append(ok)
+        if self.rng.random() < 0.9:
+            self.http.post(
+                "/v1/feedback", json={"request_id": body["id"], "kind": "thumbs", "value": 1 if ok else -1}
+            )
+
+    def drive(self, n: int, progress: Progress, label: str, until: Callable[[], bool] | None = None) -> None:
+        task = progress.add_task(label, total=n)
+        jobs = []
+        for _ in range(n):
+            q, a = _question(self.rng)
+            jobs.append((f"user{self.rng.randint(0, 199)}", q, a))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = []
+            for job in jobs:
+                futures.append(pool.submit(self.one, *job))
+            for f in futures:
+                f.result()
+                self.sent += 1
+                progress.advance(task)
+                if until is not None and until():
+                    for rest in futures:
+                        rest.cancel()
+                    progress.update(
+                        task, total=progress.tasks[task].completed, description=label + " (decided)"
+                    )
+                    break
+
+
+def _bad_adapter(base_path: str, root: Path, name: str) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(13)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_path),
+        LoraConfig(
+            r=16, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+        ),
+    )
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # large random updates: a broken model that still answers fast
+    path = root / name
+    model.save_pretrained(path)
+    return path
+
+
+def run_demo(keep: bool = False, quick: bool = False) -> int:
+    console = Console(width=None if sys.stdout.isatty() else 160)
     local: LocalStackSettings = load_or_explain(LocalStackSettings)  # type: ignore[assignment]
     kafka: KafkaSettings = load_or_explain(KafkaSettings)  # type: ignore[assignment]
-    reg_settings: RegistrySettings = load_or_explain(RegistrySettings)  # type: ignore[assignment]
+    reg: RegistrySettings = load_or_explain(RegistrySettings)  # type: ignore[assignment]
     ch: ClickHouseSettings = load_or_explain(ClickHouseSettings)  # type: ignore[assignment]
+    gw: GatewaySettings = load_or_explain(GatewaySettings)  # type: ignore[assignment]
+    model = "tiny" if quick else "smollm2"
     t_start = time.perf_counter()
-    console.rule("[bold]rftloop demo: local stack")
+    console.rule(
+        f"[bold]rftloop demo ({'quick: tiny random model, pipeline only' if quick else 'SmolLM2-135M'})"
+    )
     stack.up(local, say=lambda m: console.print(f"  {m}"))
+    created = [r for r in ensure_topics(kafka) if r.action == "created"]
+    registry.register_all(registry.client(reg))
+    migrate(connect(ch, database="default"), ch.database)
+    console.print(f"  topics ready ({len(created)} created), schemas registered, ClickHouse migrated")
+    gw_port, web_port = free_port(), free_port()
+    adapter_root = gw.adapter_root
+    adapter_root.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "RFTLOOP_GATEWAY_API_KEYS": KEY,
+        "RFTLOOP_GATEWAY_CANARY_SHARE": "0.3",
+        "RFTLOOP_STREAMS_DATA_DIR": str(local.state_dir / "streams"),
+        "RFTLOOP_STREAMS_WEB_PORT": str(web_port),
+        "RFTLOOP_JUDGE_MIN_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MIN_SAMPLES", "25"),
+        "RFTLOOP_JUDGE_MAX_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MAX_SAMPLES", "120"),
+        "RFTLOOP_TRAINER_MIN_SAMPLES": os.environ.get("RFTLOOP_TRAINER_MIN_SAMPLES", "48"),
+    }
+    procs = Procs(env, local.state_dir / "logs")
+    url = f"http://127.0.0.1:{gw_port}"
     try:
-        from infra.kafka import ensure_topics
+        console.rule("[bold]1. components")
+        procs.start("sink", "sink")
+        procs.start("streams", "streams")
+        procs.start("judge", "judge")
+        procs.start("gateway", "gateway", "--model", model, "--port", str(gw_port))
+        http = httpx.Client(base_url=url, timeout=5)
+        with console.status("starting the gateway (vLLM) ...") as status:
+            deadline = time.monotonic() + 420
+            while True:
+                procs.check()
+                try:
+                    health = http.get("/healthz").json()
+                    if health.get("versions_caught_up"):
+                        break
+                except (httpx.HTTPError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise DemoFailed("the gateway did not come up; see demo-gateway.log")
+                status.update(f"starting the gateway (vLLM) ... {time.monotonic() - deadline + 420:.0f}s")
+                time.sleep(1)
+        console.print(
+            f"  sink, streams, judge and gateway running; gateway {url}/v1 "
+            f"(engine {health['engine_start_s']} s), incumbent {health['incumbent']}"
+        )
+        work = Workload(url, gw.served_name)
+        client = connect(ch)
 
-        created = [r for r in ensure_topics(kafka) if r.action == "created"]
-        console.print(f"  topics: {len(created)} created")
-        for subject in registry.register_all(registry.client(reg_settings)):
-            console.print(f"  schema {subject.subject}: {subject.action} (id {subject.schema_id})")
-        _smoke_flow(console, kafka, reg_settings, ch)
-        rows = stack.status(local)
-        t = Table(title="stack health")
-        for col in ("component", "healthy", "detail"):
-            t.add_column(col)
-        for r in rows:
-            t.add_row(r.name, "yes" if r.healthy else "NO", r.detail)
-        console.print(t)
-        console.print(f"demo finished in {time.perf_counter() - t_start:.0f}s")
-        return 0 if all(r.healthy for r in rows) else 1
+        def samples() -> int:
+            return int(client.query(f"SELECT count() FROM {ch.database}.latest_samples").result_rows[0][0])
+
+        console.rule("[bold]2. serving the base model; users rate the answers")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            work.drive(160, progress, "requests")
+        with console.status("waiting for rewarded samples in ClickHouse ..."):
+            deadline = time.monotonic() + 120
+            while samples() < int(env["RFTLOOP_TRAINER_MIN_SAMPLES"]) and time.monotonic() < deadline:
+                procs.check()
+                time.sleep(1)
+        console.print(
+            f"  {samples()} rewarded samples; base accuracy so far "
+            f"{_rate(work.by_version.get('base', [])):.1%} over {len(work.by_version.get('base', []))}"
+        )
+
+        console.rule("[bold]3. RFT: train, gate, publish")
+        train = subprocess.run(
+            [sys.executable, "-m", "cli.main", "train", "--now", "--model", model],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        for line in train.stdout.splitlines():
+            if line.startswith("trainer:"):
+                console.print(f"  {line}")
+        if train.returncode != 0:
+            raise DemoFailed(f"training failed:\n{train.stderr[-2000:]}")
+        published = "trainer: published" in train.stdout
+
+        def decided(version: str) -> Callable[[], bool]:
+            def check() -> bool:
+                return version not in http.get("/healthz").json()["traffic"] or http.get("/healthz").json()[
+                    "traffic"
+                ][version] in (0.0, 1.0)
+
+            return check
+
+        if published:
+            version = train.stdout.split("trainer: published ", 1)[1].split()[0]
+            console.rule(f"[bold]4. canary: {version} gets 30 % of the traffic; the judge decides")
+            _wait_for_version(http, version, procs)
+            with _progress(console) as progress:
+                work.drive(600, progress, f"canary traffic ({version})", until=decided(version))
+            _wait_decision(http, version, procs, console)
+        else:
+            console.print("  the gate rejected the candidate (figures above); nothing to canary")
+
+        console.rule("[bold]5. a deliberately bad version: random LoRA weights")
+        from infra.models import resolve
+
+        bad = f"bad-{int(time.time()) % 100000}"
+        path = _bad_adapter(resolve(model, local.cache_dir), adapter_root, bad)
+        publish_event(
+            kafka,
+            reg,
+            VERSIONS,
+            ModelVersionEvent(
+                producer="rftloop-demo",
+                kind=VersionEventKind.published,
+                model=gw.served_name,
+                version=bad,
+                parent_version=http.get("/healthz").json()["incumbent"],
+                adapter_uri=f"file://{path}",
+                adapter_sha256=adapters.adapter_sha256(path),
+                method="random",
+                decision="canary",
+                traffic_share=0.3,
+                reasons=["injected by the demo: a broken adapter must be rolled back automatically"],
+            ),
+        )
+        _wait_for_version(http, bad, procs)
+        with _progress(console) as progress:
+            work.drive(600, progress, f"canary traffic ({bad})", until=decided(bad))
+        _wait_decision(http, bad, procs, console)
+
+        console.rule("[bold]6. summary")
+        time.sleep(3)  # let the sink flush the last batch
+        _summary(console, client, ch.database, http.get("/healthz").json()["traffic"])
+        chart = local.state_dir / "demo.png"
+        _chart(client, ch.database, chart)
+        console.print(f"  chart: {chart}")
+        console.print(
+            f"demo finished in {time.perf_counter() - t_start:.0f} s "
+            f"({work.sent} requests through the gateway)"
+        )
+        return 0
+    except DemoFailed as exc:
+        console.print(f"[red]demo failed: {exc}")
+        return 1
     finally:
         if keep:
-            console.print("stack left running (`rftloop down` stops it)")
+            console.print(
+                f"components and stack left running (gateway {url}); `rftloop down` stops the stack"
+            )
         else:
-            console.rule("stopping")
+            procs.stop()
             stack.down(local, say=lambda m: console.print(f"  {m}"))
 
 
-def _smoke_flow(
-    console: Console, kafka: KafkaSettings, reg: RegistrySettings, ch: ClickHouseSettings
-) -> None:
-    console.rule("[bold]smoke flow: events → Kafka → consumer group → ClickHouse")
-    serde = TopicSerde(registry.client(reg), COMPLETED)
-    rng = random.Random(1)
-    run = uuid.uuid4().hex[:8]
-    sent: list[ev.InferenceCompleted] = []
-    with Progress(console=console) as progress, producing(kafka) as p:
-        task = progress.add_task("producing InferenceCompleted", total=N_EVENTS)
-        for i in range(N_EVENTS):
-            e = ev.InferenceCompleted(
-                producer="demo",
-                request_id=f"{run}-{i}",
-                model="smollm2-135m-instruct",
-                version=rng.choice(["base", "v1"]),
-                status=rng.choice([ev.CompletionStatus.ok] * 19 + [ev.CompletionStatus.error]),
-                completion="42",
-                latency_ms=rng.lognormvariate(6, 0.4),
-                prompt_tokens=30,
-                completion_tokens=rng.randint(2, 24),
-                cost=Decimal(rng.randint(1, 1000)) / Decimal(10**6),
-            )
-            produce(p, COMPLETED.name, COMPLETED.key_of(e), serde.encode_event(e))
-            sent.append(e)
-            progress.advance(task)
-    ours = {e.request_id for e in sent}
-    got: list[ev.InferenceCompleted] = []
-    c = consumer(kafka, f"demo-{run}")
-    c.subscribe([COMPLETED.name])
-    deadline = time.monotonic() + 60
-    with Progress(console=console) as progress:
-        task = progress.add_task("consuming them back", total=N_EVENTS)
-        while len(got) < N_EVENTS and time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            decoded = serde.decode_event(msg.value())
-            if isinstance(decoded, ev.InferenceCompleted) and decoded.request_id in ours:
-                got.append(decoded)
-                progress.advance(task)
-    c.commit(asynchronous=False)
-    c.close()
-    if len(got) != N_EVENTS:
-        raise RuntimeError(f"consumed {len(got)} of {N_EVENTS} events")
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
-    client = connect(ch, database="default")
-    client.command(f"CREATE DATABASE IF NOT EXISTS {ch.database}")
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS {ch.database}.demo_completed (request_id String, version String, "
-        "status String, latency_ms Float64, completion_tokens UInt32, cost Decimal(18, 9), run String) "
-        "ENGINE = ReplacingMergeTree ORDER BY (run, request_id)"
-    )
-    client.insert(
-        f"{ch.database}.demo_completed",
-        [
-            (e.request_id, e.version, e.status.value, e.latency_ms, e.completion_tokens, e.cost, run)
-            for e in got
-        ],
-        column_names=["request_id", "version", "status", "latency_ms", "completion_tokens", "cost", "run"],
-    )
-    result = client.query(
-        f"SELECT version, count() AS requests, countIf(status = 'error') / count() AS error_rate, "
-        "quantile(0.5)(latency_ms), quantile(0.95)(latency_ms), sum(cost) "
-        f"FROM {ch.database}.demo_completed FINAL WHERE run = {{run:String}} GROUP BY version ORDER BY version",
-        parameters={"run": run},
-    )
-    t = Table(title=f"ClickHouse: per-version figures of this run ({N_EVENTS} events)")
-    for col in ("version", "requests", "error rate", "p50 ms", "p95 ms", "cost"):
-        t.add_column(col)
-    for version, n, er, p50, p95, cost in result.result_rows:
-        t.add_row(version, str(n), f"{er:.1%}", f"{p50:.0f}", f"{p95:.0f}", f"{cost:.6f}")
-    console.print(t)
-    if sum(r[1] for r in result.result_rows) != N_EVENTS:
-        raise RuntimeError("ClickHouse does not hold every event")
+
+def _rate(values: list[bool]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _wait_for_version(http: httpx.Client, version: str, procs: Procs) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        procs.check()
+        health = http.get("/healthz").json()
+        if version in health["traffic"]:
+            return
+        if version in health["refused_versions"]:
+            raise DemoFailed(f"the gateway refused {version}: {health['refused_versions'][version]}")
+        time.sleep(0.2)
+    raise DemoFailed(f"the gateway never loaded {version}")
+
+
+def _wait_decision(http: httpx.Client, version: str, procs: Procs, console: Console) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        procs.check()
+        share = http.get("/healthz").json()["traffic"].get(version)
+        if share in (0.0, 1.0):
+            console.print(
+                f"  judge: {version} {'promoted' if share == 1.0 else 'rolled back'} "
+                f"(traffic now {http.get('/healthz').json()['traffic']})"
+            )
+            return
+        time.sleep(1)
+    console.print(f"  judge: no decision on {version} yet (it keeps watching)")
+
+
+SUMMARY = """
+SELECT c.version AS version, c.requests AS requests,
+       s.accuracy AS accuracy, f.up_rate AS thumbs_up_rate,
+       c.p50 AS p50_ms, c.p95 AS p95_ms, c.ttft50 AS ttft_p50_ms, c.cost_per_request AS cost_per_request,
+       v.state AS state, v.reasons AS reasons
+FROM (SELECT version, count() AS requests, quantileIf(0.5)(latency_ms, status = 'ok') AS p50,
+             quantileIf(0.95)(latency_ms, status = 'ok') AS p95,
+             quantileIf(0.5)(assumeNotNull(ttft_ms), ttft_ms IS NOT NULL) AS ttft50,
+             toFloat64(sum(cost)) / count() AS cost_per_request
+      FROM {db}.inference_completed FINAL GROUP BY version) AS c
+LEFT JOIN (SELECT version, avg(value) AS accuracy FROM {db}.feedback_submitted FINAL
+           WHERE evaluator = 'number_match' GROUP BY version) AS s USING (version)
+LEFT JOIN (SELECT version, countIf(value > 0) / count() AS up_rate FROM {db}.feedback_submitted FINAL
+           WHERE kind = 'thumbs' GROUP BY version) AS f USING (version)
+LEFT JOIN (SELECT version, state, reasons FROM {db}.version_state) AS v USING (version)
+ORDER BY version
+SETTINGS join_use_nulls = 1
+"""
+
+
+def _summary(console: Console, client: Any, db: str, traffic: dict[str, float]) -> list[list[str]]:
+    result = client.query(SUMMARY.replace("{db}", db))
+    table = Table(title="per version (from ClickHouse)")
+    cols = [
+        "version",
+        "requests",
+        "accuracy",
+        "👍 rate",
+        "p50 ms",
+        "p95 ms",
+        "TTFT p50",
+        "cost/req",
+        "traffic",
+        "decision",
+    ]
+    for col in cols:
+        table.add_column(col)
+    rows = []
+    for r in result.named_results():
+        fmt = lambda v, d=1: "-" if v is None or v != v else f"{v:.{d}f}"  # noqa: E731
+        decision = r["state"] or ("incumbent" if r["version"] == "base" else "-")
+        if r["reasons"]:
+            decision += ": " + "; ".join(r["reasons"])[:70]
+        row = [
+            r["version"],
+            str(r["requests"]),
+            fmt(r["accuracy"], 3),
+            fmt(r["thumbs_up_rate"], 2),
+            fmt(r["p50_ms"], 0),
+            fmt(r["p95_ms"], 0),
+            fmt(r["ttft_p50_ms"], 0),
+            fmt(r["cost_per_request"], 6),
+            f"{traffic.get(r['version'], 0):.0%}",
+            decision,
+        ]
+        table.add_row(*row)
+        rows.append(row)
+    console.print(table)
+    return rows
+
+
+def _chart(client: Any, db: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q = client.query(f"""
+        SELECT version, toStartOfInterval(occurred_at, INTERVAL 10 SECOND) AS t,
+               quantileIf(0.95)(latency_ms, status = 'ok') AS p95, count() AS n
+        FROM {db}.inference_completed FINAL GROUP BY version, t ORDER BY t""")
+    acc = client.query(f"""
+        SELECT version, toStartOfInterval(occurred_at, INTERVAL 10 SECOND) AS t, avg(value) AS accuracy
+        FROM {db}.feedback_submitted FINAL WHERE evaluator = 'number_match' GROUP BY version, t ORDER BY t""")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for version in sorted({r[0] for r in q.result_rows}):
+        pts = [(r[1], r[2]) for r in q.result_rows if r[0] == version]
+        ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=version)
+        apts = [(r[1], r[2]) for r in acc.result_rows if r[0] == version]
+        ax1.plot([p[0] for p in apts], [p[1] for p in apts], marker="o", label=version)
+    ax1.set_ylabel("accuracy (number_match, 10 s)")
+    ax2.set_ylabel("p95 latency ms (10 s)")
+    ax1.legend(title="version")
+    ax1.set_title("rftloop demo: quality and latency per model version")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

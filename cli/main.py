@@ -471,7 +471,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, quick=args.quick)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -568,8 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "run benchmarks; append to bench/results.json; regenerate BENCHMARKS.md")
     p.add_argument("names", nargs="*", help="benchmark names or prefixes (default: all)")
     p.add_argument("--list", action="store_true", help="list benchmarks")
-    p = add("demo", cmd_demo, "bring the stack up, run the smoke flow, show status, stop")
+    p = add("demo", cmd_demo, "the closed loop: serve, reward, train, gate, canary, promote or roll back")
     p.add_argument("--keep", action="store_true", help="leave the stack running")
+    p.add_argument("--quick", action="store_true", help="a tiny random model: the pipeline only, fast")
     return ap
 
 

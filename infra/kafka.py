@@ -214,3 +214,19 @@ def ensure_topics(settings: KafkaSettings, only: list[TopicSpec] | None = None) 
                     diffs.append(f"{key}={entry.value if entry else None} (wanted {value})")
             reports.append(TopicReport(name, "differs" if diffs else "ok", tuple(diffs)))
     return reports
+
+
+def ensure_plain_topic(settings: KafkaSettings, name: str, partitions: int) -> None:
+    """Create one topic outside the event catalogue (e.g. a stream processor's internal topic) and
+    wait until the brokers report it, so a consumer subscribing right after sees it."""
+    a = admin(settings)
+    if name in a.list_topics(timeout=10).topics:
+        return
+    try:
+        a.create_topics([NewTopic(name, partitions, settings.replication_factor)], operation_timeout=30)[
+            name
+        ].result()
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+    wait_visible(a, [name])

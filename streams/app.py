@@ -36,7 +36,7 @@ from faust.web import Request, Response, View
 from infra import registry as registry_mod
 from infra import rewards
 from infra.dlq import send_dead_letter
-from infra.kafka import TrackedProducer, producer
+from infra.kafka import TrackedProducer, ensure_plain_topic, producer
 from infra.serde import InvalidRecord, SerdeError, TopicSerde
 from infra.settings import KafkaSettings, RegistrySettings, StreamsSettings
 from schemas.events import FeedbackSubmitted, InferenceCompleted, InferenceRequested, RewardedSample
@@ -363,4 +363,7 @@ def run_worker(
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     streams = StreamsApp(kafka, registry, settings)
+    # faust creates its internal topic and subscribes at once; a broker that has not yet
+    # propagated the new topic makes it "ignore the missing topic" for good. Create it first.
+    ensure_plain_topic(kafka, streams.t_partials.get_topic_name(), kafka.partitions)
     Worker(streams.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -132,14 +132,14 @@ def exact_match(item: EvalInput) -> float | None:
 
 @evaluator("number_match")
 def number_match(item: EvalInput) -> float | None:
-    """1 if the first number in the completion equals the reference number, else 0."""
+    """1 if the completion's final number (its answer: "60 + 61 = 121" -> 121) equals the reference's."""
     if item.reference is None:
         return None
     want = _NUMBER.search(item.reference)
     if want is None:
         return None
-    got = _NUMBER.search(item.completion)
-    return 1.0 if got is not None and float(got.group()) == float(want.group()) else 0.0
+    got = _NUMBER.findall(item.completion)
+    return 1.0 if got and float(got[-1]) == float(want.group()) else 0.0
 
 
 @evaluator("json_valid")

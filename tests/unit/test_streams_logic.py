@@ -144,6 +144,12 @@ def test_evaluators_score_apply_or_stay_silent() -> None:
         prompt="2+2?", completion="The answer is 4.", reference="4", completion_tokens=40
     )
     assert rewards.get("number_match")(item) == 1.0
+    sum_shown = rewards.EvalInput(prompt="", completion="60 + 61 = 121", reference="121")
+    assert rewards.get("number_match")(sum_shown) == 1.0  # the final number is the answer
+    assert (
+        rewards.get("number_match")(rewards.EvalInput(prompt="", completion="23 + 84 = ", reference="107"))
+        == 0.0
+    )
     assert rewards.get("exact_match")(item) == 0.0
     assert rewards.get("length_budget")(item) == pytest.approx(0.75)
     assert rewards.get("json_valid")(item) is None

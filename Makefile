@@ -6,12 +6,12 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-unit test-integration lint demo up down status bench lock clean
+.PHONY: browser venv test test-unit test-integration lint demo up down status bench lock clean
 
 venv:
 	@bash infra/scripts/ensure_venv.sh
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: venv
@@ -46,3 +46,10 @@ lock:
 clean:
 	-$(PY) -m cli.main down
 	rm -rf .rftloop
+
+# Debian's chromium, for the dashboard's browser test (apt, as root or with passwordless sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (dashboard test) ..."; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }

@@ -2,15 +2,19 @@
 
 GET /api/metrics?since=15m&model=M   one row per (model, version)
 GET /api/series?since=1h&step=60&model=M   per (model, version, step): traffic, errors, latency, cost, reward
+GET /api/versions   each version's state, and the timeline of version events with reasons
+GET /   the live dashboard (charts per version; reads the endpoints above every 5 s)
 GET /healthz   ClickHouse reachable
 Bad parameters get a 400 with the reason.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse
 
 from infra.clickhouse import queries
 from infra.clickhouse.client import connect
@@ -44,6 +48,34 @@ def create_app(settings: ClickHouseSettings) -> FastAPI:
             "traffic": queries.version_series(c, settings.database, s, step, model),
             "rewards": queries.reward_series(c, settings.database, s, step, model),
         }
+
+    @app.get("/api/versions")
+    def versions(limit: int = Query(200, ge=1, le=10_000)) -> dict[str, Any]:
+        c = client()
+        db = settings.database
+        state = c.query(
+            f"SELECT model, version, state, decision, traffic_share, reasons, updated_at "
+            f"FROM {db}.version_state ORDER BY updated_at DESC"
+        )
+        timeline = c.query(
+            f"SELECT occurred_at, model, version, kind, decision, reasons, actor, producer, "
+            f"traffic_share FROM {db}.model_versions FINAL ORDER BY occurred_at DESC LIMIT {limit}"
+        )
+
+        def rows(result: Any) -> list[dict[str, Any]]:
+            return [
+                {
+                    k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                    for k, v in zip(result.column_names, r, strict=True)
+                }
+                for r in result.result_rows
+            ]
+
+        return {"state": rows(state), "timeline": rows(timeline)}
+
+    @app.get("/", response_class=HTMLResponse)
+    def dashboard() -> str:
+        return (Path(__file__).resolve().parent / "dashboard.html").read_text()
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

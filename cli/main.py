@@ -541,9 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this base model")
     p.add_argument("--by", choices=["version", "minute"], default="version")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("api", cmd_api, "serve the monitoring JSON endpoints (/api/metrics, /api/series)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8300)
+    for name in ("api", "dashboard"):
+        p = add(
+            name,
+            cmd_api,
+            "serve the live dashboard (/) and its JSON (/api/metrics, /api/series, /api/versions)",
+        )
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8300)
 
     p = add("gateway", cmd_gateway, "serve the OpenAI-compatible API on vLLM (LoRA versions, events)")
     p.add_argument("--model", help="smollm2 (default), tiny, or an HF model path / name")

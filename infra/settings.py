@@ -204,6 +204,9 @@ class TrainerSettings(BaseSettings):
         20, ge=1, le=90, description="share held out for the gate, by request_id hash"
     )
     min_eval_samples: int = Field(4, ge=1, description="held-out samples with a reference needed to gate")
+    max_eval_samples: int = Field(
+        64, ge=1, description="held-out samples the gate scores (the first by hash)"
+    )
     max_steps: int = Field(8, ge=1)
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(5e-4, gt=0)

@@ -82,7 +82,7 @@ def run_once(
             f"{cfg.min_samples} (RFTLOOP_TRAINER_MIN_SAMPLES)"
         )
     train, held = split(samples, cfg.holdout_percent)
-    eval_set = [s for s in held if s.reference]
+    eval_set = [s for s in held if s.reference][: cfg.max_eval_samples]
     if len(eval_set) < cfg.min_eval_samples:
         raise NotEnoughData(
             f"{len(eval_set)} held-out samples with a reference; the gate needs "

@@ -187,6 +187,11 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
     gw: GatewaySettings = load_or_explain(GatewaySettings)  # type: ignore[assignment]
     model = "tiny" if quick else "smollm2"
     t_start = time.perf_counter()
+
+    def _terminate(*_: object) -> None:  # SIGTERM stops the components too (the finally below)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     console.rule(
         f"[bold]rftloop demo ({'quick: tiny random model, pipeline only' if quick else 'SmolLM2-135M'})"
     )

@@ -225,6 +225,7 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
     url = f"http://127.0.0.1:{gw_port}"
     try:
         console.rule("[bold]1. components")
+        _refuse_foreign_members(kafka, "rftloop-streams")
         procs.start("sink", "sink")
         procs.start("streams", "streams")
         procs.start("judge", "judge")
@@ -268,6 +269,11 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
             while samples() < int(env["RFTLOOP_TRAINER_MIN_SAMPLES"]) and time.monotonic() < deadline:
                 procs.check()
                 time.sleep(1)
+        if samples() < int(env["RFTLOOP_TRAINER_MIN_SAMPLES"]):
+            raise DemoFailed(
+                f"only {samples()} rewarded samples after 120 s: is the stream worker assigned partitions? "
+                f"see {local.state_dir / 'logs' / 'demo-streams.log'}"
+            )
         console.print(
             f"  {samples()} rewarded samples; base accuracy so far "
             f"{_rate(work.by_version.get('base', [])):.1%} over {len(work.by_version.get('base', []))}"
@@ -357,6 +363,23 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
         else:
             procs.stop()
             stack.down(local, say=lambda m: console.print(f"  {m}"))
+
+
+def _refuse_foreign_members(kafka: KafkaSettings, group: str) -> None:
+    """A stream worker left over from an earlier run would take every partition of the demo's group."""
+    from infra.kafka import admin
+
+    client = admin(kafka)  # keep a reference: a collected client cancels its futures
+    try:
+        described = client.describe_consumer_groups([group])[group].result(10)
+    except Exception:  # an unknown group is the normal case
+        return
+    if described.members:
+        hosts = ", ".join(sorted({m.host for m in described.members}))
+        raise DemoFailed(
+            f"consumer group {group} already has {len(described.members)} member(s) ({hosts}): "
+            "another `rftloop streams` worker is running; stop it first"
+        )
 
 
 def _progress(console: Console) -> Progress:

@@ -209,7 +209,7 @@ class TrainerSettings(BaseSettings):
     )
     max_steps: int = Field(8, ge=1)
     batch_size: int = Field(4, ge=1)
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
     lora_rank: int = Field(16, ge=1)
     beta: float = Field(0.1, gt=0)
     max_new_tokens: int = Field(16, ge=1, description="tokens per answer in the gate's evaluation")

@@ -27,8 +27,13 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
         }
         for s in samples
     ]
-    if len({r["label"] for r in rows}) < 2:
-        log.warning("KTO with one kind of label only (all %s)", rows[0]["label"])
+    n_good = sum(1 for r in rows if r["label"])
+    n_bad = len(rows) - n_good
+    if not n_good or not n_bad:
+        log.warning("KTO with one kind of label only (%d desirable, %d undesirable)", n_good, n_bad)
+    # TRL's guidance: keep desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in
+    # [1, 4/3]; production feedback is usually lopsided (here ~20 % right answers).
+    desirable_weight = max(1.0, n_bad / n_good) if n_good and n_bad else 1.0
     cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(base_path)
     if tok.pad_token is None:
@@ -40,6 +45,7 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
         per_device_train_batch_size=min(cfg.batch_size, len(rows)),
         learning_rate=cfg.learning_rate,
         beta=cfg.beta,
+        desirable_weight=desirable_weight,
         max_length=512,
         logging_steps=1,
         save_strategy="no",
@@ -68,4 +74,5 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
         "train_seconds": seconds,
         "train_samples": float(len(rows)),
         "samples_per_s": cfg.max_steps * args.per_device_train_batch_size / seconds,
+        "desirable_weight": desirable_weight,
     }

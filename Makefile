@@ -22,7 +22,7 @@ test-integration: venv
 
 lint: venv
 	$(PY) -m ruff check .
-	$(PY) -m mypy schemas infra cli bench consumers
+	$(PY) -m mypy schemas infra producers streams consumers cli bench
 
 demo: venv
 	$(PY) -m cli.main demo $(DEMO_ARGS)

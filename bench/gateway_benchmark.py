@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.harness import Context, Result
 
@@ -155,8 +155,8 @@ def _lora_swaps(ctx: Context, url: str, suffix: str, adapter_root: Path, n: int 
             ),
         )
         path = adapter_root / f"swap{i}"
-        model.save_pretrained(path)
-        base = model.unload()
+        model.save_pretrained(str(path))
+        base = cast(Any, model.unload())
         version = f"swap{i}-{uuid.uuid4().hex[:4]}"
         event = ModelVersionEvent(
             producer="bench",
@@ -255,8 +255,8 @@ def gateway(ctx: Context) -> list[Result]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    tok: Any = AutoTokenizer.from_pretrained(path)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     hf_tokens = 0
     t0 = time.perf_counter()
     for p in prompts[:8]:

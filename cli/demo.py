@@ -174,7 +174,7 @@ def _bad_adapter(base_path: str, root: Path, name: str) -> Path:
             if "lora_B" in n:
                 p.normal_(0, 0.5)  # large random updates: a broken model that still answers fast
     path = root / name
-    model.save_pretrained(path)
+    model.save_pretrained(str(path))
     return path
 
 

@@ -53,7 +53,7 @@ def prepare_smollm2(cache_dir: Path) -> Path:
     tmp = _atomic_dir(target)
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=ggufs[0].name, torch_dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=ggufs[0].name)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # drop the GGUF loader's quantizer before saving
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp)
@@ -86,7 +86,9 @@ def prepare_tiny(cache_dir: Path) -> Path:
         tie_word_embeddings=True,
     )
     tmp = _atomic_dir(target)
-    LlamaForCausalLM(config).to(torch.float32).save_pretrained(tmp)
+    model = LlamaForCausalLM(config)
+    model.to(torch.float32)  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
+    model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     tmp.rename(target)
     return target

@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,7 +127,7 @@ class StreamsApp:
             producer_acks=-1,
         )
         app = self.app
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.t_requested = app.topic(REQUESTED.name + sfx, **raw)
         self.t_completed = app.topic(COMPLETED.name + sfx, **raw)
         self.t_feedback = app.topic(FEEDBACK.name + sfx, **raw)
@@ -168,7 +169,7 @@ class StreamsApp:
     async def _prepare(self) -> None:
         """Resolve schema ids before the first event (blocking registry calls, once)."""
         for s in self.serde.values():
-            await asyncio.to_thread(lambda s=s: s.schema_id)
+            await asyncio.to_thread(getattr, s, "schema_id")
         log.info(
             "streams ready: windows %s (bucket %ss), evaluators %s",
             ", ".join(s.name for s in self.specs),
@@ -189,7 +190,10 @@ class StreamsApp:
             timestamp_ms=int(msg.timestamp * 1000),
             key=key,
             value=value,
-            headers=[(k, v) for k, v in (msg.headers or [])],
+            headers=[
+                (str(k), v)
+                for k, v in (msg.headers.items() if isinstance(msg.headers, Mapping) else msg.headers or [])
+            ],
             error=error,
             consumer_name=f"{self.settings.app_id}.{agent}",
         )
@@ -250,7 +254,9 @@ class StreamsApp:
         feedback_serde = self.serde[FEEDBACK.name]
         completed_topic = self.t_completed.get_topic_name()
         width = self.bucket_s
-        async for batch in stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds):
+        # take_events exists in faust-streaming (>= 0.10) but not in its StreamT protocol.
+        batches = stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds)  # type: ignore[attr-defined]
+        async for batch in batches:
             buckets: dict[tuple[str, str, int], Accumulator] = {}
             for event in batch:
                 is_completed = event.message.topic == completed_topic

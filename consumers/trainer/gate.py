@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from consumers.trainer.data import Sample, chat
 from infra import rewards
@@ -62,7 +62,10 @@ def evaluate(
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0)
     score = rewards.get("number_match")
     exact = rewards.get("exact_match")
-    prompts = [tok.apply_chat_template(chat(s), tokenize=False, add_generation_prompt=True) for s in samples]
+    prompts = [
+        cast(str, tok.apply_chat_template(cast(Any, chat(s)), tokenize=False, add_generation_prompt=True))
+        for s in samples
+    ]
     out: dict[str, Figures] = {}
     for lora_id, (name, path) in enumerate(adapters.items(), start=1):
         lora = LoRARequest(name, lora_id, path) if path else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from consumers.trainer.data import Sample, chat
 
@@ -68,7 +68,7 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
     t0 = time.monotonic()
     result = trainer.train()
     seconds = time.monotonic() - t0
-    trainer.model.save_pretrained(out_dir)
+    cast(Any, trainer.model).save_pretrained(str(out_dir))
     return {
         "train_loss": float(result.training_loss),
         "train_seconds": seconds,

@@ -224,7 +224,7 @@ class Gateway:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         served = f"{s.served_name}:{version}" if version != "base" else s.served_name
         adapter = route.adapter_path
-        common = dict(
+        common: dict[str, Any] = dict(
             producer=PRODUCER,
             request_id=rid,
             model=s.served_name,
@@ -256,11 +256,11 @@ class Gateway:
             seed=body.seed,
             lora=lora,
         )
-        state = {"text": [], "tokens": 0, "finish": None, "ttft": None, "error": None}
+        state: dict[str, Any] = {"text": [], "tokens": 0, "finish": None, "ttft": None, "error": None}
 
         def completed() -> InferenceCompleted:
             seconds = time.perf_counter() - t0
-            n = int(state["tokens"])  # type: ignore[call-overload]
+            n = int(state["tokens"])
             ok = state["error"] is None
             self.counts[(version, "ok" if ok else "error")] += 1
             self.tokens["prompt"] += prompt_tokens
@@ -271,7 +271,7 @@ class Gateway:
                 error_kind=None if ok else "engine",
                 error_message=state["error"],
                 completion=self.redact("".join(state["text"])),
-                finish_reason=state["finish"],  # type: ignore[arg-type]
+                finish_reason=state["finish"],
                 latency_ms=seconds * 1000,
                 ttft_ms=state["ttft"],
                 prompt_tokens=prompt_tokens,
@@ -286,8 +286,8 @@ class Gateway:
                 async for c in chunks:
                     if state["ttft"] is None and c.tokens:
                         state["ttft"] = (time.perf_counter() - t0) * 1000
-                    state["text"].append(c.text)  # type: ignore[union-attr]
-                    state["tokens"] += c.tokens  # type: ignore[operator]
+                    state["text"].append(c.text)
+                    state["tokens"] += c.tokens
                     if c.finish_reason:
                         state["finish"] = c.finish_reason
                     yield c.text
@@ -309,12 +309,12 @@ class Gateway:
             pass
         if state["error"] is not None:
             raise ApiError(503, f"the engine failed: {state['error']}", "server_error", "engine_error")
-        text = "".join(state["text"])  # type: ignore[arg-type]
+        text = "".join(state["text"])
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": state["tokens"],
             "total_tokens": prompt_tokens + state["tokens"],
-        }  # type: ignore[operator]
+        }
         if endpoint == Endpoint.chat:
             choice: dict[str, Any] = {
                 "index": 0,

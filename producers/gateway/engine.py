@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from infra.settings import GatewaySettings
 
@@ -53,7 +53,7 @@ class Engine:
             model=self.model_path,
             dtype="float32" if self.cpu else "auto",
             enable_lora=True,
-            max_lora_rank=self.settings.max_lora_rank,
+            max_lora_rank=cast(Any, self.settings.max_lora_rank),  # vLLM types it as a Literal of sizes
             max_loras=self.settings.max_loras,
             max_model_len=self.settings.max_model_len,
             enforce_eager=self.cpu,

@@ -175,7 +175,7 @@ class InferenceLogger(_Client):
         r = self.redact
         msgs = [{"role": m["role"], "content": r(m["content"])} for m in (messages or [])]
         text = r(prompt) if prompt is not None else "\n".join(f"{m['role']}: {m['content']}" for m in msgs)
-        common = dict(
+        common: dict[str, Any] = dict(
             producer=self.producer_name,
             request_id=rid,
             occurred_at=at,
@@ -186,7 +186,11 @@ class InferenceLogger(_Client):
             training_opt_out=opt_out,
         )
         req = InferenceRequested.model_construct(
-            **common, endpoint=Endpoint.external, prompt=text, messages=msgs, params=params or {}
+            **common,
+            endpoint=Endpoint.external,
+            prompt=text,
+            messages=msgs,  # type: ignore[arg-type]  # plain dicts: this record goes straight to Avro
+            params=params or {},
         )
         done = InferenceCompleted.model_construct(
             **common,

@@ -171,6 +171,13 @@ def render(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def record(found: list[Result]) -> None:
+    """Append figures measured outside `rftloop bench` (e.g. by `make demo`) and re-render the report."""
+    results = load_results() + [r.record() for r in found]
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    REPORT.write_text(render(results))
+
+
 def main(names: list[str], list_only: bool = False) -> int:
     benches = registry()
     if list_only:

@@ -382,6 +382,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trainer(args: argparse.Namespace) -> int:
+    import time
+
+    from consumers.trainer.run import NotEnoughData, incumbent_of, run_once
+    from consumers.trainer.triggers import LastRun, TriggerConfig, due, observe
+    from infra.clickhouse.client import connect
+    from infra.settings import TrainerSettings
+
+    cfg = load_or_explain(TrainerSettings)
+    assert isinstance(cfg, TrainerSettings)
+    if args.model:
+        cfg = cfg.model_copy(update={"base_model": args.model})
+    ch = _clickhouse()
+    trig = TriggerConfig(cfg.trigger_new_samples, cfg.trigger_interval_s, cfg.trigger_reward_floor)
+    state = _local().state_dir / "trainer" / f"last_run-{cfg.served_name}.json"
+    last = LastRun.load(state)
+    if not last.at:
+        last.at = time.time()  # the interval counts from this start until the first run
+    print(f"trainer: watching {cfg.served_name} (every {cfg.poll_s:.0f} s): {trig}", flush=True)
+    runs = 0
+    while args.max_runs is None or runs < args.max_runs:
+        client = connect(ch)
+        seen = observe(
+            client,
+            ch.database,
+            cfg.served_name,
+            incumbent_of(client, ch.database, cfg.served_name),
+            last,
+            time.time(),
+        )
+        reason = due(trig, last, seen)
+        if reason:
+            print(f"trainer: run triggered: {reason}", flush=True)
+            newest = client.query(
+                f"SELECT toUnixTimestamp64Milli(max(rewarded_at)) FROM {ch.database}.latest_samples "
+                "WHERE model = {m:String}",
+                parameters={"m": cfg.served_name},
+            ).result_rows[0][0]
+            try:
+                result = run_once(_kafka(), _registry(), ch, cfg, _local().cache_dir)
+                print(f"trainer: {result.version} {result.status}: {'; '.join(result.reasons)}", flush=True)
+            except NotEnoughData as exc:
+                print(f"trainer: {exc}", flush=True)
+            last = LastRun(at=time.time(), newest_sample=(newest or 0) / 1000)
+            last.save(state)
+            runs += 1
+            continue
+        time.sleep(cfg.poll_s)
+    return 0
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from infra.clickhouse.client import connect
 
@@ -558,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "run one RFT training run now: buffer -> KTO -> gate -> publish or reject")
     p.add_argument("--now", action="store_true", help="run immediately")
     p.add_argument("--model", help="base model: smollm2 (default), tiny, or an HF path")
+    p = add("trainer", cmd_trainer, "run the trainer on its triggers: N new samples, T time, quality drop")
+    p.add_argument("--model", help="base model: smollm2 (default), tiny, or an HF path")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
     p = add("versions", cmd_versions, "model versions with their state, gate figures and reasons")
     p.add_argument("--json", action="store_true")
 

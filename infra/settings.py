@@ -218,6 +218,16 @@ class TrainerSettings(BaseSettings):
     max_cost_ratio: float = Field(1.25, gt=0, description="candidate tokens per answer / incumbent budget")
     adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="where versions are written")
     topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
+    trigger_new_samples: int = Field(
+        64, ge=1, description="`rftloop trainer`: run after this many new samples"
+    )
+    trigger_interval_s: float = Field(
+        3600, gt=0, description="... or this long after the last run (if any new)"
+    )
+    trigger_reward_floor: float | None = Field(
+        None, description="... or when the incumbent's mean reward drops below"
+    )
+    poll_s: float = Field(30, gt=0, description="how often `rftloop trainer` looks")
 
     @field_validator("method")
     @classmethod

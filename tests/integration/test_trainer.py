@@ -147,3 +147,51 @@ def test_train_refuses_without_enough_data(stack: Any, ch_database: str) -> None
         timeout=120,
     )
     assert out.returncode == 3 and "RFTLOOP_TRAINER_MIN_SAMPLES" in out.stderr
+
+
+def test_trainer_daemon_runs_on_its_new_sample_trigger(
+    stack: Any, ch_database: str, event_topic: Any, unique: str, tmp_path: Path
+) -> None:
+    versions_topic, versions_serde = event_topic(VERSIONS)
+    event_topic(TRAINING)
+    client = connect(stack.clickhouse, database=ch_database)
+    migrate(client, ch_database)
+    table = event_table(REWARDED)
+    rows = []
+    for i in range(30):
+        sample = RewardedSample(
+            producer="t",
+            request_id=f"d{i}",
+            model=SERVED,
+            prompt=f"What is {i} plus 1?",
+            completion=str(i + 1) if i % 2 else "no idea",
+            reward=1.0 if i % 2 else -1.0,
+            reference=str(i + 1),
+            reward_sources=[RewardSource(source=FeedbackSource.user, kind="thumbs", value=1.0)],
+        )
+        rows.append(table.row(sample.to_avro(), 0, i))
+    client.insert(table.name, rows, column_names=table.column_names)
+    env = {
+        **os.environ,
+        **stack.env(),
+        "RFTLOOP_CLICKHOUSE_DATABASE": ch_database,
+        "RFTLOOP_TRAINER_TOPIC_SUFFIX": f"-{unique}",
+        "RFTLOOP_TRAINER_ADAPTER_ROOT": str(tmp_path / "a"),
+        "RFTLOOP_TRAINER_MAX_STEPS": "1",
+        "RFTLOOP_TRAINER_TRIGGER_NEW_SAMPLES": "25",
+        "RFTLOOP_TRAINER_POLL_S": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "trainer", "--model", "tiny", "--max-runs", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "run triggered: 30 new rewarded samples (trigger at 25)" in out.stdout
+    decided = [e for e in read_topic(stack.kafka, versions_topic.name, versions_serde)]
+    assert len(decided) == 1 and decided[0].kind in ("published", "rejected")
+    last = json.loads((Path(stack.local.state_dir) / "trainer" / f"last_run-{SERVED}.json").read_text())
+    assert last["newest_sample"] > 0 and last["at"] > 0

@@ -502,7 +502,10 @@ def _summary(console: Console, client: Any, db: str, traffic: dict[str, float]) 
     rows = []
     for r in result.named_results():
         fmt = lambda v, d=1: "-" if v is None or v != v else f"{v:.{d}f}"  # noqa: E731
-        decision = r["state"] or ("incumbent" if r["version"] == "base" else "-")
+        share = traffic.get(r["version"], 0)
+        decision = r["state"] or (
+            ("incumbent" if share else "replaced by a promoted version") if r["version"] == "base" else "-"
+        )
         if r["reasons"]:
             decision += ": " + "; ".join(r["reasons"])[:70]
         row = [

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import yaml
 
-from infra.settings import ClickHouseSettings, KafkaSettings, LocalStackSettings, RegistrySettings
+from infra.settings import (
+    ClickHouseSettings,
+    GatewaySettings,
+    JudgeSettings,
+    KafkaSettings,
+    LocalStackSettings,
+    RegistrySettings,
+    StreamsSettings,
+    TrainerSettings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -16,7 +25,16 @@ COMPOSE = ROOT / "docker-compose.yml"
 
 def _known_variables() -> set[str]:
     out = set()
-    for cls in (KafkaSettings, RegistrySettings, ClickHouseSettings, LocalStackSettings):
+    for cls in (
+        KafkaSettings,
+        RegistrySettings,
+        ClickHouseSettings,
+        LocalStackSettings,
+        StreamsSettings,
+        GatewaySettings,
+        TrainerSettings,
+        JudgeSettings,
+    ):
         prefix = cls.model_config["env_prefix"]
         out |= {f"{prefix}{name}".upper() for name in cls.model_fields}
     return out
@@ -25,10 +43,27 @@ def _known_variables() -> set[str]:
 def test_services_and_settings_names() -> None:
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
-    assert {"kafka", "registry", "clickhouse"} <= set(services)
+    assert {
+        "kafka",
+        "registry",
+        "clickhouse",
+        "init",
+        "sink",
+        "streams",
+        "judge",
+        "trainer",
+        "gateway",
+        "dashboard",
+    } <= set(services)
     for name in ("kafka", "registry", "clickhouse"):
         assert "healthcheck" in services[name], name
     used = {k for s in services.values() for k in (s.get("environment") or {}) if k.startswith("RFTLOOP_")}
+    from cli.main import build_parser
+
+    for name in ("sink", "streams", "judge", "trainer", "gateway", "dashboard"):
+        command = services[name]["command"]
+        assert command[:2] == ["rftloop", name], name
+        build_parser().parse_args(command[1:])  # a real CLI command with valid arguments
     assert used, "the app services must be configured through RFTLOOP_* settings"
     assert used <= _known_variables(), used - _known_variables()
     assert services["kafka"]["image"].endswith(LocalStackSettings().kafka_version)

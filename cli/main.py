@@ -204,14 +204,19 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     import signal
+    from dataclasses import replace
 
     from consumers.clickhouse_sink.sink import ClickHouseSink
     from infra import registry
+    from schemas.topics import ALL_TOPICS
 
+    topics = [replace(t, name=t.name + args.topic_suffix) for t in ALL_TOPICS]
     sink = ClickHouseSink(
         _kafka(),
         _clickhouse(),
         registry.client(_registry()),
+        topics=topics,
+        group_id=args.group,
         batch_size=args.batch_size,
         batch_seconds=args.batch_seconds,
     )
@@ -583,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=20_000)
     p.add_argument("--batch-seconds", type=float, default=1.0)
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+    p.add_argument("--topic-suffix", default="", help="read <topic><suffix> (isolated topic sets)")
+    p.add_argument("--group", default="rftloop-clickhouse-sink", help="consumer group")
 
     p = add("streams", cmd_streams, "run a stream worker: joins, rewards, rolling windows (until Ctrl-C)")
     p.add_argument("--web-port", type=int, default=None, help="worker HTTP port for /windows/ (0 = off)")

@@ -177,6 +177,8 @@ class GatewaySettings(BaseSettings):
     max_tokens_limit: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
     max_model_len: int = Field(2048, ge=64, description="context length (prompt + completion)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    rate_limit_rps: float = Field(50, ge=0, description="requests per second per API key (0 = no limit)")
+    rate_limit_burst: int = Field(100, ge=0, description="requests a key may send at once")
     event_buffer: int = Field(100_000, ge=100, description="events held while Kafka is unreachable")
     redact: bool = Field(True, description="redact emails, phones, card numbers in events")
     redact_patterns: str = Field("", description="extra regexes to redact, separated by ;;")

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from infra.publish import publish_event
 from infra.settings import GatewaySettings, KafkaSettings, RegistrySettings
 from producers.gateway.engine import Engine
+from producers.gateway.ratelimit import RateLimiter
 from producers.gateway.router import Router, UnknownVersion
 from producers.gateway.versions import VersionFollower
 from producers.sdk.logger import FeedbackClient, InferenceLogger
@@ -61,9 +62,11 @@ class ApiError(Exception):
         type_: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers or {}
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
@@ -149,6 +152,7 @@ class Gateway:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.tokens: Counter[str] = Counter()
         self.follower: VersionFollower | None = None
+        self.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
 
     # -- auth --------------------------------------------------------------------
     @staticmethod
@@ -168,6 +172,16 @@ class Gateway:
                 "missing or wrong API key" + (" (admin key required)" if admin else ""),
                 "authentication_error",
                 "invalid_api_key",
+            )
+        wait = self.limiter.take(hashlib.sha256(token.strip().encode()).hexdigest())
+        if wait > 0:
+            raise ApiError(
+                429,
+                f"rate limit of {self.limiter.rate:g} requests/s (burst {self.limiter.burst}) for this key "
+                f"exceeded; retry in {wait:.2f} s",
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
             )
 
     # -- routing ---------------------------------------------------------------
@@ -398,7 +412,11 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.type, exc.code, exc.param), status_code=exc.status)
+        return JSONResponse(
+            error_body(exc.message, exc.type, exc.code, exc.param),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -69,6 +69,8 @@ def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
         "RFTLOOP_GATEWAY_ADMIN_KEY": ADMIN,
         "RFTLOOP_GATEWAY_MAX_MODEL_LEN": "1024",
         "RFTLOOP_GATEWAY_MAX_TOKENS_LIMIT": "128",
+        "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "5",
+        "RFTLOOP_GATEWAY_RATE_LIMIT_BURST": "60",
     }
     log = tmp / "gateway.log"
     with open(log, "wb") as out:
@@ -342,3 +344,17 @@ def test_feedback_endpoint_emits_feedback_and_nothing_was_dropped(gateway: Gatew
     metrics = http.get("/metrics").text
     assert 'rftloop_gateway_requests_total{version="base",status="ok"}' in metrics
     assert "rftloop_gateway_events_dropped_total 0" in metrics
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(gateway: Gateway) -> None:
+    """Last in this module: it empties the shared key's bucket (5 requests/s, burst 60)."""
+    http = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    codes = [http.get("/v1/models") for _ in range(90)]
+    limited = [r for r in codes if r.status_code == 429]
+    assert limited and all(r.status_code in (200, 429) for r in codes)
+    err = limited[0].json()["error"]
+    assert err["code"] == "rate_limit_exceeded" and int(limited[0].headers["Retry-After"]) >= 1
+    admin = httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+    assert admin.status_code == 401  # the admin key is not an API key; no bucket spent on it
+    time.sleep(1.0)
+    assert http.get("/v1/models").status_code == 200  # refilled

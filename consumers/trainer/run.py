@@ -110,6 +110,52 @@ def run_once(
     base_path = models.resolve(cfg.base_model, cache_dir)
     run_id = f"run-{version}"
     hyper = {k: str(v) for k, v in config.items()}
+
+    def announce(
+        kind: VersionEventKind, status: TrainingRunStatus, reasons: list[str], **adapter: str
+    ) -> None:
+        """The version event (derived id: a replay publishes the same one), then the run's end."""
+        _send(
+            kafka,
+            registry,
+            VERSIONS,
+            cfg.topic_suffix,
+            ModelVersionEvent(
+                event_id=uuid.uuid5(NAMESPACE, f"{version}|{kind.value}"),
+                producer=PRODUCER,
+                kind=kind,
+                model=cfg.served_name,
+                version=version,
+                parent_version=incumbent,
+                method=cfg.method,
+                hyperparameters=hyper,
+                lineage=lineage(train),
+                eval=figures,
+                decision="canary" if kind == VersionEventKind.published else "rejected",
+                reasons=reasons,
+                **adapter,
+            ),
+        )
+        _send(
+            kafka,
+            registry,
+            TRAINING,
+            cfg.topic_suffix,
+            TrainingRunEvent(
+                producer=PRODUCER,
+                kind=TrainingRunKind.finished,
+                run_id=run_id,
+                model=cfg.served_name,
+                parent_version=incumbent,
+                method=cfg.method,
+                samples=len(train),
+                config=hyper,
+                status=status,
+                version=version,
+                metrics=figures,
+            ),
+        )
+
     if (target / "adapter_config.json").exists():
         say(f"trainer: {version} already exists (same data and config): announcing it again, not retraining")
         figures: dict[str, float] = {}
@@ -153,78 +199,16 @@ def run_once(
         say("trainer: " + "; ".join(decision.reasons))
         if not decision.publish:
             shutil.rmtree(tmp, ignore_errors=True)
-            event = ModelVersionEvent(
-                event_id=uuid.uuid5(NAMESPACE, f"{version}|rejected"),
-                producer=PRODUCER,
-                kind=VersionEventKind.rejected,
-                model=cfg.served_name,
-                version=version,
-                parent_version=incumbent,
-                method=cfg.method,
-                hyperparameters=hyper,
-                lineage=lineage(train),
-                eval=figures,
-                decision="rejected",
-                reasons=decision.reasons,
-            )
-            _send(kafka, registry, VERSIONS, cfg.topic_suffix, event)
-            _send(
-                kafka,
-                registry,
-                TRAINING,
-                cfg.topic_suffix,
-                TrainingRunEvent(
-                    producer=PRODUCER,
-                    kind=TrainingRunKind.finished,
-                    run_id=run_id,
-                    model=cfg.served_name,
-                    parent_version=incumbent,
-                    method=cfg.method,
-                    samples=len(train),
-                    config=hyper,
-                    status=TrainingRunStatus.rejected,
-                    version=version,
-                    metrics=figures,
-                ),
-            )
+            announce(VersionEventKind.rejected, TrainingRunStatus.rejected, decision.reasons)
             return RunResult(version, "rejected", decision.reasons, figures)
         os.rename(tmp, target)  # atomic: the version directory appears whole or not at all
     sha = adapters.adapter_sha256(target)
-    event = ModelVersionEvent(
-        event_id=uuid.uuid5(NAMESPACE, f"{version}|published"),
-        producer=PRODUCER,
-        kind=VersionEventKind.published,
-        model=cfg.served_name,
-        version=version,
-        parent_version=incumbent,
+    announce(
+        VersionEventKind.published,
+        TrainingRunStatus.published,
+        decision_reasons,
         adapter_uri=f"file://{target}",
         adapter_sha256=sha,
-        method=cfg.method,
-        hyperparameters=hyper,
-        lineage=lineage(train),
-        eval=figures,
-        decision="canary",
-        reasons=decision_reasons,
-    )
-    _send(kafka, registry, VERSIONS, cfg.topic_suffix, event)
-    _send(
-        kafka,
-        registry,
-        TRAINING,
-        cfg.topic_suffix,
-        TrainingRunEvent(
-            producer=PRODUCER,
-            kind=TrainingRunKind.finished,
-            run_id=run_id,
-            model=cfg.served_name,
-            parent_version=incumbent,
-            method=cfg.method,
-            samples=len(train),
-            config=hyper,
-            status=TrainingRunStatus.published,
-            version=version,
-            metrics=figures,
-        ),
     )
     say(f"trainer: published {version} ({target}, sha256 {sha[:12]}…)")
     return RunResult(version, "published", decision_reasons, figures)

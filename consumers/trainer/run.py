@@ -111,6 +111,25 @@ def run_once(
     run_id = f"run-{version}"
     hyper = {k: str(v) for k, v in config.items()}
 
+    def run_event(kind: TrainingRunKind, **end: Any) -> None:
+        _send(
+            kafka,
+            registry,
+            TRAINING,
+            cfg.topic_suffix,
+            TrainingRunEvent(
+                producer=PRODUCER,
+                kind=kind,
+                run_id=run_id,
+                model=cfg.served_name,
+                parent_version=incumbent,
+                method=cfg.method,
+                samples=len(train),
+                config=hyper,
+                **end,
+            ),
+        )
+
     def announce(
         kind: VersionEventKind, status: TrainingRunStatus, reasons: list[str], **adapter: str
     ) -> None:
@@ -136,47 +155,14 @@ def run_once(
                 **adapter,
             ),
         )
-        _send(
-            kafka,
-            registry,
-            TRAINING,
-            cfg.topic_suffix,
-            TrainingRunEvent(
-                producer=PRODUCER,
-                kind=TrainingRunKind.finished,
-                run_id=run_id,
-                model=cfg.served_name,
-                parent_version=incumbent,
-                method=cfg.method,
-                samples=len(train),
-                config=hyper,
-                status=status,
-                version=version,
-                metrics=figures,
-            ),
-        )
+        run_event(TrainingRunKind.finished, status=status, version=version, metrics=figures)
 
     if (target / "adapter_config.json").exists():
         say(f"trainer: {version} already exists (same data and config): announcing it again, not retraining")
         figures: dict[str, float] = {}
         decision_reasons = ["replayed run: same data and config as an existing version"]
     else:
-        _send(
-            kafka,
-            registry,
-            TRAINING,
-            cfg.topic_suffix,
-            TrainingRunEvent(
-                producer=PRODUCER,
-                kind=TrainingRunKind.started,
-                run_id=run_id,
-                model=cfg.served_name,
-                parent_version=incumbent,
-                method=cfg.method,
-                samples=len(train),
-                config=hyper,
-            ),
-        )
+        run_event(TrainingRunKind.started)
         tmp = root / f".{version}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         say(f"trainer: {cfg.method.upper()} on {len(train)} samples, {cfg.max_steps} steps ...")

@@ -76,6 +76,10 @@ class RegistrySettings(BaseSettings):
     auto_register: bool = Field(
         False, description="producers register schemas themselves (off in production)"
     )
+    timeout_s: float = Field(
+        10.0, gt=0, description="per-request HTTP timeout; a stalled registry fails, not hangs"
+    )
+    max_retries: int = Field(3, ge=0, description="retries on 5xx/network errors, with backoff")
 
     @field_validator("url")
     @classmethod
@@ -88,8 +92,15 @@ class RegistrySettings(BaseSettings):
             )
         return v.rstrip("/")
 
-    def client_config(self) -> dict[str, str]:
-        conf = {"url": self.url}
+    def client_config(self) -> dict[str, object]:
+        """confluent-kafka SchemaRegistryClient settings (key names checked against its source)."""
+        conf: dict[str, object] = {
+            "url": self.url,
+            "timeout": self.timeout_s,
+            "max.retries": self.max_retries,
+            "retries.wait.ms": 200,
+            "retries.max.wait.ms": 2000,
+        }
         if self.username and self.password is not None:
             conf["basic.auth.user.info"] = f"{self.username}:{self.password.get_secret_value()}"
         return conf

@@ -7,7 +7,8 @@
    answer is right, down when wrong; the streams join, score (number_match) and reward them.
 4. When enough rewarded samples exist the trainer runs (KTO + LoRA), gates the candidate against
    the incumbent on vLLM, and publishes it or records the rejection.
-5. A published candidate gets canary traffic; the judge promotes or rolls it back.
+5. A published candidate gets 5 % canary traffic; the judge ramps it (25 %, 50 %) while it holds
+   up, then promotes or rolls it back.
 6. A deliberately bad adapter (random LoRA weights) is published; the judge must roll it back.
 7. A summary table per version and a PNG chart of quality and latency over time.
 """
@@ -50,6 +51,9 @@ from schemas.topics import VERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "rftloop-demo-key"
+# A new version starts on 5 % of the traffic; the judge ramps it to 25 % and 50 % while it holds up
+# (RFTLOOP_JUDGE_RAMP_STEPS), so a bad one is caught small and a good one is decided sooner.
+CANARY_SHARE = "0.05"
 
 
 class DemoFailed(RuntimeError):
@@ -211,7 +215,7 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
     env = {
         **os.environ,
         "RFTLOOP_GATEWAY_API_KEYS": KEY,
-        "RFTLOOP_GATEWAY_CANARY_SHARE": "0.3",
+        "RFTLOOP_GATEWAY_CANARY_SHARE": CANARY_SHARE,
         "RFTLOOP_STREAMS_DATA_DIR": str(local.state_dir / "streams"),
         "RFTLOOP_STREAMS_WEB_PORT": str(web_port),
         "RFTLOOP_JUDGE_MIN_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MIN_SAMPLES", "25"),
@@ -276,9 +280,10 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
                 f"only {samples()} rewarded samples after 120 s: is the stream worker assigned partitions? "
                 f"see {local.state_dir / 'logs' / 'demo-streams.log'}"
             )
+        served = work.by_version.get(health["incumbent"], [])
         console.print(
-            f"  {samples()} rewarded samples; base accuracy so far "
-            f"{_rate(work.by_version.get('base', [])):.1%} over {len(work.by_version.get('base', []))}"
+            f"  {samples()} rewarded samples; incumbent ({health['incumbent']}) accuracy so far "
+            f"{_rate(served):.1%} over {len(served)}"
         )
 
         console.rule("[bold]3. RFT: train, gate, publish")
@@ -312,10 +317,13 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
 
         if published:
             version = train.stdout.split("trainer: published ", 1)[1].split()[0]
-            console.rule(f"[bold]4. canary: {version} gets 30 % of the traffic; the judge decides")
+            console.rule(
+                f"[bold]4. canary: {version} starts on {float(CANARY_SHARE):.0%} of the traffic; "
+                "the judge ramps, promotes or rolls it back"
+            )
             _wait_for_version(http, version, procs)
             with _progress(console) as progress:
-                work.drive(600, progress, f"canary traffic ({version})", until=decided(version))
+                work.drive(1500, progress, f"canary traffic ({version})", until=decided(version))
             _wait_decision(http, version, procs, console)
             if version in work.first_served and not quick:
                 _record_loop_time(work.first_served[version] - last_sample_s, console)
@@ -341,14 +349,16 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
                 adapter_sha256=adapters.adapter_sha256(path),
                 method="random",
                 decision="canary",
-                traffic_share=0.3,
+                traffic_share=float(CANARY_SHARE),
                 reasons=["injected by the demo: a broken adapter must be rolled back automatically"],
             ),
         )
         _wait_for_version(http, bad, procs)
         with _progress(console) as progress:
-            work.drive(600, progress, f"canary traffic ({bad})", until=decided(bad))
+            work.drive(1000, progress, f"canary traffic ({bad})", until=decided(bad))
         _wait_decision(http, bad, procs, console)
+        time.sleep(3)  # let the sink flush the last batch
+        _record_exposure(client, ch.database, bad, console, quick)
 
         console.rule("[bold]6. summary")
         time.sleep(3)  # let the sink flush the last batch
@@ -399,6 +409,71 @@ def _record_loop_time(seconds: float, console: Console) -> None:
                     "candidate to the demo's users"
                 ),
             )
+        ]
+    )
+
+
+EXPOSURE = """
+WITH (SELECT min(occurred_at) FROM {db}.model_versions WHERE version = {v:String} AND kind = 'published')
+         AS published,
+     (SELECT min(occurred_at) FROM {db}.model_versions WHERE version = {v:String} AND kind = 'rolled_back')
+         AS rolled_back
+SELECT countIf(occurred_at >= published AND occurred_at < rolled_back) AS canary_requests,
+       countIf(version = {v:String} AND occurred_at >= published AND occurred_at < rolled_back) AS bad_requests,
+       countIf(version = {v:String} AND occurred_at >= rolled_back) AS bad_after,
+       toFloat64(rolled_back - published) AS canary_s
+FROM {db}.inference_requested FINAL
+"""
+
+
+def _record_exposure(client: Any, db: str, bad: str, console: Console, quick: bool) -> None:
+    """loop.bad_version_exposure from the events themselves (requests routed, model.versions decisions)."""
+    from bench.harness import Result, record
+
+    row = client.query(EXPOSURE.replace("{db}", db), parameters={"v": bad}).first_row
+    canary, exposed, after, canary_s = int(row[0]), int(row[1]), int(row[2]), float(row[3] or 0)
+    if not canary:
+        console.print(f"  exposure: no rollback of {bad} recorded; nothing to measure")
+        return
+    share = exposed / canary
+    console.print(
+        f"  exposure: {exposed} of {canary} requests ({share:.1%}) went to {bad} during its {canary_s:.0f} s "
+        f"canary; {after} after the rollback event"
+    )
+    if quick:
+        return
+    record(
+        [
+            Result(
+                name="loop.bad_version_exposure",
+                value=share * 100,
+                unit="% of canary traffic",
+                peer="(goal)",
+                peer_value=None,
+                goal="≤ 10 % of the canary period, 0 after the rollback",
+                goal_value=10,
+                higher_is_better=False,
+                method=(
+                    f"measured by `make demo` from inference_requested and model_versions in ClickHouse: "
+                    f"requests routed to the injected random-weights adapter / all requests between its "
+                    f"ModelVersionPublished and the judge's ModelVersionRolledBack ({exposed}/{canary} over "
+                    f"{canary_s:.0f} s, canary share {CANARY_SHARE})"
+                ),
+            ),
+            Result(
+                name="loop.bad_version_after_rollback",
+                value=after,
+                unit="requests",
+                peer="(goal)",
+                peer_value=None,
+                goal="0",
+                goal_value=0,
+                higher_is_better=False,
+                method=(
+                    "measured by `make demo`: requests routed to the injected bad version with "
+                    "occurred_at at or after the judge's ModelVersionRolledBack event (inference_requested)"
+                ),
+            ),
         ]
     )
 

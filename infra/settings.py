@@ -190,6 +190,7 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     rate_limit_rps: float = Field(50, ge=0, description="requests per second per API key (0 = no limit)")
     rate_limit_burst: int = Field(100, ge=0, description="requests a key may send at once")
+    cors_origins: str = Field("", description="comma-separated browser origins allowed; empty = CORS closed")
     event_buffer: int = Field(100_000, ge=100, description="events held while Kafka is unreachable")
     redact: bool = Field(True, description="redact emails, phones, card numbers in events")
     redact_patterns: str = Field("", description="extra regexes to redact, separated by ;;")
@@ -264,7 +265,28 @@ class JudgeSettings(BaseSettings):
     max_error_rate_increase: float = Field(0.05, ge=0)
     max_latency_ratio: float = Field(1.5, gt=0, description="candidate p95 / incumbent p95 budget")
     max_cost_ratio: float = Field(1.5, gt=0, description="candidate cost per request / incumbent budget")
+    ramp_steps: str = Field(
+        "0.25,0.5",
+        description="traffic shares an undecided candidate is raised to while it holds up (z >= 0), "
+        "one step per min_samples rated responses; empty = it keeps its canary share",
+    )
     topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
+
+    @field_validator("ramp_steps")
+    @classmethod
+    def _steps(cls, v: str) -> str:
+        try:
+            steps = [float(x) for x in v.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(
+                f"RFTLOOP_JUDGE_RAMP_STEPS={v!r}: comma-separated shares, e.g. 0.25,0.5"
+            ) from None
+        if any(not 0 < x < 1 for x in steps) or steps != sorted(steps):
+            raise ValueError(f"RFTLOOP_JUDGE_RAMP_STEPS={v!r}: increasing shares between 0 and 1 (exclusive)")
+        return v
+
+    def steps(self) -> list[float]:
+        return [float(x) for x in self.ramp_steps.split(",") if x.strip()]
 
 
 class LocalStackSettings(BaseSettings):

@@ -55,6 +55,7 @@ class VersionEventKind(StrEnum):
     promoted = "promoted"
     rolled_back = "rolled_back"
     rejected = "rejected"
+    ramped = "ramped"
 
 
 class TrainingRunKind(StrEnum):

@@ -13,6 +13,9 @@ candidate was published — the same period for both — and decides:
   reward: the share of positive feedback (thumbs up; else reward > 0) in a
   two-proportion z-test at ``confidence``: significantly worse -> roll back,
   significantly better -> promote;
+- not significant yet but holding up (z >= 0): ramp its traffic share through
+  ``ramp_steps`` (one step per ``min_samples`` rated responses), so a good
+  candidate is decided sooner and a bad one is caught at the first, small share;
 - no significant difference after ``max_samples`` -> roll back ("not shown to
   be better"), so an unproven version never takes over by waiting.
 
@@ -100,6 +103,7 @@ class Verdict:
     kind: VersionEventKind | None  # None: keep watching
     reasons: list[str]
     figures: dict[str, float]
+    share: float | None = None  # the new traffic share of a ramp
 
 
 def two_proportion_z(p1: int, n1: int, p2: int, n2: int) -> float:
@@ -109,7 +113,8 @@ def two_proportion_z(p1: int, n1: int, p2: int, n2: int) -> float:
     return 0.0 if se == 0 else (p1 / n1 - p2 / n2) / se
 
 
-def judge(candidate: Totals, incumbent: Totals, cfg: JudgeSettings) -> Verdict:
+def judge(candidate: Totals, incumbent: Totals, cfg: JudgeSettings, share: float = 0.0) -> Verdict:
+    """Decide on a candidate now serving `share` of the traffic (see the module doc)."""
     figures = {**candidate.figures("candidate"), **incumbent.figures("incumbent")}
     reasons = []
     if candidate.requests >= cfg.min_requests and incumbent.requests >= cfg.min_requests:
@@ -149,6 +154,17 @@ def judge(candidate: Totals, incumbent: Totals, cfg: JudgeSettings) -> Verdict:
             [f"not shown to be better after {candidate.rated}: {summary}"],
             figures,
         )
+    # Holding up (not trending worse): give it more traffic, one step per min_samples rated responses,
+    # so a good candidate is decided sooner while a bad one is caught at the small first share.
+    steps = [x for x in cfg.steps() if x > share]
+    done = len(cfg.steps()) - len(steps)
+    if steps and z >= 0 and candidate.rated >= cfg.min_samples * (done + 1):
+        return Verdict(
+            VersionEventKind.ramped,
+            [f"holding up, traffic {share:.0%} -> {steps[0]:.0%}: {summary}"],
+            figures,
+            steps[0],
+        )
     return Verdict(None, [f"undecided: {summary}"], figures)
 
 
@@ -157,6 +173,7 @@ class Canary:
     version: str
     incumbent: str
     since: datetime
+    share: float = 0.0
 
 
 class Judge:
@@ -182,8 +199,13 @@ class Judge:
         key = (e.model, e.version)
         if e.kind == VersionEventKind.published:
             self.canaries[key] = Canary(
-                e.version, self.incumbent.get(e.model, e.parent_version or "base"), e.occurred_at
+                e.version,
+                self.incumbent.get(e.model, e.parent_version or "base"),
+                e.occurred_at,
+                e.traffic_share or 0.0,
             )
+        elif e.kind == VersionEventKind.ramped and key in self.canaries:
+            self.canaries[key].share = e.traffic_share or 0.0
         elif e.kind == VersionEventKind.promoted:
             self.incumbent[e.model] = e.version
             self.canaries.pop(key, None)
@@ -215,19 +237,26 @@ class Judge:
                 self.totals(model, version, canary.since),
                 self.totals(model, incumbent, canary.since),
                 self.cfg,
+                canary.share,
             )
             if verdict.kind is None:
                 continue
+            ramp = verdict.kind == VersionEventKind.ramped
             event = ModelVersionEvent(
-                event_id=uuid.uuid5(NAMESPACE, f"{model}|{version}|{verdict.kind.value}"),
+                event_id=uuid.uuid5(
+                    NAMESPACE,
+                    f"{model}|{version}|{verdict.kind.value}" + (f"|{verdict.share}" if ramp else ""),
+                ),
                 producer=PRODUCER,
                 kind=verdict.kind,
                 model=model,
                 version=version,
                 parent_version=incumbent,
                 eval=verdict.figures,
-                traffic_share=1.0 if verdict.kind == VersionEventKind.promoted else 0.0,
-                decision="promote" if verdict.kind == VersionEventKind.promoted else "rollback",
+                traffic_share=verdict.share
+                if ramp
+                else (1.0 if verdict.kind == VersionEventKind.promoted else 0.0),
+                decision={"promoted": "promote", "ramped": "ramp"}.get(verdict.kind.value, "rollback"),
                 reasons=verdict.reasons,
                 actor="canary-judge",
             )

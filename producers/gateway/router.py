@@ -50,6 +50,15 @@ class Router:
         self.routes[version].weight = share
         self.routes[self.incumbent].weight = rest
 
+    def ramp(self, version: str, share: float) -> None:
+        """Raise (or set) a live canary's share; the incumbent gives up the difference."""
+        with self._lock:
+            if version not in self.routes:
+                raise UnknownVersion(version)
+            if version == self.incumbent or self.routes[version].weight == 0.0:
+                return  # decided meanwhile: a ramp never revives a rolled-back version
+            self._set_canary(version, share)
+
     def promote(self, version: str) -> None:
         with self._lock:
             if version not in self.routes:

@@ -111,6 +111,9 @@ class VersionFollower:
             elif event.kind == VersionEventKind.promoted:
                 self.router.promote(version)
                 log.info("version %s promoted: %s", version, self.router.weights())
+            elif event.kind == VersionEventKind.ramped and event.traffic_share is not None:
+                self.router.ramp(version, event.traffic_share)
+                log.info("version %s ramped: %s", version, self.router.weights())
             elif event.kind == VersionEventKind.rolled_back:
                 self.router.rollback(version, fallback=event.parent_version)
                 log.info("version %s rolled back: %s", version, self.router.weights())

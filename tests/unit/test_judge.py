@@ -11,7 +11,7 @@ from schemas.events import MetricsWindow, VersionEventKind, WindowKind
 from streams.judge import Totals, judge, two_proportion_z
 from streams.sketch import DDSketch
 
-CFG = JudgeSettings(min_samples=30, max_samples=300, confidence=0.95, min_requests=20)
+CFG = JudgeSettings(min_samples=30, max_samples=300, confidence=0.95, min_requests=20, ramp_steps="")
 
 
 def window(
@@ -89,3 +89,33 @@ def test_budgets_roll_back_before_any_reward_test() -> None:
     assert failing.kind == VersionEventKind.rolled_back and "error rate" in failing.reasons[0]
     pricey = judge(totals(window("v1", 90, 10, cost="0.05")), inc, CFG)
     assert pricey.kind == VersionEventKind.rolled_back and "cost/request" in pricey.reasons[0]
+
+
+def test_a_candidate_holding_up_is_ramped_step_by_step_and_a_worse_one_never() -> None:
+    cfg = CFG.model_copy(update={"ramp_steps": "0.25,0.5"})
+    inc = totals(window("base", 40, 60))
+    first = judge(
+        totals(window("v1", 13, 17, requests=30, cost="0.003")), inc, cfg, share=0.05
+    )  # 30 rated, z >= 0
+    assert first.kind == VersionEventKind.ramped and first.share == 0.25
+    assert first.reasons[0].startswith("holding up, traffic 5% -> 25%")
+    # the next step needs another min_samples rated responses
+    assert judge(totals(window("v1", 20, 25, requests=45, cost="0.0045")), inc, cfg, share=0.25).kind is None
+    second = judge(totals(window("v1", 28, 32, requests=60, cost="0.006")), inc, cfg, share=0.25)
+    assert second.kind == VersionEventKind.ramped and second.share == 0.5
+    assert (
+        judge(totals(window("v1", 40, 50, requests=90, cost="0.009")), inc, cfg, share=0.5).kind is None
+    )  # top step
+    trailing = judge(
+        totals(window("v1", 10, 20, requests=30, cost="0.003")), inc, cfg, share=0.05
+    )  # z < 0, not significant
+    assert trailing.kind is None and trailing.reasons[0].startswith("undecided")
+
+
+def test_ramp_steps_are_checked_at_startup() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    for bad in ("0.5,0.25", "1.5", "half"):
+        with pytest.raises(ValidationError, match="RFTLOOP_JUDGE_RAMP_STEPS"):
+            JudgeSettings(ramp_steps=bad)

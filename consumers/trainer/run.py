@@ -10,6 +10,7 @@ config -> same version id) creates nothing new.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -21,7 +22,7 @@ from typing import Any
 from consumers.trainer.data import lineage, load_samples, split, version_id
 from consumers.trainer.gate import decide, evaluate
 from consumers.trainer.kto import train_kto
-from infra import adapters, models
+from infra import adapters, failpoints, models
 from infra.clickhouse.client import connect
 from infra.publish import publish_event
 from infra.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, TrainerSettings
@@ -37,6 +38,7 @@ from schemas.topics import TRAINING, VERSIONS, TopicSpec
 
 PRODUCER = "rftloop-trainer"
 NAMESPACE = uuid.UUID("6f1d6c3e-2a8b-4b7e-9a51-1c0de0f1a002")
+RUN_RECORD = "rftloop-run.json"  # the gate figures and reasons, written beside the adapter
 
 
 class NotEnoughData(RuntimeError):
@@ -159,14 +161,18 @@ def run_once(
 
     if (target / "adapter_config.json").exists():
         say(f"trainer: {version} already exists (same data and config): announcing it again, not retraining")
-        figures: dict[str, float] = {}
-        decision_reasons = ["replayed run: same data and config as an existing version"]
+        record = json.loads((target / RUN_RECORD).read_text()) if (target / RUN_RECORD).exists() else {}
+        figures: dict[str, float] = record.get("figures", {})
+        replayed = "replayed run: same data and config as an existing version"
+        decision_reasons = [*record.get("reasons", []), replayed]
     else:
         run_event(TrainingRunKind.started)
+        for stale in root.glob(f".{version}.tmp*"):  # left by a run that died before its rename
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{version}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         say(f"trainer: {cfg.method.upper()} on {len(train)} samples, {cfg.max_steps} steps ...")
         metrics = train_kto(base_path, train, tmp, cfg)
+        failpoints.reached("trainer.after_train")
         say(
             f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."
         )
@@ -187,7 +193,11 @@ def run_once(
             shutil.rmtree(tmp, ignore_errors=True)
             announce(VersionEventKind.rejected, TrainingRunStatus.rejected, decision.reasons)
             return RunResult(version, "rejected", decision.reasons, figures)
+        # The gate's figures travel with the adapter, so a run that dies after the rename is
+        # re-announced with them.
+        (tmp / RUN_RECORD).write_text(json.dumps({"figures": figures, "reasons": decision.reasons}))
         os.rename(tmp, target)  # atomic: the version directory appears whole or not at all
+        failpoints.reached("trainer.after_rename")
     sha = adapters.adapter_sha256(target)
     announce(
         VersionEventKind.published,

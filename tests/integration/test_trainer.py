@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from infra import adapters
 from infra.clickhouse.client import connect
 from infra.clickhouse.migrate import migrate
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVED = "smollm2-135m-instruct"
 
 
+@pytest.mark.reliability
 def test_train_gate_publish_replay_and_reject(
     stack: Any, ch_database: str, event_topic: Any, unique: str, tmp_path: Path
 ) -> None:
@@ -72,10 +75,34 @@ def test_train_gate_publish_replay_and_reject(
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return json.loads(out.stdout[out.stdout.index("{\n") :]), out.stdout
 
-    first, _ = train()
-    assert first["status"] == "published"
+    def crash(point: str) -> None:
+        """A run that dies like kill -9 at `point` (see infra/failpoints.py)."""
+        out = subprocess.run(
+            [sys.executable, "-m", "cli.main", "train", "--now", "--model", "tiny"],
+            cwd=ROOT,
+            env={**env, "RFTLOOP_FAILPOINT": point},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 137 and f"failpoint {point}" in out.stderr, out.stderr[-3000:]
+
+    def versions_on_topic() -> list[Any]:
+        return [e for e in read_topic(stack.kafka, versions_topic.name, versions_serde, idle_s=1.0)]
+
+    # Killed mid-run (trained, not gated): nothing published, only a temporary directory left.
+    crash("trainer.after_train")
+    assert [p.name.startswith(".") for p in root.iterdir()] == [True] and not versions_on_topic()
+    # Killed between the atomic rename and the event: the adapter is whole, no event yet.
+    crash("trainer.after_rename")
+    (adapter_dir,) = [p for p in root.iterdir()]  # the stale temporary directory was cleaned up
+    assert (adapter_dir / "adapter_config.json").exists() and not versions_on_topic()
+
+    # The restart announces that version (same id, the gate's figures kept), trains nothing twice.
+    first, text = train()
+    assert first["status"] == "published" and "already exists" in text
     version = first["version"]
-    assert (root / version / "adapter_config.json").exists()
+    assert version == adapter_dir.name
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary directory left
     assert 0 <= first["figures"]["candidate_accuracy"] <= 1 and first["figures"]["candidate_latency_ms"] > 0
     published = [

@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: browser venv test test-unit test-integration lint demo up down status bench lock clean
+.PHONY: browser venv test test-unit test-integration reliability lint demo up down status bench lock clean
 
 venv:
 	@bash infra/scripts/ensure_venv.sh
@@ -19,6 +19,13 @@ test-unit: venv
 
 test-integration: venv
 	$(PY) -m pytest -q -m "integration or e2e" $(PYTEST_ARGS)
+
+# The fault and bad-input scenarios (also part of `make test`), with their figures written to
+# RELIABILITY.md's table.
+reliability: venv
+	rm -f .rftloop/reliability.jsonl && mkdir -p .rftloop
+	RFTLOOP_RELIABILITY_OUT=$(CURDIR)/.rftloop/reliability.jsonl $(PY) -m pytest -q -m reliability $(PYTEST_ARGS)
+	$(PY) -m tests.reliability_report .rftloop/reliability.jsonl RELIABILITY.md
 
 lint: venv
 	$(PY) -m ruff check .

@@ -40,14 +40,25 @@ class TrackedProducer:
     """
 
     def __init__(self, conf: dict[str, Any]) -> None:
-        self._p = Producer(conf)
         self.delivered = 0
         self.failed = 0
         self.last_error: KafkaError | None = None
+        self.last_delivery_at = 0.0  # time.monotonic() of the last successful delivery
+        self.broker_error: str | None = None  # the last client-level error (broker down, transport)
+        self.broker_error_at = 0.0
+        self._p = Producer({"error_cb": self._on_error, **conf})
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.broker_error, self.broker_error_at = str(err), time.monotonic()
+
+    def stalled(self) -> bool:
+        """Records wait and the brokers reported an error since the last delivery (e.g. all down)."""
+        return len(self._p) > 0 and self.broker_error_at > self.last_delivery_at
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.delivered += 1
+            self.last_delivery_at = time.monotonic()
             return
         self.failed += 1
         self.last_error = err

@@ -34,6 +34,10 @@ class SchemaNotRegistered(SerdeError):
     """The local schema is not in the registry and auto-registration is off."""
 
 
+class RegistryUnavailable(SerdeError):
+    """The schema registry did not answer (down, wrong URL, timeout); nothing was encoded."""
+
+
 class NotFramed(SerdeError):
     """The bytes do not start with the Confluent magic byte and a schema id."""
 
@@ -98,6 +102,13 @@ class TopicSerde:
         except SchemaRegistryError as exc:
             if exc.http_status_code != 404:
                 raise SerdeError(f"registry lookup for {self.topic.subject} failed: {exc}") from exc
+        except SerdeError:
+            raise
+        except Exception as exc:  # transport errors (confluent-kafka's vendored httpx), timeouts
+            raise RegistryUnavailable(
+                f"schema registry unreachable looking up {self.topic.subject} "
+                f"(check RFTLOOP_REGISTRY_URL): {type(exc).__name__}: {exc}"
+            ) from exc
         if not self._auto_register:
             raise SchemaNotRegistered(
                 f"the schema of {self.topic.subject} is not registered; run `rftloop schemas register` "

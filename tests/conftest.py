@@ -8,11 +8,14 @@ groups and databases from factory fixtures.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,11 +62,12 @@ def make_local_settings(state_dir: Path) -> LocalStackSettings:
     )
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def running_stack(state_dir: Path) -> Iterator[Stack]:
+    """Kafka, Apicurio and the embedded ClickHouse on free ports under `state_dir`; stopped on exit."""
     from infra.local import stack as local_stack
 
-    local = make_local_settings(tmp_path_factory.mktemp("stack"))
+    local = make_local_settings(state_dir)
     local_stack.up(local, say=lambda m: None)
     s = Stack(
         local=local,
@@ -76,6 +80,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         if not os.environ.get("RFTLOOP_TEST_KEEP_STACK"):
             local_stack.down(local, say=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
 
 
 @pytest.fixture
@@ -135,3 +145,19 @@ def event_topic(stack: Stack, unique: str) -> object:
         return topic, TopicSerde(reg, topic)
 
     return make
+
+
+@pytest.fixture
+def record_figures(request: pytest.FixtureRequest) -> Any:
+    """record_figures(scenario, **figures): print them, and with RFTLOOP_RELIABILITY_OUT set append
+    them as a JSON line (`make reliability` renders RELIABILITY.md's table from that file)."""
+
+    def record(scenario: str, **figures: Any) -> None:
+        line = {"scenario": scenario, "test": request.node.nodeid, **figures}
+        print(f"figures: {json.dumps(line)}")
+        out = os.environ.get("RFTLOOP_RELIABILITY_OUT")
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    return record

@@ -146,7 +146,9 @@ def registry(settings: LocalStackSettings) -> ManagedProcess:
             f"-Dquarkus.management.port={free_port()}",
             "-Dquarkus.management.host=127.0.0.1",
             # Schemas survive `rftloop down`/`up`, so ids framed into Kafka records stay valid.
-            f"-Dapicurio.datasource.url=jdbc:h2:file:{db};DB_CLOSE_ON_EXIT=FALSE",
+            # WRITE_DELAY=0: a registered schema is on disk when the call returns, so a kill -9 right
+            # after registering cannot orphan ids already framed into Kafka records (seen in a test).
+            f"-Dapicurio.datasource.url=jdbc:h2:file:{db};DB_CLOSE_ON_EXIT=FALSE;WRITE_DELAY=0",
             f"-Dapicurio.storage.snapshot.location={db.parent}",
             "-Dquarkus.log.console.level=WARN",
             "-jar",

@@ -93,7 +93,7 @@ class Common(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="int64, as in the OpenAI API")
     stream: bool = False
     user: str | None = Field(None, max_length=256)
     session_id: str | None = Field(None, max_length=256)
@@ -406,9 +406,40 @@ class Gateway:
         publish_event(self.kafka, self.registry, VERSIONS, event, self.settings.topic_suffix)
 
 
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the handler parses itself (so its errors keep the OpenAI shape)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _openapi(app: FastAPI, models: list[type[BaseModel]]) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="rftloop gateway", version="1")
+    app.openapi = lambda: _openapi(app, [ChatRequest, CompletionRequest, FeedbackRequest])  # type: ignore[method-assign]
     s = gateway.settings
+    if s.cors_origins.strip():
+        # Closed by default (no CORS headers: browsers refuse cross-origin calls); opened per origin.
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in s.cors_origins.split(",") if o.strip()],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -472,7 +503,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             loc = ".".join(str(x) for x in first["loc"])
             raise ApiError(400, f"{loc}: {first['msg']}", param=loc or None, code="invalid_request") from None
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_body(ChatRequest))
     async def chat(request: Request) -> Any:
         gateway.check_key(request)
         body: ChatRequest = await parse(request, ChatRequest)
@@ -481,7 +512,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         msgs = [{"role": m.role, "content": m.content} for m in body.messages]
         return await gateway.run(body, gateway.engine.chat_prompt(msgs), body.messages, Endpoint.chat)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_body(CompletionRequest))
     async def completions(request: Request) -> Any:
         gateway.check_key(request)
         body: CompletionRequest = await parse(request, CompletionRequest)
@@ -514,7 +545,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         ]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", openapi_extra=_body(FeedbackRequest))
     async def feedback(request: Request) -> Any:
         gateway.check_key(request)
         body: FeedbackRequest = await parse(request, FeedbackRequest)

@@ -59,6 +59,10 @@ class EventSender:
         reg = registry_mod.client(registry)
         self._serde = {t.name: TopicSerde(reg, replace(t, name=t.name + topic_suffix)) for t in topics}
         self._names = {t.name: t.name + topic_suffix for t in topics}
+        for serde in self._serde.values():
+            # Resolve the writer schema ids now: a registry that is down at startup is a clear error
+            # here (RegistryUnavailable / SchemaNotRegistered), and later encodes need no registry.
+            serde.schema_id  # noqa: B018
         self._queue: collections.deque[Build] = collections.deque()
         self._buffer = buffer
         self._cv = threading.Condition()
@@ -137,7 +141,10 @@ class EventSender:
 
     def health(self) -> dict[str, Any]:
         waiting = len(self._queue) + self.pending_in_kafka()
-        degraded = bool(self.stats.dropped or self._producer.failed or waiting > self._buffer // 10)
+        stalled = self._producer.stalled()
+        degraded = bool(
+            self.stats.dropped or self._producer.failed or stalled or waiting > self._buffer // 10
+        )
         return {
             "status": "degraded" if degraded else "ok",
             "waiting": waiting,
@@ -145,6 +152,7 @@ class EventSender:
             "delivered": self._producer.delivered,
             "failed": self._producer.failed,
             "dropped": self.stats.dropped,
+            "kafka": f"unreachable: {self._producer.broker_error}" if stalled else "ok",
             "last_error": str(self._producer.last_error or self.stats.last_error or "") or None,
         }
 

@@ -138,3 +138,27 @@ def read_topic(kafka: KafkaSettings, topic: str, serde: TopicSerde, idle_s: floa
 def utc(ts: float) -> datetime:
     dt = datetime.fromtimestamp(ts, UTC)
     return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
+def streams_env(stack: Any, unique: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **stack.env(),
+        "RFTLOOP_STREAMS_APP_ID": f"streams-{unique}",
+        "RFTLOOP_STREAMS_TOPIC_SUFFIX": f"-{unique}",
+        "RFTLOOP_STREAMS_WINDOWS": "tumbling:2,hopping:4:2",
+        "RFTLOOP_STREAMS_LATENESS_S": "3",
+        "RFTLOOP_STREAMS_EVALUATORS": "number_match",
+        "RFTLOOP_STREAMS_DATA_DIR": str(tmp_path / "faust"),
+        "RFTLOOP_KAFKA_PARTITIONS": "3",
+        **extra,
+    }
+
+
+def wait_ready(log: Path, proc: Any, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "Ready" in text:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"worker not ready after {timeout_s}s:\n{log.read_text(errors='replace')[-3000:]}")

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import replace
 from decimal import Decimal
 
+import pytest
+
 from infra import registry
 from infra.clickhouse.client import connect
 from infra.clickhouse.tables import event_table
@@ -48,6 +50,7 @@ def _events(n: int, run: str) -> list[ev.InferenceCompleted]:
     ]
 
 
+@pytest.mark.reliability
 def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
     from consumers.clickhouse_sink.sink import ClickHouseSink
 
@@ -115,6 +118,7 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
     assert raw >= 3_000  # duplicates physically present until merges; FINAL hides them
 
 
+@pytest.mark.reliability
 def test_sink_pauses_while_clickhouse_is_down_and_catches_up(stack, unique, event_topic) -> None:
     from consumers.clickhouse_sink.sink import ClickHouseSink
     from infra.local.services import clickhouse as clickhouse_service

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+import pytest
+
 from infra import dlq, registry
 from infra.kafka import consumer, ensure_topics, produce, producing
 from schemas import events as ev
 from schemas.topics import COMPLETED
 
 
+@pytest.mark.reliability
 def test_poison_messages_dead_lettered_and_replayed(stack, unique, event_topic) -> None:
     topic, serde = event_topic(COMPLETED)
     good = ev.InferenceCompleted(

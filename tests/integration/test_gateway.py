@@ -2,108 +2,33 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
-from infra import adapters
-from infra import registry as registry_mod
-from infra.kafka import ensure_topics, produce, producing
-from infra.local.process import free_port
-from infra.serde import TopicSerde
-from schemas.events import ModelVersionEvent, VersionEventKind
-from schemas.topics import COMPLETED, FEEDBACK, REQUESTED, VERSIONS
-from tests.integration.streams_support import read_topic
-
-ROOT = Path(__file__).resolve().parents[2]
-SERVED = "smollm2-135m-instruct"
-KEY, ADMIN = "test-key", "test-admin"
-
-
-@dataclass
-class Gateway:
-    url: str
-    suffix: str
-    serde: dict[str, Any]
-    adapter_root: Path
-    log: Path
-    kafka: Any
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEY, max_retries=0, timeout=120)
-
-    def events(self, spec: Any) -> list[Any]:
-        topic, serde = self.serde[spec.name]
-        return read_topic(self.kafka, topic.name, serde, idle_s=1.5)
+from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
+from tests.integration.gateway_support import (
+    ADMIN,
+    KEY,
+    SERVED,
+    Gateway,
+    make_adapter,
+    publish,
+    running_gateway,
+)
 
 
 @pytest.fixture(scope="session")
 def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    suffix = f"-gw{uuid.uuid4().hex[:6]}"
-    reg = registry_mod.client(stack.registry)
-    serde = {}
-    for spec in (REQUESTED, COMPLETED, FEEDBACK, VERSIONS):
-        topic = replace(spec, name=spec.name + suffix)
-        ensure_topics(stack.kafka, only=[topic])
-        registry_mod.register(reg, topic)
-        serde[spec.name] = (topic, TopicSerde(reg, topic))
-    tmp = tmp_path_factory.mktemp("gateway")
-    port = free_port()
-    env = {
-        **os.environ,
-        **stack.env(),
-        "RFTLOOP_GATEWAY_TOPIC_SUFFIX": suffix,
-        "RFTLOOP_GATEWAY_ADAPTER_ROOT": str(tmp / "adapters"),
-        "RFTLOOP_GATEWAY_API_KEYS": KEY,
-        "RFTLOOP_GATEWAY_ADMIN_KEY": ADMIN,
-        "RFTLOOP_GATEWAY_MAX_MODEL_LEN": "1024",
-        "RFTLOOP_GATEWAY_MAX_TOKENS_LIMIT": "128",
-        "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "5",
-        "RFTLOOP_GATEWAY_RATE_LIMIT_BURST": "60",
-    }
-    log = tmp / "gateway.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "gateway", "--model", "tiny", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not start:\n{log.read_text(errors='replace')[-4000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).json().get("versions_caught_up"):
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(1)
-        yield Gateway(url, suffix, serde, tmp / "adapters", log, stack.kafka)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    env = {"RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "5", "RFTLOOP_GATEWAY_RATE_LIMIT_BURST": "60"}
+    with running_gateway(stack, tmp_path_factory.mktemp("gateway"), env) as gw:
+        yield gw
 
 
+@pytest.mark.reliability
 def test_openai_client_chats_streams_and_every_call_becomes_events(gateway: Gateway) -> None:
     client = gateway.client()
     chat = client.chat.completions.create(
@@ -199,6 +124,7 @@ BAD: list[tuple[str, dict[str, str], Any, int]] = [
 ]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("name,headers,body,status", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_gets_a_4xx_with_an_openai_error_body(
     gateway: Gateway, name: str, headers: dict[str, str], body: Any, status: int
@@ -213,43 +139,7 @@ def test_bad_input_gets_a_4xx_with_an_openai_error_body(
     assert err["message"] and err["type"]
 
 
-def make_adapter(root: Path, name: str) -> tuple[Path, str]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from infra.models import prepare_tiny
-    from infra.settings import LocalStackSettings
-
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(prepare_tiny(LocalStackSettings().cache_dir))
-    model = get_peft_model(
-        base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
-    path = root / name
-    model.save_pretrained(path)
-    return path, adapters.adapter_sha256(path)
-
-
-def publish(gateway: Gateway, version: str, uri: str, sha: str | None, share: float = 0.5) -> float:
-    topic, serde = gateway.serde[VERSIONS.name]
-    event = ModelVersionEvent(
-        producer="test",
-        kind=VersionEventKind.published,
-        model=SERVED,
-        version=version,
-        parent_version="base",
-        adapter_uri=uri,
-        adapter_sha256=sha,
-        method="grpo",
-        decision="canary",
-        traffic_share=share,
-    )
-    with producing(gateway.kafka) as p:
-        produce(p, topic.name, topic.key_of(event), serde.encode_event(event))
-    return time.monotonic()
-
-
+@pytest.mark.reliability
 def test_published_adapter_is_served_without_restart_and_bad_ones_are_refused(gateway: Gateway) -> None:
     path, sha = make_adapter(gateway.adapter_root, "v-good")
     outside, outside_sha = make_adapter(gateway.adapter_root.parent / "elsewhere", "v-out")
@@ -346,6 +236,7 @@ def test_feedback_endpoint_emits_feedback_and_nothing_was_dropped(gateway: Gatew
     assert "rftloop_gateway_events_dropped_total 0" in metrics
 
 
+@pytest.mark.reliability
 def test_a_key_over_its_rate_limit_gets_429_with_retry_after(gateway: Gateway) -> None:
     """Last in this module: it empties the shared key's bucket (5 requests/s, burst 60)."""
     http = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)

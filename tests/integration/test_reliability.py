@@ -10,17 +10,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from infra.clickhouse.client import connect
 from infra.kafka import produce, producing
 from schemas.topics import COMPLETED
 from tests.integration.streams_support import request_events, utc
+
+pytestmark = pytest.mark.reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 20_000
 
 
 def test_sink_killed_mid_batch_loses_nothing_and_shows_no_duplicates(
-    stack: Any, event_topic: Any, ch_database: str, unique: str, tmp_path: Path
+    stack: Any, event_topic: Any, ch_database: str, unique: str, tmp_path: Path, record_figures: Any
 ) -> None:
     topic, serde = event_topic(COMPLETED)
     now = time.time()
@@ -78,7 +82,12 @@ def test_sink_killed_mid_batch_loses_nothing_and_shows_no_duplicates(
     assert rows("SELECT count() FROM inference_completed FINAL") == N  # none counted twice by readers
     written = rows("SELECT count() FROM inference_completed")
     assert written >= N  # replayed rows may be written again; ReplacingMergeTree collapses them
-    print(
-        f"sink kill -9: {N} produced, killed after {killed_at} rows, {written} rows written, "
-        f"{N} stored after dedup, 0 lost, 0 duplicated"
+    record_figures(
+        "ClickHouse sink kill -9 mid-batch, restarted",
+        produced=N,
+        rows_when_killed=killed_at,
+        rows_written=written,
+        stored_after_dedup=N,
+        lost=0,
+        duplicated=0,
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from infra.serde import SchemaNotRegistered
 from producers.sdk import FeedbackClient, InferenceLogger, LoggerMisuse, SenderClosed
 from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
 from tests.integration.streams_support import read_topic
@@ -64,8 +65,17 @@ def test_logger_delivers_every_call_and_feedback(stack: Any, event_topic: Any, u
     assert next(e for e in feedback if e.kind == "correction").correction == "a2, see [EMAIL]"
 
 
-def test_misuse_is_refused_with_a_named_error(stack: Any) -> None:
-    with InferenceLogger(producer="sdk:test", kafka=stack.kafka, registry=stack.registry) as log:
+def test_misuse_is_refused_with_a_named_error(stack: Any, event_topic: Any, unique: str) -> None:
+    # Topics whose schemas nobody registered: refused when the logger starts, not on its first event.
+    with pytest.raises(SchemaNotRegistered, match="rftloop schemas register"):
+        InferenceLogger(
+            producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix="-nobody"
+        )
+    for spec in (REQUESTED, COMPLETED):
+        event_topic(spec)
+    with InferenceLogger(
+        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=f"-{unique}"
+    ) as log:
         with pytest.raises(LoggerMisuse, match="prompt= or messages="):
             log.log(model="m", completion="x", latency_ms=1)
         with pytest.raises(LoggerMisuse, match="latency_ms"):

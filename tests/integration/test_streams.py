@@ -15,7 +15,15 @@ import pytest
 from infra.kafka import produce, producing
 from schemas.events import MetricsWindow, RewardedSample
 from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED
-from tests.integration.streams_support import read_topic, request_events, thumbs, utc, worker
+from tests.integration.streams_support import (
+    read_topic,
+    request_events,
+    streams_env,
+    thumbs,
+    utc,
+    wait_ready,
+    worker,
+)
 
 WINDOWS = "tumbling:2,hopping:4:2"
 
@@ -23,30 +31,6 @@ WINDOWS = "tumbling:2,hopping:4:2"
 @pytest.fixture
 def streams_topics(event_topic: Any, unique: str) -> dict[str, Any]:
     return {spec.name: event_topic(spec) for spec in (REQUESTED, COMPLETED, FEEDBACK, REWARDED, METRICS)}
-
-
-def streams_env(stack: Any, unique: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        **stack.env(),
-        "RFTLOOP_STREAMS_APP_ID": f"streams-{unique}",
-        "RFTLOOP_STREAMS_TOPIC_SUFFIX": f"-{unique}",
-        "RFTLOOP_STREAMS_WINDOWS": WINDOWS,
-        "RFTLOOP_STREAMS_LATENESS_S": "3",
-        "RFTLOOP_STREAMS_EVALUATORS": "number_match",
-        "RFTLOOP_STREAMS_DATA_DIR": str(tmp_path / "faust"),
-        "RFTLOOP_KAFKA_PARTITIONS": "3",
-        **extra,
-    }
-
-
-def wait_ready(log: Path, proc: Any, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        if "Ready" in text:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"worker not ready after {timeout_s}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def exact_quantile(values: list[float], q: float) -> float:
@@ -214,6 +198,7 @@ def test_join_rewards_and_windows_match_a_direct_computation(
     assert len({s.event_id for s in samples}) == len(samples)
 
 
+@pytest.mark.reliability
 def test_two_workers_split_the_partitions_and_count_every_event_once(
     stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
 ) -> None:
@@ -259,6 +244,7 @@ def test_two_workers_split_the_partitions_and_count_every_event_once(
     assert len({s.event_id for s in samples}) == 1500
 
 
+@pytest.mark.reliability
 def test_poison_goes_to_the_dlq_with_headers_and_the_worker_keeps_counting(
     stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
 ) -> None:

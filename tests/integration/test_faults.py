@@ -32,6 +32,9 @@ from tests.integration.streams_support import read_topic
 pytestmark = pytest.mark.reliability
 
 
+APP_ORIGIN = "https://app.example"
+
+
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("fault-stack")) as s:
@@ -40,7 +43,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def fault_gateway(fault_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = {"RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "0"}
+    env = {"RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "0", "RFTLOOP_GATEWAY_CORS_ORIGINS": APP_ORIGIN}
     with running_gateway(fault_stack, tmp_path_factory.mktemp("fault-gateway"), env) as gw:
         yield gw
 
@@ -98,6 +101,23 @@ def test_gateway_fuzzed_from_its_openapi_spec_answers_no_5xx(
     )
     health = http.get("/healthz")
     assert health.status_code == 200 and "internal error" not in fault_gateway.log.read_text(errors="replace")
+
+
+def test_cors_opens_only_to_the_configured_origin(fault_gateway: Gateway) -> None:
+    def preflight(origin: str) -> httpx.Response:
+        return httpx.options(
+            f"{fault_gateway.url}/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+
+    allowed = preflight(APP_ORIGIN)
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    refused = preflight("https://evil.example")
+    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
 
 
 def test_broker_killed_and_restarted_while_the_gateway_and_sdk_produce(

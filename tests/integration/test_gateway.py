@@ -249,3 +249,14 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(gateway: Gateway) -
     assert admin.status_code == 401  # the admin key is not an API key; no bucket spent on it
     time.sleep(1.0)
     assert http.get("/v1/models").status_code == 200  # refilled
+
+
+@pytest.mark.reliability
+def test_cors_is_closed_by_default(gateway: Gateway) -> None:
+    preflight = httpx.options(
+        f"{gateway.url}/v1/chat/completions",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    r = gateway.http().get("/v1/models", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers

@@ -122,7 +122,14 @@ Benchmark = Callable[[Context], list[Result]]
 
 
 def registry() -> dict[str, Benchmark]:
-    from bench import gateway_benchmark, infra_benchmarks, serde_benchmark, sink_benchmark, streams_benchmark
+    from bench import (
+        gateway_benchmark,
+        infra_benchmarks,
+        serde_benchmark,
+        sink_benchmark,
+        streams_benchmark,
+        trainer_benchmark,
+    )
 
     return {
         "infra.kafka_produce_mb_s": infra_benchmarks.kafka_produce,
@@ -133,6 +140,7 @@ def registry() -> dict[str, Benchmark]:
         "e2e.freshness_ms": streams_benchmark.freshness_ms,
         "producers.sdk_log_call_us": gateway_benchmark.sdk_log_call,
         "gateway": gateway_benchmark.gateway,
+        "trainer": trainer_benchmark.training,
     }
 
 

@@ -171,3 +171,12 @@ def length_budget(item: EvalInput) -> float | None:
     if tokens <= budget:
         return 1.0
     return max(0.0, 1.0 - (tokens - budget) / budget)
+
+
+def correctness(item: EvalInput) -> float:
+    """Checkable-task score against the reference: number_match when the reference has a number,
+    else exact_match; 0 without a reference. The trainer's GRPO reward and its gate both use it."""
+    value = number_match(item)
+    if value is None:
+        value = exact_match(item)
+    return value or 0.0

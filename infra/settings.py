@@ -212,7 +212,13 @@ class TrainerSettings(BaseSettings):
 
     base_model: str = Field("smollm2", description="smollm2, tiny, or an HF path: the serving base model")
     served_name: str = Field("smollm2-135m-instruct", description="model name in the events")
-    method: str = Field("kto", description="kto (thumbs / signed rewards)")
+    method: str = Field(
+        "auto",
+        description="kto (thumbs / signed rewards), grpo (re-generate and score against references), "
+        "auto (grpo when most samples have a reference)",
+    )
+    grpo_generations: int = Field(4, ge=2, description="GRPO: answers generated per prompt (the group)")
+    grpo_prompts: int = Field(2, ge=1, description="GRPO: prompts per step")
     min_samples: int = Field(16, ge=2, description="rewarded samples needed for a run")
     holdout_percent: int = Field(
         20, ge=1, le=90, description="share held out for the gate, by request_id hash"
@@ -246,8 +252,8 @@ class TrainerSettings(BaseSettings):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        if v not in ("kto",):
-            raise ValueError(f"RFTLOOP_TRAINER_METHOD={v!r}: only kto is built so far")
+        if v not in ("kto", "grpo", "auto"):
+            raise ValueError(f"RFTLOOP_TRAINER_METHOD={v!r}: kto, grpo or auto (DPO is not built)")
         return v
 
 

@@ -60,8 +60,6 @@ def evaluate(
     )
     tok = llm.get_tokenizer()
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0)
-    score = rewards.get("number_match")
-    exact = rewards.get("exact_match")
     prompts = [
         cast(str, tok.apply_chat_template(cast(Any, chat(s)), tokenize=False, add_generation_prompt=True))
         for s in samples
@@ -75,8 +73,7 @@ def evaluate(
         correct = []
         for sample, result in zip(samples, results, strict=True):
             item = rewards.EvalInput(prompt=sample.prompt, completion=result.text, reference=sample.reference)
-            value = score(item)
-            correct.append(value if value is not None else (exact(item) or 0.0))
+            correct.append(rewards.correctness(item))
         latencies, timed_tokens = [], []
         for prompt in prompts[:latency_samples]:
             t0 = time.perf_counter()

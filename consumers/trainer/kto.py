@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from consumers.trainer.data import Sample, chat
+from consumers.trainer.steps import Trained
 
 log = logging.getLogger(__name__)
 
 
-def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -> dict[str, float]:
+def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -> Trained:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -69,10 +70,13 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
     result = trainer.train()
     seconds = time.monotonic() - t0
     cast(Any, trainer.model).save_pretrained(str(out_dir))
-    return {
-        "train_loss": float(result.training_loss),
-        "train_seconds": seconds,
-        "train_samples": float(len(rows)),
-        "samples_per_s": cfg.max_steps * args.per_device_train_batch_size / seconds,
-        "desirable_weight": desirable_weight,
-    }
+    return Trained(
+        {
+            "train_loss": float(result.training_loss),
+            "train_seconds": seconds,
+            "train_samples": float(len(rows)),
+            "samples_per_s": cfg.max_steps * args.per_device_train_batch_size / seconds,
+            "desirable_weight": desirable_weight,
+        },
+        trainer.state.log_history,
+    )

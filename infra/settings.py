@@ -215,8 +215,10 @@ class TrainerSettings(BaseSettings):
     method: str = Field(
         "auto",
         description="kto (thumbs / signed rewards), grpo (re-generate and score against references), "
-        "auto (grpo when most samples have a reference)",
+        "dpo (preference pairs), auto (dpo with enough pairs, else grpo when most samples have a "
+        "reference, else kto)",
     )
+    min_pairs: int = Field(8, ge=1, description="preference pairs (after the hold-out) for DPO")
     grpo_generations: int = Field(4, ge=2, description="GRPO: answers generated per prompt (the group)")
     grpo_prompts: int = Field(2, ge=1, description="GRPO: prompts per step")
     min_samples: int = Field(16, ge=2, description="rewarded samples needed for a run")
@@ -252,8 +254,8 @@ class TrainerSettings(BaseSettings):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        if v not in ("kto", "grpo", "auto"):
-            raise ValueError(f"RFTLOOP_TRAINER_METHOD={v!r}: kto, grpo or auto (DPO is not built)")
+        if v not in ("kto", "grpo", "dpo", "auto"):
+            raise ValueError(f"RFTLOOP_TRAINER_METHOD={v!r}: kto, grpo, dpo or auto")
         return v
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 
@@ -71,7 +72,7 @@ def load_samples(client: Client, db: str, model: str) -> list[Sample]:
     return out
 
 
-def held_out(sample: Sample, percent: int) -> bool:
+def held_out(sample: Sample | Any, percent: int) -> bool:
     """Deterministic: the same request is always on the same side of the split."""
     h = int.from_bytes(hashlib.sha256(sample.request_id.encode()).digest()[:4], "big")
     return h % 100 < percent
@@ -83,7 +84,20 @@ def split(samples: list[Sample], percent: int) -> tuple[list[Sample], list[Sampl
     return train, evaluate
 
 
-def lineage(samples: list[Sample]) -> list[OffsetRange]:
+class Traceable(Protocol):
+    """Anything trained on that came from a Kafka record (a Sample, a preference Pair)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+def lineage(samples: Sequence[Traceable]) -> list[OffsetRange]:
     by_tp: dict[tuple[str, int], list[int]] = defaultdict(list)
     for s in samples:
         by_tp[(s.topic, s.partition)].append(s.offset)
@@ -93,7 +107,7 @@ def lineage(samples: list[Sample]) -> list[OffsetRange]:
     ]
 
 
-def version_id(samples: list[Sample], config: dict[str, Any]) -> str:
+def version_id(samples: Sequence[Traceable], config: dict[str, Any]) -> str:
     """Same data and config -> same version id, so a replayed run does not make a second version."""
     digest = hashlib.sha256()
     for s in sorted(samples, key=lambda s: s.event_id):

@@ -14,15 +14,17 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from consumers.trainer.data import lineage, load_samples, split, version_id
+from consumers.trainer.data import Traceable, held_out, lineage, load_samples, split, version_id
+from consumers.trainer.dpo import train_dpo
 from consumers.trainer.gate import decide, evaluate
 from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
+from consumers.trainer.pairs import load_pairs
 from consumers.trainer.steps import write_steps
 from infra import adapters, failpoints, models
 from infra.clickhouse.client import connect
@@ -70,9 +72,14 @@ def incumbent_of(client: Any, db: str, model: str) -> str:
     return str(rows[0][0]) if rows else "base"
 
 
-def choose_method(train: list[Any], cfg: TrainerSettings) -> tuple[str, str]:
-    """The configured method, or for `auto`: GRPO when most samples are checkable, else KTO."""
+def choose_method(train: list[Any], pairs: int, cfg: TrainerSettings) -> tuple[str, str]:
+    """The configured method, or for `auto`: DPO when enough preference pairs exist, else GRPO when
+    most samples are checkable, else KTO."""
     checkable = sum(1 for s in train if s.reference)
+    if cfg.method == "dpo" and pairs < cfg.min_pairs:
+        raise NotEnoughData(
+            f"{pairs} usable preference pairs; DPO needs {cfg.min_pairs} (RFTLOOP_TRAINER_MIN_PAIRS)"
+        )
     if cfg.method != "auto":
         if cfg.method == "grpo" and not checkable:
             raise NotEnoughData(
@@ -80,6 +87,8 @@ def choose_method(train: list[Any], cfg: TrainerSettings) -> tuple[str, str]:
                 "none here: use kto (thumbs / signed rewards) or auto"
             )
         return cfg.method, "configured"
+    if pairs >= cfg.min_pairs:
+        return "dpo", f"auto: {pairs} preference pairs (two answers to one prompt, one preferred)"
     share = checkable / len(train) if train else 0.0
     if share >= 0.5:
         return "grpo", f"auto: {share:.0%} of the samples have a reference to score answers against"
@@ -109,7 +118,10 @@ def run_once(
             f"{cfg.min_eval_samples} (RFTLOOP_TRAINER_MIN_EVAL_SAMPLES)"
         )
     incumbent = incumbent_of(client, clickhouse.database, cfg.served_name)
-    method, why = choose_method(train, cfg)
+    all_pairs, skipped_pairs = load_pairs(client, clickhouse.database, cfg.served_name)
+    train_pairs = [p for p in all_pairs if not held_out(p, cfg.holdout_percent)]
+    method, why = choose_method(train, len(train_pairs), cfg)
+    data: Sequence[Traceable] = train_pairs if method == "dpo" else train
     config = {
         "method": method,
         "base_model": cfg.base_model,
@@ -125,7 +137,7 @@ def run_once(
             else {}
         ),
     }
-    version = version_id(train, config)
+    version = version_id(data, config)
     root = cfg.adapter_root
     root.mkdir(parents=True, exist_ok=True)
     target = root / version
@@ -134,6 +146,10 @@ def run_once(
         f"incumbent {incumbent}, candidate {version}"
     )
     say(f"trainer: method {method} ({why})")
+    if skipped_pairs:
+        say(
+            f"trainer: {skipped_pairs} preference(s) unusable (different prompts, failed or opted-out requests)"
+        )
     base_path = models.resolve(cfg.base_model, cache_dir)
     run_id = f"run-{version}"
     hyper = {k: str(v) for k, v in config.items()}
@@ -151,7 +167,7 @@ def run_once(
                 model=cfg.served_name,
                 parent_version=incumbent,
                 method=method,
-                samples=len(train),
+                samples=len(data),
                 config=hyper,
                 **end,
             ),
@@ -175,7 +191,7 @@ def run_once(
                 parent_version=incumbent,
                 method=method,
                 hyperparameters=hyper,
-                lineage=lineage(train),
+                lineage=lineage(data),
                 eval=figures,
                 decision="canary" if kind == VersionEventKind.published else "rejected",
                 reasons=reasons,
@@ -195,8 +211,13 @@ def run_once(
         for stale in root.glob(f".{version}.tmp*"):  # left by a run that died before its rename
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{version}.tmp{os.getpid()}"
-        say(f"trainer: {method.upper()} on {len(train)} samples, {cfg.max_steps} steps ...")
-        trained = (train_grpo if method == "grpo" else train_kto)(base_path, train, tmp, cfg)
+        say(
+            f"trainer: {method.upper()} on {len(data)} {'pairs' if method == 'dpo' else 'samples'}, {cfg.max_steps} steps ..."
+        )
+        if method == "dpo":
+            trained = train_dpo(base_path, train_pairs, tmp, cfg)
+        else:
+            trained = (train_grpo if method == "grpo" else train_kto)(base_path, train, tmp, cfg)
         metrics = trained.figures
         write_steps(client, clickhouse.database, version, method, trained.steps)
         failpoints.reached("trainer.after_train")

@@ -233,3 +233,121 @@ def test_trainer_daemon_runs_on_its_new_sample_trigger(
     assert {"loss", "reward"} <= set(metrics) and 0.0 <= metrics["reward"] <= 1.0, metrics
     last = json.loads((Path(stack.local.state_dir) / "trainer" / f"last_run-{SERVED}.json").read_text())
     assert last["newest_sample"] > 0 and last["at"] > 0
+
+
+def test_dpo_trains_on_preference_pairs_chosen_automatically(
+    stack: Any, ch_database: str, event_topic: Any, unique: str, tmp_path: Path
+) -> None:
+    """Two answers to one prompt and a preference between them: `auto` picks DPO; unusable pairs
+    (different prompts, an opted-out request) are skipped and counted."""
+    from infra.clickhouse.tables import event_table as table_of
+    from schemas.events import FeedbackKind, FeedbackSubmitted
+    from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
+    from tests.integration.streams_support import request_events, utc
+
+    versions_topic, versions_serde = event_topic(VERSIONS)
+    event_topic(TRAINING)
+    client = connect(stack.clickhouse, database=ch_database)
+    migrate(client, ch_database)
+    tables = {spec.name: table_of(spec) for spec in (REQUESTED, COMPLETED, FEEDBACK, REWARDED)}
+    rows: dict[str, list[Any]] = {name: [] for name in tables}
+
+    def add(spec: Any, event: Any) -> None:
+        rows[spec.name].append(tables[spec.name].row(event.to_avro(), 0, len(rows[spec.name])))
+
+    now = utc(1_790_000_000)
+    for i in range(24):
+        a, b = 10 + i, 30 + i
+        for rid, text in ((f"p{i}a", str(a + b)), (f"p{i}b", "I cannot count")):
+            req, done = request_events(
+                rid, version="base", at=now, completion=text, opt_out=(i == 0 and rid.endswith("b"))
+            )
+            req = req.model_copy(update={"model": SERVED, "prompt": f"What is {a} plus {b}?"})
+            add(REQUESTED, req)
+            add(COMPLETED, done.model_copy(update={"model": SERVED}))
+        add(
+            FEEDBACK,
+            FeedbackSubmitted(
+                producer="t",
+                request_id=f"p{i}b",
+                occurred_at=now,
+                model=SERVED,
+                version="base",
+                kind=FeedbackKind.preference,
+                value=-1.0,
+                other_request_id=f"p{i}a",
+                source=FeedbackSource.user,
+            ),
+        )
+    # a "pair" over two different questions is not a preference between answers
+    req, done = request_events("odd", version="base", at=now)
+    add(REQUESTED, req.model_copy(update={"model": SERVED, "prompt": "Something else"}))
+    add(COMPLETED, done.model_copy(update={"model": SERVED}))
+    add(
+        FEEDBACK,
+        FeedbackSubmitted(
+            producer="t",
+            request_id="odd",
+            occurred_at=now,
+            model=SERVED,
+            version="base",
+            kind=FeedbackKind.preference,
+            value=1.0,
+            other_request_id="p1a",
+            source=FeedbackSource.user,
+        ),
+    )
+    for i in range(40):  # rewarded samples with references: the gate's held-out set comes from them
+        add(
+            REWARDED,
+            RewardedSample(
+                producer="t",
+                request_id=f"r{i}",
+                model=SERVED,
+                prompt=f"What is {i} plus 2?",
+                completion=str(i + 2),
+                reward=1.0,
+                reference=str(i + 2),
+                reward_sources=[RewardSource(source=FeedbackSource.user, kind="thumbs", value=1.0)],
+            ),
+        )
+    for name, table in tables.items():
+        client.insert(table.name, rows[name], column_names=table.column_names)
+    env = {
+        **os.environ,
+        **stack.env(),
+        "RFTLOOP_CLICKHOUSE_DATABASE": ch_database,
+        "RFTLOOP_TRAINER_TOPIC_SUFFIX": f"-{unique}",
+        "RFTLOOP_TRAINER_ADAPTER_ROOT": str(tmp_path / "a"),
+        "RFTLOOP_TRAINER_MAX_STEPS": "2",
+        "RFTLOOP_TRAINER_MIN_QUALITY_GAIN": "-1",
+        "RFTLOOP_TRAINER_MAX_LATENCY_RATIO": "100",
+        "RFTLOOP_TRAINER_MAX_COST_RATIO": "100",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "train", "--now", "--model", "tiny"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "method dpo (auto:" in out.stdout and "2 preference(s) unusable" in out.stdout
+    result = json.loads(out.stdout[out.stdout.index("{\n") :])
+    (event,) = [
+        e
+        for e in read_topic(stack.kafka, versions_topic.name, versions_serde)
+        if e.version == result["version"]
+    ]
+    assert event.method == "dpo" and event.kind == "published"
+    # lineage names the preference records trained on (those outside the hold-out)
+    assert all(r.topic == "llm.feedback.submitted" for r in event.lineage)
+    assert 8 <= sum(r.samples for r in event.lineage) < 23
+    metrics = dict(
+        client.query(
+            "SELECT metric, value FROM training_steps WHERE version = {v:String} AND step = 1",
+            parameters={"v": result["version"]},
+        ).result_rows
+    )
+    assert "loss" in metrics and "rewards/margins" in metrics, metrics

@@ -1,0 +1,83 @@
+"""Preference pairs for DPO: two responses to one prompt, and which one the user preferred.
+
+A FeedbackSubmitted of kind `preference` on request A with `other_request_id` B says A's response
+was preferred over B's (value > 0) or not (value < 0). Prompts come from InferenceRequested, the
+responses from InferenceCompleted — all from ClickHouse (the sink's durable copy of the topics).
+A pair is used only when both requests asked the same thing, both succeeded, and neither opted out
+of training; the latest judgement of a pair wins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PREFERENCES = """
+SELECT request_id, other_request_id, argMax(value, occurred_at) AS preferred,
+       toString(argMax(event_id, occurred_at)) AS event_id,
+       argMax(_topic, occurred_at) AS topic, argMax(_partition, occurred_at) AS partition,
+       argMax(_offset, occurred_at) AS offset
+FROM {db}.feedback_submitted FINAL
+WHERE kind = 'preference' AND model = {model:String} AND other_request_id IS NOT NULL
+GROUP BY request_id, other_request_id
+HAVING preferred IS NOT NULL AND preferred != 0
+ORDER BY request_id, other_request_id
+"""
+REQUESTS = """
+SELECT request_id, any(prompt) AS prompt, any(messages) AS messages, max(training_opt_out) AS opt_out
+FROM {db}.inference_requested FINAL WHERE request_id IN {ids:Array(String)} GROUP BY request_id
+"""
+COMPLETIONS = """
+SELECT request_id, argMax(completion, occurred_at) AS completion
+FROM {db}.inference_completed FINAL WHERE request_id IN {ids:Array(String)} AND status = 'ok'
+GROUP BY request_id
+"""
+
+
+@dataclass(frozen=True)
+class Pair:
+    request_id: str  # the request the preference was given on (the hold-out split hashes it)
+    event_id: str  # the FeedbackSubmitted that decided the pair (lineage, version id)
+    messages: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    topic: str
+    partition: int
+    offset: int
+
+
+def load_pairs(client: Any, db: str, model: str) -> tuple[list[Pair], int]:
+    """The usable pairs, and how many preferences were skipped (different prompts, failures, opt-outs)."""
+    prefs = list(client.query(PREFERENCES.replace("{db}", db), parameters={"model": model}).named_results())
+    if not prefs:
+        return [], 0
+    ids = sorted({p["request_id"] for p in prefs} | {p["other_request_id"] for p in prefs})
+    requests = {
+        r["request_id"]: r
+        for r in client.query(REQUESTS.replace("{db}", db), parameters={"ids": ids}).named_results()
+    }
+    completions = {
+        r["request_id"]: r["completion"]
+        for r in client.query(COMPLETIONS.replace("{db}", db), parameters={"ids": ids}).named_results()
+    }
+    pairs, skipped = [], 0
+    for p in prefs:
+        a, b = p["request_id"], p["other_request_id"]
+        ra, rb = requests.get(a), requests.get(b)
+        if ra is None or rb is None or a not in completions or b not in completions:
+            skipped += 1
+            continue
+        if ra["opt_out"] or rb["opt_out"] or (ra["prompt"], ra["messages"]) != (rb["prompt"], rb["messages"]):
+            skipped += 1
+            continue
+        messages = (json.loads(ra["messages"]) if ra["messages"] else None) or [
+            {"role": "user", "content": ra["prompt"]}
+        ]
+        better, worse = (
+            (completions[a], completions[b]) if p["preferred"] > 0 else (completions[b], completions[a])
+        )
+        pairs.append(
+            Pair(a, p["event_id"], messages, better, worse, p["topic"], int(p["partition"]), int(p["offset"]))
+        )
+    return pairs, skipped

@@ -195,10 +195,24 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     from infra.clickhouse.migrate import migrate
 
     ch = _clickhouse()
-    applied = migrate(connect(ch, database="default"), ch.database)
+    applied = migrate(connect(ch, database="default"), ch.database, ch.cluster)
     for a in applied:
         print(f"migration {a.version}: applied ({a.statements} statements)")
     print(f"database {ch.database}: {len(applied)} migration(s) applied, schema up to date")
+    return 0
+
+
+def cmd_db_ddl(args: argparse.Namespace) -> int:
+    from infra.clickhouse.cluster import cluster_statements
+    from infra.clickhouse.migrate import migration_files, statements
+
+    ch = _clickhouse()
+    cluster = args.cluster or ch.cluster
+    for path in migration_files():
+        print(f"-- {path.name}" + (f" (cluster {cluster})" if cluster else ""))
+        for stmt in statements(path, ch.database):
+            for out in cluster_statements(stmt, cluster) if cluster else [stmt]:
+                print(out + ";\n")
     return 0
 
 
@@ -583,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = add("db", lambda a: a.sub_fn(a), "ClickHouse schema")
     dbsub = db.add_subparsers(dest="sub", required=True)
     dbsub.add_parser("migrate", help="apply pending DDL migrations").set_defaults(sub_fn=cmd_db_migrate)
+    ddl = dbsub.add_parser("ddl", help="print every migration's DDL (cluster form with --cluster)")
+    ddl.add_argument("--cluster", default=None, help="ON CLUSTER name (default RFTLOOP_CLICKHOUSE_CLUSTER)")
+    ddl.set_defaults(sub_fn=cmd_db_ddl)
 
     p = add("sink", cmd_sink, "run the Kafka -> ClickHouse sink for every event topic (until SIGTERM)")
     p.add_argument("--batch-size", type=int, default=20_000)

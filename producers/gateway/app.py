@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -126,10 +127,13 @@ class Gateway:
         self, settings: GatewaySettings, kafka: KafkaSettings, registry: RegistrySettings, engine: Engine
     ) -> None:
         self.settings, self.engine = settings, engine
+        # Which replica served a request: the events' producer names it (per-replica figures).
+        self.instance = settings.instance or f"{socket.gethostname()}:{settings.port}"
+        self.producer = f"{PRODUCER}@{self.instance}"
         self.router = Router(settings.canary_share)
         redactor = Redactor(settings.redact, [p for p in settings.redact_patterns.split(";;") if p])
         self.events = InferenceLogger(
-            producer=PRODUCER,
+            producer=self.producer,
             kafka=kafka,
             registry=registry,
             buffer=settings.event_buffer,
@@ -137,7 +141,7 @@ class Gateway:
             topic_suffix=settings.topic_suffix,
         )
         self.feedback = FeedbackClient(
-            producer=PRODUCER,
+            producer=self.producer,
             kafka=kafka,
             registry=registry,
             buffer=settings.event_buffer,
@@ -239,7 +243,7 @@ class Gateway:
         served = f"{s.served_name}:{version}" if version != "base" else s.served_name
         adapter = route.adapter_path
         common: dict[str, Any] = dict(
-            producer=PRODUCER,
+            producer=self.producer,
             request_id=rid,
             model=s.served_name,
             version=version,
@@ -394,7 +398,7 @@ class Gateway:
         if version not in self.router.routes:
             raise ApiError(404, f"version {version!r} is not live here", code="version_not_found")
         event = ModelVersionEvent(
-            producer=PRODUCER,
+            producer=self.producer,
             kind=kind,
             model=self.settings.served_name,
             version=version,
@@ -577,6 +581,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         degraded = events["status"] != "ok" or fb["status"] != "ok"
         body = {
             "status": "degraded" if degraded else "ok",
+            "instance": gateway.instance,
             "model": s.served_name,
             "engine_start_s": round(gateway.engine.started_s, 1),
             "traffic": gateway.router.weights(),

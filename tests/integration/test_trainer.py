@@ -351,3 +351,62 @@ def test_dpo_trains_on_preference_pairs_chosen_automatically(
         ).result_rows
     )
     assert "loss" in metrics and "rewards/margins" in metrics, metrics
+
+
+@pytest.mark.reliability
+def test_one_active_trainer_per_model_and_a_standby_takes_over(
+    stack: Any, ch_database: str, unique: str, tmp_path: Path, record_figures: Any
+) -> None:
+    import signal
+    import time
+
+    migrate(connect(stack.clickhouse, database=ch_database), ch_database)
+    env = {
+        **os.environ,
+        **stack.env(),
+        "RFTLOOP_CLICKHOUSE_DATABASE": ch_database,
+        "RFTLOOP_TRAINER_TOPIC_SUFFIX": f"-{unique}",
+        "RFTLOOP_TRAINER_POLL_S": "1",
+        "RFTLOOP_LOCAL_STATE_DIR": str(tmp_path / "state"),
+    }
+    logs = {name: tmp_path / f"{name}.log" for name in ("first", "second")}
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        with open(logs[name], "wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "trainer", "--model", "tiny"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_for(name: str, text: str, timeout_s: float = 60) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if text in logs[name].read_text(errors="replace"):
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        raise AssertionError(f"{name}: no {text!r}:\n{logs[name].read_text(errors='replace')[-2000:]}")
+
+    first = start("first")
+    try:
+        wait_for("first", "lease acquired")
+        second = start("second")
+        try:
+            wait_for("second", "trainer: watching")
+            time.sleep(5)  # the group has rebalanced with both members; the first keeps the lease
+            assert "lease acquired" not in logs["second"].read_text(errors="replace")
+            assert "lease not held" not in logs["first"].read_text(errors="replace")
+            os.killpg(first.pid, signal.SIGKILL)
+            takeover_s = wait_for("second", "lease acquired", timeout_s=60)
+        finally:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait(10)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    assert takeover_s < 30
+    record_figures("active trainer killed, the standby takes the lease", takeover_s=round(takeover_s, 1))

@@ -1,0 +1,97 @@
+"""Two gateway replicas behind one client-side address list, both following `model.versions`.
+
+A published version reaches both within the hot-load bound; the canary split holds on each
+replica, measured from the events (their `producer` names the replica); a promotion sent to one
+replica and a rollback sent to the other are applied by both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from schemas.topics import COMPLETED
+from tests.integration.gateway_support import ADMIN, SERVED, make_adapter, publish, running_gateway
+
+SHARE = 0.25
+
+
+def _wait(replicas: list[Any], check: Any, timeout_s: float = 60) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if all(check(r.http().get("/healthz").json()) for r in replicas):
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError([r.http().get("/healthz").json()["traffic"] for r in replicas])
+
+
+def test_two_replicas_apply_every_version_event_and_hold_the_split(
+    stack: Any, unique: str, tmp_path: Path, record_figures: Any
+) -> None:
+    suffix = f"-rep{unique}"
+    with ExitStack() as stack_of:
+        replicas = [
+            stack_of.enter_context(
+                running_gateway(
+                    stack,
+                    tmp_path / name,
+                    {
+                        "RFTLOOP_GATEWAY_INSTANCE": name,
+                        "RFTLOOP_GATEWAY_CANARY_SHARE": str(SHARE),
+                        "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "0",
+                        # one artifact root for both, as with a shared volume
+                        "RFTLOOP_GATEWAY_ADAPTER_ROOT": str(tmp_path / "adapters"),
+                    },
+                    suffix=suffix,
+                )
+            )
+            for name in ("gw-a", "gw-b")
+        ]
+        path, sha = make_adapter(tmp_path / "adapters", "v-rep")
+        publish(replicas[0], "v-rep", f"file://{path}", sha, share=None)
+        loaded_s = _wait(replicas, lambda h: h["traffic"].get("v-rep") == SHARE)
+
+        rng = random.Random(5)
+        clients = itertools.cycle([r.http() for r in replicas])  # a client-side address list
+        for i in range(400):
+            r = next(clients).post(
+                "/v1/chat/completions",
+                json={
+                    "model": SERVED,
+                    "user": f"u{rng.randrange(10_000)}-{i}",
+                    "max_tokens": 1,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+            assert r.status_code == 200, r.text
+        events = [e for e in replicas[0].events(COMPLETED) if e.status == "ok"]
+        per_replica = {name: Counter() for name in ("gw-a", "gw-b")}
+        for e in events:
+            per_replica[e.producer.split("@", 1)[1]][e.version] += 1
+        shares = {name: c["v-rep"] / sum(c.values()) for name, c in per_replica.items()}
+        assert all(sum(c.values()) == 200 for c in per_replica.values()), per_replica
+        assert all(abs(share - SHARE) < 0.1 for share in shares.values()), shares
+
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        assert httpx.post(f"{replicas[0].url}/admin/versions/v-rep/promote", headers=admin).status_code == 202
+        promoted_s = _wait(replicas, lambda h: h["incumbent"] == "v-rep" and h["traffic"]["v-rep"] == 1.0)
+        assert (
+            httpx.post(f"{replicas[1].url}/admin/versions/v-rep/rollback", headers=admin).status_code == 202
+        )
+        rolled_back_s = _wait(replicas, lambda h: h["incumbent"] == "base" and h["traffic"]["v-rep"] == 0.0)
+    record_figures(
+        "two gateway replicas following model.versions",
+        publish_to_both_loaded_s=round(loaded_s, 2),
+        promote_applied_by_both_s=round(promoted_s, 2),
+        rollback_applied_by_both_s=round(rolled_back_s, 2),
+        canary_share=SHARE,
+        share_per_replica={k: round(v, 3) for k, v in shares.items()},
+        requests=len(events),
+    )

@@ -80,6 +80,7 @@ def running_gateway(
         "RFTLOOP_GATEWAY_MAX_TOKENS_LIMIT": "128",
         **(env or {}),
     }
+    tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / "gateway.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from schemas.topics import COMPLETED
 from tests.integration.gateway_support import ADMIN, SERVED, make_adapter, publish, running_gateway
+
+pytestmark = pytest.mark.reliability
 
 SHARE = 0.25
 N = 240

@@ -161,7 +161,7 @@ def judge(candidate: Totals, incumbent: Totals, cfg: JudgeSettings, share: float
     if steps and z >= 0 and candidate.rated >= cfg.min_samples * (done + 1):
         return Verdict(
             VersionEventKind.ramped,
-            [f"holding up, traffic {share:.0%} -> {steps[0]:.0%}: {summary}"],
+            [f"holding up, traffic {f'{share:.0%} ' if share else ''}-> {steps[0]:.0%}: {summary}"],
             figures,
             steps[0],
         )

@@ -125,6 +125,9 @@ class StreamsApp:
             stream_wait_empty=False,
             commit_interval=1.0,
             producer_acks=-1,
+            # faust's default is 60 s: the group waits that long for a killed worker's partitions
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
         )
         app = self.app
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}

@@ -5,6 +5,10 @@ one-partition topic ``rftloop.trainer.lease``; the member the group assigns part
 active trainer, the others wait. librdkafka heartbeats from its own thread, so a long training run
 keeps the lease (``max.poll.interval.ms`` allows 2 h between polls) while a trainer that dies is
 out of the group after ``session.timeout.ms`` (10 s) and the next member takes over.
+
+When a trainer joins, the group rebalances and the lease may move to it — but never in the middle
+of a run: the holder only rejoins (and can lose the lease) when it polls between runs, and the
+group waits for it. At most one member holds the partition at any time.
 """
 
 from __future__ import annotations

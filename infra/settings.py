@@ -152,10 +152,11 @@ class StreamsSettings(BaseSettings):
         "tumbling:10,tumbling:60,hopping:300:60", description="window specs, seconds: KIND:SIZE[:STEP]"
     )
     lateness_s: float = Field(5.0, ge=0, description="a window closes this long after its end")
-    session_timeout_s: float = Field(
-        30.0,
+    session_timeout_s: float | None = Field(
+        None,
         ge=6,
-        description="a worker that stops heartbeating is out of the group after this (failover time)",
+        description="a worker that stops heartbeating is out of the group after this "
+        "(failover time); unset = faust's 60 s",
     )
     evaluators: str = Field("number_match,json_valid,regex", description="registered evaluators to run")
     evaluator_modules: str = Field("", description="comma-separated modules that register evaluators")

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import EventT
@@ -107,6 +107,14 @@ class StreamsApp:
         self._dlq: TrackedProducer = producer(kafka)
         self._sweep_at: dict[int, float] = {}
 
+        failover: dict[str, float] = (
+            {
+                "broker_session_timeout": settings.session_timeout_s,
+                "broker_heartbeat_interval": max(1.0, settings.session_timeout_s / 10),
+            }
+            if settings.session_timeout_s
+            else {}
+        )
         self.app = faust.App(
             settings.app_id,
             broker=[f"kafka://{hp.strip()}" for hp in kafka.bootstrap_servers.split(",")],
@@ -126,8 +134,7 @@ class StreamsApp:
             commit_interval=1.0,
             producer_acks=-1,
             # faust's default is 60 s: the group waits that long for a killed worker's partitions
-            broker_session_timeout=settings.session_timeout_s,
-            broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 10),
+            **cast(dict[str, Any], failover),
         )
         app = self.app
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}

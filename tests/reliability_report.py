@@ -18,8 +18,10 @@ BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 def render(lines: list[dict[str, object]]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
-        f"Last `make reliability` run: {stamp}, {platform.node() or 'this machine'} "
-        f"(Python {platform.python_version()}).",
+        f"Rendered {stamp} on {platform.node() or 'this machine'} (Python {platform.python_version()}) "
+        "from the figures the reliability tests recorded in one run (`make reliability`, or any "
+        "pytest run with RFTLOOP_RELIABILITY_OUT set). Scenarios that did not pass in that run "
+        "have no row.",
         "",
         "| scenario | figures | test |",
         "|---|---|---|",

@@ -7,14 +7,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from consumers.trainer.pairs import Pair
-from consumers.trainer.steps import Trained
+from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, lora
 
 
 def train_dpo(base_path: str, pairs: list[Pair], out_dir: Path, cfg: Any) -> Trained:
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     rows = [
@@ -25,33 +22,14 @@ def train_dpo(base_path: str, pairs: list[Pair], out_dir: Path, cfg: Any) -> Tra
         }
         for p in pairs
     ]
-    cuda = torch.cuda.is_available()
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32)
+    model, tok = base_and_tokenizer(base_path)
     args = DPOConfig(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=cfg.max_steps,
+        **common_args(cfg, out_dir),
         per_device_train_batch_size=min(cfg.batch_size, len(rows)),
-        learning_rate=cfg.learning_rate,
         beta=cfg.beta,
         max_length=512,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not cuda,
-        bf16=False,
-        disable_tqdm=False,
-        seed=0,
-        data_seed=0,
     )
-    peft = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=2 * cfg.lora_rank,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        task_type="CAUSAL_LM",
-    )
+    peft = lora(cfg)
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from consumers.trainer.data import Sample, chat
-from consumers.trainer.steps import Trained
+from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, lora
 from infra import rewards
 
 log = logging.getLogger(__name__)
@@ -35,45 +35,22 @@ def correctness_reward(completions: list[Any], reference: list[str], **_: Any) -
 
 
 def train_grpo(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -> Trained:
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     rows = [{"prompt": chat(s), "reference": s.reference} for s in samples if s.reference]
     if not rows:
         raise ValueError("GRPO needs prompts with a reference (a checkable answer); none in this data")
-    cuda = torch.cuda.is_available()
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32)
+    model, tok = base_and_tokenizer(base_path, left_pad=True)
     args = GRPOConfig(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=cfg.max_steps,
+        **common_args(cfg, out_dir),
         # one step = grpo_prompts prompts x grpo_generations answers each
         per_device_train_batch_size=cfg.grpo_prompts * cfg.grpo_generations,
         num_generations=cfg.grpo_generations,
         max_completion_length=cfg.max_new_tokens,
         temperature=1.0,
-        learning_rate=cfg.learning_rate,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not cuda,
-        bf16=False,
-        disable_tqdm=False,
-        seed=0,
-        data_seed=0,
     )
-    peft = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=2 * cfg.lora_rank,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        task_type="CAUSAL_LM",
-    )
+    peft = lora(cfg)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[correctness_reward],

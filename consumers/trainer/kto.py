@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from consumers.trainer.data import Sample, chat
-from consumers.trainer.steps import Trained
+from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, lora
 
 log = logging.getLogger(__name__)
 
 
 def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -> Trained:
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
     rows = [
@@ -35,34 +32,15 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
     # TRL's guidance: keep desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in
     # [1, 4/3]; production feedback is usually lopsided (here ~20 % right answers).
     desirable_weight = max(1.0, n_bad / n_good) if n_good and n_bad else 1.0
-    cuda = torch.cuda.is_available()
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32)
+    model, tok = base_and_tokenizer(base_path)
     args = KTOConfig(
-        output_dir=str(out_dir / "trainer"),
-        max_steps=cfg.max_steps,
+        **common_args(cfg, out_dir),
         per_device_train_batch_size=min(cfg.batch_size, len(rows)),
-        learning_rate=cfg.learning_rate,
         beta=cfg.beta,
         desirable_weight=desirable_weight,
         max_length=512,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not cuda,
-        bf16=False,
-        disable_tqdm=False,
-        seed=0,
-        data_seed=0,
     )
-    peft = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=2 * cfg.lora_rank,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        task_type="CAUSAL_LM",
-    )
+    peft = lora(cfg)
     trainer = KTOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 STEPS_TABLE = "training_steps"
@@ -36,3 +37,46 @@ def write_steps(client: Any, db: str, version: str, method: str, steps: list[dic
             column_names=["version", "method", "step", "metric", "value", "logged_at"],
         )
     return len(rows)
+
+
+def base_and_tokenizer(base_path: str, left_pad: bool = False) -> tuple[Any, Any]:
+    """The serving base model in fp32 and its tokenizer (pad = eos when it has none)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if left_pad:
+        tok.padding_side = "left"
+    return AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32), tok
+
+
+def common_args(cfg: Any, out_dir: Path) -> dict[str, Any]:
+    """TrainingArguments every method shares: steps, learning rate, per-step logs, CPU or CUDA."""
+    import torch
+
+    return {
+        "output_dir": str(out_dir / "trainer"),
+        "max_steps": cfg.max_steps,
+        "learning_rate": cfg.learning_rate,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+        "disable_tqdm": False,
+        "seed": 0,
+        "data_seed": 0,
+    }
+
+
+def lora(cfg: Any) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=2 * cfg.lora_rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )

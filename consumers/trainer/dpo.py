@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from consumers.trainer.pairs import Pair
-from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, lora
+from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, fit, lora
 
 
 def train_dpo(base_path: str, pairs: list[Pair], out_dir: Path, cfg: Any) -> Trained:
@@ -33,16 +32,4 @@ def train_dpo(base_path: str, pairs: list[Pair], out_dir: Path, cfg: Any) -> Tra
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
     )
-    t0 = time.monotonic()
-    result = trainer.train()
-    seconds = time.monotonic() - t0
-    cast(Any, trainer.model).save_pretrained(str(out_dir))
-    return Trained(
-        {
-            "train_loss": float(result.training_loss),
-            "train_seconds": seconds,
-            "train_samples": float(len(rows)),
-            "samples_per_s": cfg.max_steps * args.per_device_train_batch_size / seconds,
-        },
-        trainer.state.log_history,
-    )
+    return fit(trainer, out_dir, len(rows))

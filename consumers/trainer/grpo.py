@@ -9,12 +9,11 @@ Generation runs in transformers here (CPU); TRL can hand it to vLLM on a GPU hos
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from consumers.trainer.data import Sample, chat
-from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, lora
+from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, fit, lora
 from infra import rewards
 
 log = logging.getLogger(__name__)
@@ -59,17 +58,4 @@ def train_grpo(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -
         processing_class=tok,
         peft_config=peft,
     )
-    t0 = time.monotonic()
-    result = trainer.train()
-    seconds = time.monotonic() - t0
-    cast(Any, trainer.model).save_pretrained(str(out_dir))
-    return Trained(
-        {
-            "train_loss": float(result.training_loss),
-            "train_seconds": seconds,
-            "train_samples": float(len(rows)),
-            "step_seconds": seconds / cfg.max_steps,
-            "samples_per_s": cfg.max_steps * args.per_device_train_batch_size / seconds,
-        },
-        trainer.state.log_history,
-    )
+    return fit(trainer, out_dir, len(rows))

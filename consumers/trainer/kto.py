@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from consumers.trainer.data import Sample, chat
-from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, lora
+from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, fit, lora
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +43,4 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
     trainer = KTOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
     )
-    t0 = time.monotonic()
-    result = trainer.train()
-    seconds = time.monotonic() - t0
-    cast(Any, trainer.model).save_pretrained(str(out_dir))
-    return Trained(
-        {
-            "train_loss": float(result.training_loss),
-            "train_seconds": seconds,
-            "train_samples": float(len(rows)),
-            "samples_per_s": cfg.max_steps * args.per_device_train_batch_size / seconds,
-            "desirable_weight": desirable_weight,
-        },
-        trainer.state.log_history,
-    )
+    return fit(trainer, out_dir, len(rows), desirable_weight=desirable_weight)

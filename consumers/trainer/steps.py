@@ -80,3 +80,25 @@ def lora(cfg: Any) -> Any:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         task_type="CAUSAL_LM",
     )
+
+
+def fit(trainer: Any, out_dir: Path, n_rows: int, **extra: float) -> Trained:
+    """Train, save the LoRA adapter to `out_dir`, and report the run's figures and per-step log."""
+    import time
+
+    t0 = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - t0
+    trainer.model.save_pretrained(str(out_dir))
+    args = trainer.args
+    return Trained(
+        {
+            "train_loss": float(result.training_loss),
+            "train_seconds": seconds,
+            "train_samples": float(n_rows),
+            "samples_per_s": args.max_steps * args.per_device_train_batch_size / seconds,
+            "step_seconds": seconds / args.max_steps,
+            **extra,
+        },
+        trainer.state.log_history,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,8 +53,27 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from infra.local import stack
+    from infra.local.services import bootstrap_servers, kafka_brokers, replication
 
-    stack.up(_local())
+    if args.brokers is not None:
+        os.environ["RFTLOOP_LOCAL_KAFKA_BROKERS"] = str(args.brokers)
+    local = _local()
+    stack.up(local)
+    brokers = kafka_brokers(local)
+    if brokers > 1:
+        # topics of a cluster are replicated; the clients need every broker to bootstrap from
+        rf, isr = replication(brokers)
+        cluster_env = {
+            "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers(local),
+            "RFTLOOP_KAFKA_REPLICATION_FACTOR": str(rf),
+            "RFTLOOP_KAFKA_MIN_INSYNC_REPLICAS": str(isr),
+        }
+        for key, value in cluster_env.items():
+            os.environ.setdefault(key, value)
+        print(
+            "Kafka cluster: point every rftloop process at it with\n"
+            + "".join(f"  export {k}={v}\n" for k, v in cluster_env.items())
+        )
     if not args.no_init:
         cmd_topics_ensure(args)
         cmd_schemas_register(args)
@@ -574,6 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
         "start Kafka, the schema registry and embedded ClickHouse; create topics; register schemas",
     )
     p.add_argument("--no-init", action="store_true", help="only start the processes")
+    p.add_argument(
+        "--brokers",
+        type=int,
+        choices=range(1, 10),
+        metavar="N",
+        help="Kafka brokers (KRaft, each a controller too; topics get replication factor min(3, N) "
+        "and min.insync.replicas RF-1); default: as the state dir was created, else 1",
+    )
     add("down", cmd_down, "stop the local stack (data stays under the state dir)")
     p = add("status", cmd_status, "health of each local component")
     p.add_argument("--json", action="store_true")

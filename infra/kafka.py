@@ -168,9 +168,15 @@ def wanted_topics(
     """(name, partitions, config) for each event topic and its dead-letter topic."""
     out = []
     for t in specs:
-        out.append((t.name, t.partitions or settings.partitions, dict(t.config)))
-        out.append((t.dlq, 1, dict(DLQ_CONFIG)))
+        out.append((t.name, t.partitions or settings.partitions, {**dict(t.config), **_isr(settings)}))
+        out.append((t.dlq, 1, {**dict(DLQ_CONFIG), **_isr(settings)}))
     return out
+
+
+def _isr(settings: KafkaSettings) -> dict[str, str]:
+    """min.insync.replicas for the topics rftloop creates, when set (else the brokers' default)."""
+    n = settings.min_insync_replicas
+    return {} if n is None else {"min.insync.replicas": str(n)}
 
 
 def wait_visible(a: AdminClient, names: list[str], timeout_s: float = 30) -> None:
@@ -234,9 +240,8 @@ def ensure_plain_topic(settings: KafkaSettings, name: str, partitions: int) -> N
     if name in a.list_topics(timeout=10).topics:
         return
     try:
-        a.create_topics([NewTopic(name, partitions, settings.replication_factor)], operation_timeout=30)[
-            name
-        ].result()
+        topic = NewTopic(name, partitions, settings.replication_factor, config=_isr(settings))
+        a.create_topics([topic], operation_timeout=30)[name].result()
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise

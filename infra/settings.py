@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CACHE = Path(os.environ.get("RFTLOOP_CACHE", Path.home() / ".cache" / "rftloop"))
@@ -41,12 +41,25 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
     partitions: int = Field(3, ge=1, description="partitions of the event topics")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="replicas of each topic created")
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="topics' min.insync.replicas (default: the brokers' setting)"
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers(cls, v: str) -> str:
         return _check_host_port_list(v, "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS")
+
+    @model_validator(mode="after")
+    def _isr(self) -> KafkaSettings:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"RFTLOOP_KAFKA_MIN_INSYNC_REPLICAS={self.min_insync_replicas} is more than "
+                f"RFTLOOP_KAFKA_REPLICATION_FACTOR={self.replication_factor}: every acks=all write "
+                "would fail; lower it (replication factor - 1 tolerates one broker down)"
+            )
+        return self
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings shared by producers, consumers and admin clients."""
@@ -313,6 +326,14 @@ class LocalStackSettings(BaseSettings):
     cache_dir: Path = Field(DEFAULT_CACHE, description="jars, venvs, converted models")
     kafka_port: int = Field(9092, ge=1, le=65535)
     kafka_controller_port: int = Field(9093, ge=1, le=65535)
+    kafka_brokers: int | None = Field(
+        None,
+        ge=1,
+        le=9,
+        description="brokers of the local Kafka (KRaft, each also a controller); broker i listens on "
+        "KAFKA_PORT+2(i-1), its controller on KAFKA_CONTROLLER_PORT+2(i-1); default: as the state dir "
+        "was created, else 1",
+    )
     registry_port: int = Field(8081, ge=1, le=65535)
     clickhouse_port: int = Field(8123, ge=1, le=65535)
     kafka_version: str = "4.1.2"
@@ -347,6 +368,9 @@ def load_or_explain(cls: type[BaseSettings]) -> BaseSettings:
         prefix = cls.model_config.get("env_prefix", "")
         lines = []
         for err in exc.errors():
+            if not err["loc"]:  # a check across fields: its message names the variables
+                lines.append(err["msg"].removeprefix("Value error, "))
+                continue
             var = prefix + "_".join(str(p) for p in err["loc"]).upper()
             lines.append(f"{var}: {err['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc

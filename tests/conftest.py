@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from infra.local.process import free_port
+from infra.local.process import free_port, port_in_use
 from infra.settings import ClickHouseSettings, KafkaSettings, LocalStackSettings, RegistrySettings
 
 
@@ -46,32 +46,58 @@ class Stack:
             "RFTLOOP_LOCAL_KAFKA_CONTROLLER_PORT": str(self.local.kafka_controller_port),
             "RFTLOOP_LOCAL_REGISTRY_PORT": str(self.local.registry_port),
             "RFTLOOP_LOCAL_CLICKHOUSE_PORT": str(self.local.clickhouse_port),
+            "RFTLOOP_LOCAL_KAFKA_BROKERS": str(self.local.kafka_brokers or 1),
             "RFTLOOP_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "RFTLOOP_KAFKA_REPLICATION_FACTOR": str(self.kafka.replication_factor),
+            **(
+                {"RFTLOOP_KAFKA_MIN_INSYNC_REPLICAS": str(self.kafka.min_insync_replicas)}
+                if self.kafka.min_insync_replicas
+                else {}
+            ),
             "RFTLOOP_REGISTRY_URL": self.registry.url,
             "RFTLOOP_CLICKHOUSE_URL": self.clickhouse.url,
         }
 
 
-def make_local_settings(state_dir: Path) -> LocalStackSettings:
+def _free_port_block(n: int) -> int:
+    """The first of ``n`` consecutive free ports (a Kafka cluster's brokers and controllers)."""
+    for _ in range(100):
+        base = free_port()
+        if base + n < 65535 and not any(port_in_use(base + i) for i in range(n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
+def make_local_settings(state_dir: Path, brokers: int = 1) -> LocalStackSettings:
+    base = _free_port_block(2 * brokers) if brokers > 1 else None
     return LocalStackSettings(
         state_dir=state_dir,
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
+        kafka_port=free_port() if base is None else base,
+        kafka_controller_port=free_port() if base is None else base + 1,
+        kafka_brokers=brokers,
         registry_port=free_port(),
         clickhouse_port=free_port(),
     )
 
 
 @contextmanager
-def running_stack(state_dir: Path) -> Iterator[Stack]:
-    """Kafka, Apicurio and the embedded ClickHouse on free ports under `state_dir`; stopped on exit."""
+def running_stack(state_dir: Path, brokers: int = 1) -> Iterator[Stack]:
+    """Kafka (``brokers`` nodes), Apicurio and the embedded ClickHouse on free ports under
+    `state_dir`; stopped on exit. A cluster's topics get replication factor 3, min.insync 2."""
     from infra.local import stack as local_stack
+    from infra.local.services import bootstrap_servers, replication
 
-    local = make_local_settings(state_dir)
+    local = make_local_settings(state_dir, brokers)
     local_stack.up(local, say=lambda m: None)
+    rf, isr = replication(brokers)
     s = Stack(
         local=local,
-        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{local.kafka_port}", partitions=3),
+        kafka=KafkaSettings(
+            bootstrap_servers=bootstrap_servers(local),
+            partitions=3,
+            replication_factor=rf,
+            min_insync_replicas=isr if brokers > 1 else None,
+        ),
         registry=RegistrySettings(url=f"http://127.0.0.1:{local.registry_port}/apis/ccompat/v7"),
         clickhouse=ClickHouseSettings(url=f"http://127.0.0.1:{local.clickhouse_port}"),
     )

@@ -98,14 +98,16 @@ class ManagedProcess:
             return False, f"pid {pid} running but not answering on port {self.port}: {reason}"
         return True, f"pid {pid}, port {self.port}"
 
-    def start(self, on_progress: Callable[[str], None] = lambda _m: None) -> str:
-        """Start unless already running; wait until the probe answers. Returns what happened."""
+    def start(self, on_progress: Callable[[str], None] = lambda _m: None, wait: bool = True) -> str:
+        """Start unless already running; wait until the probe answers (unless ``wait`` is False:
+        nodes of a cluster become ready only together). Returns what happened."""
         if self.pid() is not None:
             healthy, _reason = self.status()
             if healthy:
                 return "already running"
-            self._wait_ready(on_progress)
-            return "was starting; now ready"
+            if wait:
+                self.wait_ready(on_progress)
+            return "was starting; now ready" if wait else "starting"
         if port_in_use(self.port):
             raise ServiceError(
                 f"{self.name}: port {self.port} is already in use by another process; "
@@ -126,10 +128,11 @@ class ManagedProcess:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
-        self._wait_ready(on_progress)
+        if wait:
+            self.wait_ready(on_progress)
         return f"started (pid {proc.pid})"
 
-    def _wait_ready(self, on_progress: Callable[[str], None]) -> None:
+    def wait_ready(self, on_progress: Callable[[str], None]) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         last_note = time.monotonic()
         reason: str | None = "not probed"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.artifacts import apicurio_home, find_java, kafka_lib
@@ -35,7 +38,7 @@ def _http_probe(url: str, expect: bytes | None = None) -> str | None:
     return None
 
 
-def kafka_probe(bootstrap: str) -> str | None:
+def kafka_probe(bootstrap: str, node_id: int | None = None) -> str | None:
     from confluent_kafka.admin import AdminClient
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
@@ -46,56 +49,149 @@ def kafka_probe(bootstrap: str) -> str | None:
         md = admin.list_topics(timeout=2)
     except Exception as exc:  # KafkaException while the broker is not up yet
         return str(exc)
-    return None if md.brokers else "no broker in metadata"
+    if not md.brokers:
+        return "no broker in metadata"
+    if node_id is not None and node_id not in md.brokers:
+        return f"node {node_id} not registered with the controllers yet"
+    return None
 
 
-def _kafka_properties(settings: LocalStackSettings, data: Path) -> str:
-    port, cport = settings.kafka_port, settings.kafka_controller_port
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node of the local Kafka: a broker that is also a controller."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    name: str  # "kafka" for a one-node stack (as before clusters), else "kafka-<id>"
+
+
+def kafka_nodes(settings: LocalStackSettings) -> list[KafkaNode]:
+    """The local Kafka's nodes: as many as ``kafka_brokers`` asks, else as the state dir was created."""
+    n = kafka_brokers(settings)
+    if n == 1:
+        return [KafkaNode(1, settings.kafka_port, settings.kafka_controller_port, "kafka")]
+    nodes = [
+        KafkaNode(
+            i + 1, settings.kafka_port + 2 * i, settings.kafka_controller_port + 2 * i, f"kafka-{i + 1}"
+        )
+        for i in range(n)
+    ]
+    ports = [p for node in nodes for p in (node.port, node.controller_port)]
+    if len(set(ports)) != len(ports):
+        raise ServiceError(
+            f"{n} brokers from RFTLOOP_LOCAL_KAFKA_PORT={settings.kafka_port} and "
+            f"RFTLOOP_LOCAL_KAFKA_CONTROLLER_PORT={settings.kafka_controller_port} (each + 2 per broker) "
+            "would share ports; pick ports an odd number apart (e.g. 9092 and 9093)"
+        )
+    return nodes
+
+
+def bootstrap_servers(settings: LocalStackSettings) -> str:
+    return ",".join(f"127.0.0.1:{n.port}" for n in kafka_nodes(settings))
+
+
+def _cluster_file(settings: LocalStackSettings) -> Path:
+    return settings.state_dir.resolve() / "kafka" / "cluster.json"
+
+
+def kafka_brokers(settings: LocalStackSettings) -> int:
+    """How many brokers: the setting, checked against what the state dir was formatted for."""
+    recorded = None
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        recorded = int(json.loads(_cluster_file(settings).read_text())["brokers"])
+    if recorded is None:
+        single = (settings.state_dir.resolve() / "data" / "kafka" / "meta.properties").exists()
+        recorded = 1 if single else None
+    wanted = settings.kafka_brokers
+    if wanted is not None and recorded is not None and wanted != recorded:
+        raise ServiceError(
+            f"the state dir {settings.state_dir} holds a {recorded}-broker Kafka, not {wanted}: "
+            "`rftloop down`, then remove its data/kafka* folders (topics are lost) or choose "
+            "another RFTLOOP_LOCAL_STATE_DIR"
+        )
+    return wanted or recorded or 1
+
+
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: 3 and 2 from three
+    brokers up, so acks=all writes go on with one broker down and are on two disks."""
+    rf = min(3, brokers)
+    return rf, max(1, rf - 1)
+
+
+def _kafka_properties(settings: LocalStackSettings, node: KafkaNode, data: Path) -> str:
+    nodes = kafka_nodes(settings)
+    rf, isr = replication(len(nodes))
+    if len(nodes) == 1:  # dynamic quorum of one, formatted --standalone
+        quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{node.controller_port}"
+    else:  # a static quorum: every node a voter
+        quorum = "controller.quorum.voters=" + ",".join(
+            f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes
+        )
     return "\n".join(
         [
             "process.roles=broker,controller",
-            "node.id=1",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"node.id={node.node_id}",
+            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
             "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
+            quorum,
             f"log.dirs={data}",
             "num.partitions=3",
             # topics are created by `rftloop topics ensure` with their own settings
             "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            f"offsets.topic.replication.factor={rf}",
             "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
             "group.initial.rebalance.delay.ms=0",
             "",
         ]
     )
 
 
-def kafka(settings: LocalStackSettings) -> ManagedProcess:
+def _cluster_id(settings: LocalStackSettings, tool: list[str], brokers: int) -> str:
+    """One id for every node of the cluster, kept beside the config (so a node re-formatted later
+    joins the same cluster)."""
+    path = _cluster_file(settings)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return str(json.loads(path.read_text())["cluster_id"])
+    cluster_id = subprocess.run(
+        [*tool, "random-uuid"], capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cluster_id": cluster_id, "brokers": brokers}))
+    return cluster_id
+
+
+def kafka(settings: LocalStackSettings, node_id: int = 1) -> ManagedProcess:
+    """The process of one Kafka node (the only one unless ``kafka_brokers`` > 1)."""
+    nodes = kafka_nodes(settings)
+    node = nodes[node_id - 1]
     state = settings.state_dir.resolve()
-    conf_dir, data = state / "kafka", state / "data" / "kafka"
-    bootstrap = f"127.0.0.1:{settings.kafka_port}"
+    conf_dir, data = state / node.name, state / "data" / node.name
+    bootstrap = f"127.0.0.1:{node.port}"
 
     def prepare() -> list[str]:
         java = settings.require_tool("java")
         cp = f"{kafka_lib(settings)}/*"
         conf_dir.mkdir(parents=True, exist_ok=True)
         props = conf_dir / "server.properties"
-        props.write_text(_kafka_properties(settings, data))
+        props.write_text(_kafka_properties(settings, node, data))
         (conf_dir / "log4j2.properties").write_text(_LOG4J2)
         if not (data / "meta.properties").exists():
             data.mkdir(parents=True, exist_ok=True)
             tool = [java, "-cp", cp, "kafka.tools.StorageTool"]
-            cluster_id = subprocess.run(
-                [*tool, "random-uuid"], capture_output=True, text=True, check=True
-            ).stdout.split()[-1]
+            cluster_id = _cluster_id(settings, tool, len(nodes))
+            standalone = ["--standalone"] if len(nodes) == 1 else []
             fmt = subprocess.run(
-                [*tool, "format", "--standalone", "-t", cluster_id, "-c", str(props)],
+                [*tool, "format", *standalone, "-t", cluster_id, "-c", str(props)],
                 capture_output=True,
                 text=True,
             )
@@ -116,12 +212,12 @@ def kafka(settings: LocalStackSettings) -> ManagedProcess:
         ]
 
     return ManagedProcess(
-        name="kafka",
+        name=node.name,
         prepare=prepare,
         state_dir=state,
-        port=settings.kafka_port,
+        port=node.port,
         port_setting="RFTLOOP_LOCAL_KAFKA_PORT",
-        probe=lambda: kafka_probe(bootstrap),
+        probe=lambda: kafka_probe(bootstrap, node.node_id),
     )
 
 
@@ -192,4 +288,8 @@ def clickhouse(settings: LocalStackSettings) -> ManagedProcess:
 
 def all_services(settings: LocalStackSettings) -> list[ManagedProcess]:
     """In start order (stop in reverse)."""
-    return [kafka(settings), registry(settings), clickhouse(settings)]
+    return [
+        *(kafka(settings, n.node_id) for n in kafka_nodes(settings)),
+        registry(settings),
+        clickhouse(settings),
+    ]

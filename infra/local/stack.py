@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from infra.local.process import ManagedProcess
-from infra.local.services import all_services
+from infra.local.services import all_services, bootstrap_servers
 from infra.settings import LocalStackSettings
 
 
@@ -20,14 +21,30 @@ class ComponentStatus:
 def up(settings: LocalStackSettings, say: Callable[[str], None] = print) -> list[ManagedProcess]:
     """Start every service that is not running yet; harmless when all are up."""
     services = all_services(settings)
+    kafka = [svc for svc in services if svc.name.startswith("kafka")]
+    # a cluster's nodes elect their controller together: start all, then wait for each
+    for svc in kafka:
+        say(f"{svc.name}: {svc.start(say, wait=len(kafka) == 1)}")
+    if len(kafka) > 1:
+        for svc in kafka:
+            svc.wait_ready(say)
+        say(f"kafka: {len(kafka)} brokers ready ({bootstrap_servers(settings)})")
     for svc in services:
-        say(f"{svc.name}: {svc.start(say)}")
+        if svc not in kafka:
+            say(f"{svc.name}: {svc.start(say)}")
     return services
 
 
 def down(settings: LocalStackSettings, say: Callable[[str], None] = print) -> None:
-    for svc in reversed(all_services(settings)):
-        say(f"{svc.name}: {svc.stop()}")
+    services = all_services(settings)
+    kafka = [svc for svc in services if svc.name.startswith("kafka")]
+    for svc in reversed(services):
+        if svc not in kafka:
+            say(f"{svc.name}: {svc.stop()}")
+    # A cluster's nodes stop together: the last one alone would wait for a controller quorum.
+    with ThreadPoolExecutor(max_workers=len(kafka)) as pool:
+        for svc, how in zip(kafka, pool.map(lambda s: s.stop(), kafka), strict=True):
+            say(f"{svc.name}: {how}")
 
 
 def status(settings: LocalStackSettings) -> list[ComponentStatus]:

@@ -82,3 +82,41 @@ def test_docker_compose_config_parses_where_available() -> None:
         ["docker", "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
+
+
+def _interpolate(value: object, env: dict[str, str]) -> str:
+    """Compose's ${VAR:-default} substitution (the only form docker-compose.yml uses)."""
+    import re
+
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m[1]) or m[2], str(value))
+
+
+def test_cluster_profile_is_a_three_node_quorum_matching_rftloop_up() -> None:
+    from infra.local.services import replication
+
+    doc = yaml.safe_load(COMPOSE.read_text())
+    env_file = ROOT / "infra" / "compose" / "cluster.env"
+    env = dict(
+        line.split("=", 1)
+        for line in env_file.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    nodes = {name: doc["services"][name] for name in ("kafka", "kafka-2", "kafka-3")}
+    assert all(s.get("profiles") == ["cluster"] for n, s in nodes.items() if n != "kafka")
+    resolved = {n: {k: _interpolate(v, env) for k, v in s["environment"].items()} for n, s in nodes.items()}
+    voters = {f"{r['KAFKA_NODE_ID']}@{n}:9093" for n, r in resolved.items()}
+    rf, isr = replication(3)
+    for name, r in resolved.items():
+        assert set(r["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name
+        assert r["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert int(r["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == rf
+        assert int(r["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == rf
+        assert int(r["KAFKA_MIN_INSYNC_REPLICAS"]) == isr
+        assert r["CLUSTER_ID"] == resolved["kafka"]["CLUSTER_ID"]
+    app = {k: _interpolate(v, env) for k, v in doc["services"]["sink"]["environment"].items()}
+    assert set(app["RFTLOOP_KAFKA_BOOTSTRAP_SERVERS"].split(",")) == {f"{n}:9092" for n in nodes}
+    assert int(app["RFTLOOP_KAFKA_REPLICATION_FACTOR"]) == rf
+    # without the env file: the one-node stack as before
+    single = {k: _interpolate(v, {}) for k, v in nodes["kafka"]["environment"].items()}
+    assert single["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
+    assert single["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "1"

@@ -83,7 +83,10 @@ class JoinState:
     ) -> list[FeedbackSubmitted | RewardedSample]:
         eid = str(event.event_id)
         if eid in self.seen or eid in self.feedback:
-            return []
+            # A replay (a worker died after this state reached the changelog, before its input offset
+            # was committed): the outputs of that first pass may not have been delivered, so send
+            # them again. Their ids are derived from the inputs: downstream sees the same events.
+            return self._replay(evaluators, event.request_id or "")
         self.expires_at = max(self.expires_at, now + horizon_s)
         if isinstance(event, InferenceRequested):
             self.seen.append(eid)
@@ -132,37 +135,58 @@ class JoinState:
             return out
         if not self.evaluated and evaluators:
             self.evaluated = True
-            scores = rewards.run(
-                evaluators,
-                rewards.EvalInput(
-                    prompt=rq["prompt"],
-                    completion=rs["completion"],
-                    reference=self.reference(),
-                    completion_tokens=rs["completion_tokens"],
-                    params=rq["params"],
-                ),
-            )
-            for name, score in sorted(scores.items()):
-                out.append(
-                    FeedbackSubmitted(
-                        event_id=derived_id(request_id, "evaluator", name),
-                        producer=PRODUCER,
-                        request_id=request_id,
-                        model=rs["model"],
-                        version=rs["version"],
-                        adapter=rs["adapter"],
-                        kind=FeedbackKind.score,
-                        value=score,
-                        source=FeedbackSource.evaluator,
-                        evaluator=name,
-                    )
-                )
+            out += self._scores(evaluators, request_id)
         sources = {eid: fb for eid, fb in self.feedback.items() if fb["value"] is not None}
         signature = ",".join(sorted(sources))
         if sources and signature != self.emitted and not (rq["opt_out"] or rs["opt_out"]):
             self.emitted = signature
             out.append(self._sample(request_id, sources, signature))
         return out
+
+    def _replay(
+        self, evaluators: dict[str, rewards.Evaluator], request_id: str
+    ) -> list[FeedbackSubmitted | RewardedSample]:
+        """What the join has emitted for this request so far (same ids), for a replayed input."""
+        out: list[FeedbackSubmitted | RewardedSample] = []
+        rq, rs = self.request, self.response
+        if rq is None or rs is None or not rs["ok"]:
+            return out
+        if self.evaluated and evaluators:
+            out += self._scores(evaluators, request_id)
+        if self.emitted and not (rq["opt_out"] or rs["opt_out"]):
+            emitted = set(self.emitted.split(","))
+            sources = {eid: fb for eid, fb in self.feedback.items() if eid in emitted}
+            out.append(self._sample(request_id, sources, self.emitted))
+        return out
+
+    def _scores(self, evaluators: dict[str, rewards.Evaluator], request_id: str) -> list[FeedbackSubmitted]:
+        rq, rs = self.request, self.response
+        assert rq is not None and rs is not None
+        scores = rewards.run(
+            evaluators,
+            rewards.EvalInput(
+                prompt=rq["prompt"],
+                completion=rs["completion"],
+                reference=self.reference(),
+                completion_tokens=rs["completion_tokens"],
+                params=rq["params"],
+            ),
+        )
+        return [
+            FeedbackSubmitted(
+                event_id=derived_id(request_id, "evaluator", name),
+                producer=PRODUCER,
+                request_id=request_id,
+                model=rs["model"],
+                version=rs["version"],
+                adapter=rs["adapter"],
+                kind=FeedbackKind.score,
+                value=score,
+                source=FeedbackSource.evaluator,
+                evaluator=name,
+            )
+            for name, score in sorted(scores.items())
+        ]
 
     def reference(self) -> str | None:
         corrections = [fb for fb in self.feedback.values() if fb["correction"]]

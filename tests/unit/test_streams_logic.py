@@ -208,7 +208,14 @@ def test_join_is_order_independent_and_idempotent(order: tuple[int, int, int]) -
     outputs = []
     for i in order:
         outputs += state.apply(events[i], evaluators, now=100, horizon_s=60)
-        assert state.apply(events[i], evaluators, now=100, horizon_s=60) == []  # duplicate
+        before = state.to_json()
+        # a duplicate (a replay after a crash) changes nothing and re-sends what was sent, same ids
+        replayed = state.apply(events[i], evaluators, now=100, horizon_s=60)
+        assert state.to_json() == before
+        assert {o.event_id for o in replayed} == {o.event_id for o in outputs}
+        assert [o.model_dump() for o in replayed if isinstance(o, RewardedSample)] == [
+            o.model_dump() for o in outputs if isinstance(o, RewardedSample)
+        ][-1:]
         state = JoinState.from_json(state.to_json())
     scores = [o for o in outputs if isinstance(o, FeedbackSubmitted)]
     assert [(s.evaluator, s.value) for s in scores] == [("number_match", 1.0)]

@@ -125,6 +125,7 @@ def registry() -> dict[str, Benchmark]:
     from bench import (
         gateway_benchmark,
         infra_benchmarks,
+        scale_benchmark,
         serde_benchmark,
         sink_benchmark,
         streams_benchmark,
@@ -138,6 +139,8 @@ def registry() -> dict[str, Benchmark]:
         "sink.rows_per_s": sink_benchmark.sink_rows,
         "streams.events_per_s": streams_benchmark.events_per_s,
         "e2e.freshness_ms": streams_benchmark.freshness_ms,
+        "scale.streams_events_per_s": scale_benchmark.streams_scaling,
+        "scale.sink_rows_per_s": scale_benchmark.sink_scaling,
         "producers.sdk_log_call_us": gateway_benchmark.sdk_log_call,
         "gateway": gateway_benchmark.gateway,
         "trainer": trainer_benchmark.training,
@@ -217,4 +220,10 @@ def main(names: list[str], list_only: bool = False) -> int:
         ctx.close()
         REPORT.write_text(render(results))
     print(f"bench: wrote {RESULTS.relative_to(BENCH_DIR.parent)} and {REPORT.name}")
+    from bench import capacity
+
+    try:
+        capacity.main()  # SCALING.md's model follows the figures
+    except KeyError as exc:
+        print(f"bench: SCALING.md not rewritten: no figure for {exc} yet (run `make bench`)")
     return 0

@@ -81,7 +81,7 @@ def _committed_lag(stack: Stack, group: str, topic: str) -> int:
 
 
 def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
-    cluster: Stack, tmp_path: Path, record_figures: Any
+    cluster: Stack, tmp_path: Path, record_figures: Any, request: pytest.FixtureRequest
 ) -> None:
     topic = COMPLETED.name
     a = admin(cluster.kafka)
@@ -93,6 +93,18 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
     sink = subprocess.Popen(
         sink_cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+    def stop_sink() -> None:  # at the end, or whenever the test fails before it
+        if sink.poll() is None:
+            sink.send_signal(signal.SIGTERM)
+            try:
+                sink.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(sink.pid, signal.SIGKILL)
+                sink.wait(10)
+        log.close()
+
+    request.addfinalizer(stop_sink)
     logger = InferenceLogger(producer="sdk:cluster", kafka=cluster.kafka, registry=cluster.registry)
     ids: list[str] = []
     delivered_at: list[tuple[float, int]] = []  # (time, events delivered so far)
@@ -152,9 +164,7 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
             time.sleep(0.5)
         new_coordinator = _coordinator(cluster, GROUP, timeout_s=10)  # where the group lives now (a figure)
     finally:
-        sink.send_signal(signal.SIGTERM)
-        sink.wait(30)
-        log.close()
+        stop_sink()
     assert moved_s is not None, f"partitions {led} still led by the killed broker {victim} after 30 s"
     assert caught_up_s is not None, "the restarted broker did not rejoin every ISR within 90 s"
     assert len(during) >= 2 and during[-1] > during[0], "no event was delivered while the broker was down"

@@ -24,7 +24,7 @@ test-integration: venv
 # RELIABILITY.md's table.
 reliability: venv
 	rm -f .rftloop/reliability.jsonl && mkdir -p .rftloop
-	RFTLOOP_RELIABILITY_FULL=1 RFTLOOP_RELIABILITY_OUT=$(CURDIR)/.rftloop/reliability.jsonl $(PY) -m pytest -q -m reliability $(PYTEST_ARGS)
+	RFTLOOP_RELIABILITY_OUT=$(CURDIR)/.rftloop/reliability.jsonl $(PY) -m pytest -q -m reliability $(PYTEST_ARGS)
 	$(PY) -m tests.reliability_report .rftloop/reliability.jsonl RELIABILITY.md
 
 lint: venv

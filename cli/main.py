@@ -74,6 +74,20 @@ def cmd_up(args: argparse.Namespace) -> int:
             "Kafka cluster: point every rftloop process at it with\n"
             + "".join(f"  export {k}={v}\n" for k, v in cluster_env.items())
         )
+    if local.kafka_sasl_password is not None:
+        # the init steps below are clients of the SASL listener too
+        for key, value in {
+            "RFTLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "RFTLOOP_KAFKA_SASL_MECHANISM": "PLAIN",
+            "RFTLOOP_KAFKA_SASL_USERNAME": local.kafka_sasl_username,
+            "RFTLOOP_KAFKA_SASL_PASSWORD": local.kafka_sasl_password.get_secret_value(),
+        }.items():
+            os.environ.setdefault(key, value)
+        print(
+            "Kafka requires SASL/PLAIN: clients set RFTLOOP_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT, "
+            f"RFTLOOP_KAFKA_SASL_MECHANISM=PLAIN, RFTLOOP_KAFKA_SASL_USERNAME={local.kafka_sasl_username} "
+            "and RFTLOOP_KAFKA_SASL_PASSWORD (the value of RFTLOOP_LOCAL_KAFKA_SASL_PASSWORD)"
+        )
     if not args.no_init:
         cmd_topics_ensure(args)
         cmd_schemas_register(args)

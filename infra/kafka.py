@@ -49,7 +49,16 @@ class TrackedProducer:
         self._p = Producer({"error_cb": self._on_error, **conf})
 
     def _on_error(self, err: KafkaError) -> None:
-        self.broker_error, self.broker_error_at = str(err), time.monotonic()
+        now = time.monotonic()
+        if (
+            err.code() == KafkaError._ALL_BROKERS_DOWN
+            and self.broker_error
+            and now - self.broker_error_at < 10
+        ):
+            # "1/1 brokers are down" follows the error that says why (refused, authentication): keep that
+            self.broker_error_at = now
+            return
+        self.broker_error, self.broker_error_at = str(err), now
 
     def stalled(self) -> bool:
         """Records wait and the brokers reported an error since the last delivery (e.g. all down)."""

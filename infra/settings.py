@@ -343,8 +343,36 @@ class LocalStackSettings(BaseSettings):
         None, description="java executable for Apicurio (21+); default: first JDK 21+ found"
     )
     mvn: str = Field("mvn", description="maven executable, fetches the jars")
+    kafka_sasl_password: SecretStr | None = Field(
+        None,
+        description="when set, the local brokers' client listener is SASL_PLAINTEXT (mechanism PLAIN) "
+        "and accepts KAFKA_SASL_USERNAME with this password; clients set RFTLOOP_KAFKA_SECURITY_PROTOCOL"
+        "=SASL_PLAINTEXT, _SASL_MECHANISM=PLAIN, _SASL_USERNAME, _SASL_PASSWORD",
+    )
+    kafka_sasl_username: str = Field("rftloop", pattern=r"^[A-Za-z0-9_.-]+$")
     kafka_heap: str = "512m"
     registry_heap: str = "384m"
+
+    @field_validator("kafka_sasl_password")
+    @classmethod
+    def _jaas_safe(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and (not v.get_secret_value() or any(c in v.get_secret_value() for c in '"\\\n;')):
+            raise ValueError(
+                "RFTLOOP_LOCAL_KAFKA_SASL_PASSWORD: must be non-empty without quotes, backslashes, "
+                "semicolons or newlines (it goes into the broker's JAAS line)"
+            )
+        return v
+
+    def kafka_client_security(self) -> dict[str, str]:
+        """librdkafka settings a client of the local brokers needs (empty without SASL)."""
+        if self.kafka_sasl_password is None:
+            return {}
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password.get_secret_value(),
+        }
 
     def require_tool(self, name: str) -> str:
         """Absolute path of java/mvn, or a ConfigError that says which variable to set."""

@@ -55,6 +55,8 @@ class JoinState:
     seen: list[str] = field(default_factory=list)
     evaluated: bool = False
     emitted: str = ""
+    evaluated_by: str = ""  # the input whose arrival ran the evaluators
+    emitted_by: str = ""  # the input whose arrival emitted the current sample
 
     # -- storage (faust table values are JSON) --------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -67,11 +69,24 @@ class JoinState:
             "s": self.seen,
             "ev": self.evaluated,
             "em": self.emitted,
+            "eb": self.evaluated_by,
+            "mb": self.emitted_by,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> JoinState:
-        return cls(d["p"], d["x"], d["rq"], d["rs"], d["fb"], d["s"], d["ev"], d["em"])
+        return cls(
+            d["p"],
+            d["x"],
+            d["rq"],
+            d["rs"],
+            d["fb"],
+            d["s"],
+            d["ev"],
+            d["em"],
+            d.get("eb", ""),
+            d.get("mb", ""),
+        )
 
     # -- events ---------------------------------------------------------------
     def apply(
@@ -84,9 +99,9 @@ class JoinState:
         eid = str(event.event_id)
         if eid in self.seen or eid in self.feedback:
             # A replay (a worker died after this state reached the changelog, before its input offset
-            # was committed): the outputs of that first pass may not have been delivered, so send
-            # them again. Their ids are derived from the inputs: downstream sees the same events.
-            return self._replay(evaluators, event.request_id or "")
+            # was committed): what this input emitted the first time may not have been delivered, so
+            # send it again. Ids are derived from the inputs: downstream sees the same events.
+            return self._replay(eid, evaluators, event.request_id or "")
         self.expires_at = max(self.expires_at, now + horizon_s)
         if isinstance(event, InferenceRequested):
             self.seen.append(eid)
@@ -124,36 +139,37 @@ class JoinState:
                 "correction": event.correction,
                 "at": event.occurred_at.timestamp(),
             }
-        return self._outputs(evaluators, event.request_id or "")
+        return self._outputs(eid, evaluators, event.request_id or "")
 
     def _outputs(
-        self, evaluators: dict[str, rewards.Evaluator], request_id: str
+        self, eid: str, evaluators: dict[str, rewards.Evaluator], request_id: str
     ) -> list[FeedbackSubmitted | RewardedSample]:
         out: list[FeedbackSubmitted | RewardedSample] = []
         rq, rs = self.request, self.response
         if rq is None or rs is None or not rs["ok"]:
             return out
         if not self.evaluated and evaluators:
-            self.evaluated = True
+            self.evaluated, self.evaluated_by = True, eid
             out += self._scores(evaluators, request_id)
         sources = {eid: fb for eid, fb in self.feedback.items() if fb["value"] is not None}
         signature = ",".join(sorted(sources))
         if sources and signature != self.emitted and not (rq["opt_out"] or rs["opt_out"]):
-            self.emitted = signature
+            self.emitted, self.emitted_by = signature, eid
             out.append(self._sample(request_id, sources, signature))
         return out
 
     def _replay(
-        self, evaluators: dict[str, rewards.Evaluator], request_id: str
+        self, eid: str, evaluators: dict[str, rewards.Evaluator], request_id: str
     ) -> list[FeedbackSubmitted | RewardedSample]:
-        """What the join has emitted for this request so far (same ids), for a replayed input."""
+        """What input ``eid`` emitted (same ids), if it is still the latest of its kind; a sample
+        superseded by later feedback is not sent again (the later one carries its sources)."""
         out: list[FeedbackSubmitted | RewardedSample] = []
         rq, rs = self.request, self.response
         if rq is None or rs is None or not rs["ok"]:
             return out
-        if self.evaluated and evaluators:
+        if self.evaluated and evaluators and self.evaluated_by == eid:
             out += self._scores(evaluators, request_id)
-        if self.emitted and not (rq["opt_out"] or rs["opt_out"]):
+        if self.emitted and self.emitted_by == eid and not (rq["opt_out"] or rs["opt_out"]):
             emitted = set(self.emitted.split(","))
             sources = {eid: fb for eid, fb in self.feedback.items() if eid in emitted}
             out.append(self._sample(request_id, sources, self.emitted))

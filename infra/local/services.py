@@ -9,6 +9,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infra.local.artifacts import apicurio_home, find_java, kafka_lib
 from infra.local.process import ManagedProcess, ServiceError, free_port, port_in_use
@@ -38,17 +39,30 @@ def _http_probe(url: str, expect: bytes | None = None) -> str | None:
     return None
 
 
-def kafka_probe(bootstrap: str, node_id: int | None = None) -> str | None:
+def kafka_probe(
+    bootstrap: str, node_id: int | None = None, security: dict[str, str] | None = None
+) -> str | None:
     from confluent_kafka.admin import AdminClient
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     if not port_in_use(int(port), host):
         return "connection refused"
+    errors: list[str] = []  # the client's own errors say why (e.g. "SASL authentication error: ...")
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "log_level": 0,
+        "error_cb": lambda e: errors.append(str(e)),
+        **(security or {}),
+    }
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        admin = AdminClient(conf)
+    except Exception as exc:  # a bad client setting
+        return str(exc)
+    try:
         md = admin.list_topics(timeout=2)
     except Exception as exc:  # KafkaException while the broker is not up yet
-        return str(exc)
+        admin.poll(0.1)  # serves error_cb
+        return errors[-1] if errors else str(exc)
     if not md.brokers:
         return "no broker in metadata"
     if node_id is not None and node_id not in md.brokers:
@@ -129,15 +143,17 @@ def _kafka_properties(settings: LocalStackSettings, node: KafkaNode, data: Path)
         quorum = "controller.quorum.voters=" + ",".join(
             f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes
         )
+    client = "SASL_PLAINTEXT" if settings.kafka_sasl_password is not None else "PLAINTEXT"
     return "\n".join(
         [
             "process.roles=broker,controller",
             f"node.id={node.node_id}",
-            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+            f"listeners={client}://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners={client}://127.0.0.1:{node.port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{client}:{client}",
             quorum,
+            *_sasl_properties(settings),
             f"log.dirs={data}",
             "num.partitions=3",
             # topics are created by `rftloop topics ensure` with their own settings
@@ -154,6 +170,22 @@ def _kafka_properties(settings: LocalStackSettings, node: KafkaNode, data: Path)
             "",
         ]
     )
+
+
+def _sasl_properties(settings: LocalStackSettings) -> list[str]:
+    """SASL/PLAIN on the client (and inter-broker) listener; one user. The controllers stay on
+    loopback PLAINTEXT. The password lands in server.properties, which is written 0600."""
+    if settings.kafka_sasl_password is None:
+        return []
+    user, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
+    return [
+        "sasl.enabled.mechanisms=PLAIN",
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        "inter.broker.listener.name=SASL_PLAINTEXT",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{user}" password="{password}" user_{user}="{password}";',
+    ]
 
 
 def _cluster_id(settings: LocalStackSettings, tool: list[str], brokers: int) -> str:
@@ -183,6 +215,8 @@ def kafka(settings: LocalStackSettings, node_id: int = 1) -> ManagedProcess:
         cp = f"{kafka_lib(settings)}/*"
         conf_dir.mkdir(parents=True, exist_ok=True)
         props = conf_dir / "server.properties"
+        props.touch(mode=0o600)
+        props.chmod(0o600)  # may hold the SASL password
         props.write_text(_kafka_properties(settings, node, data))
         (conf_dir / "log4j2.properties").write_text(_LOG4J2)
         if not (data / "meta.properties").exists():
@@ -217,7 +251,7 @@ def kafka(settings: LocalStackSettings, node_id: int = 1) -> ManagedProcess:
         state_dir=state,
         port=node.port,
         port_setting="RFTLOOP_LOCAL_KAFKA_PORT",
-        probe=lambda: kafka_probe(bootstrap, node.node_id),
+        probe=lambda: kafka_probe(bootstrap, node.node_id, settings.kafka_client_security()),
     )
 
 

@@ -287,11 +287,6 @@ def test_poison_goes_to_the_dlq_with_headers_and_the_worker_keeps_counting(
 
 
 @pytest.mark.reliability
-@pytest.mark.skipif(
-    not os.environ.get("RFTLOOP_RELIABILITY_FULL"),
-    reason="known gap (RELIABILITY.md): a kill -9 of a worker lost one join result in 1 of 3 runs; "
-    "runs under `make reliability` until fixed",
-)
 def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
     stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path, record_figures: Any
 ) -> None:

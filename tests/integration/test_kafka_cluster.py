@@ -1,6 +1,7 @@
 """A 3-broker KRaft cluster (`rftloop up --brokers 3`): one broker killed while the SDK produces and the
-ClickHouse sink consumes. Nothing is lost or duplicated, the partitions and the sink's group move to
-the survivors, and the killed broker rejoins every ISR when it is back.
+ClickHouse sink and a stream worker consume. Nothing is lost or duplicated (ClickHouse rows, window
+counts), the partitions and the sink's group move to the survivors, and the killed broker rejoins
+every ISR when it is back.
 
 On a stack of its own (three brokers, replication factor 3, min.insync.replicas 2).
 """
@@ -25,9 +26,11 @@ from infra import registry as registry_mod
 from infra.clickhouse.client import connect
 from infra.kafka import admin, consumer, ensure_topics
 from infra.local import services
+from infra.serde import TopicSerde
 from producers.sdk import InferenceLogger
-from schemas.topics import COMPLETED
+from schemas.topics import COMPLETED, METRICS
 from tests.conftest import Stack, running_stack
+from tests.integration.streams_support import read_topic, wait_ready, worker
 
 pytestmark = pytest.mark.reliability
 
@@ -105,6 +108,19 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
         log.close()
 
     request.addfinalizer(stop_sink)
+    # a stream worker (metrics windows) on the same topics: its changelogs and partials are RF 3 too
+    streams_env = {
+        **cluster.env(),
+        "RFTLOOP_STREAMS_APP_ID": "cluster-streams",
+        "RFTLOOP_STREAMS_WINDOWS": "tumbling:2",
+        "RFTLOOP_STREAMS_LATENESS_S": "30",  # the failover pauses partitions for seconds
+        "RFTLOOP_STREAMS_DATA_DIR": str(tmp_path / "faust"),
+    }
+    streams_log = tmp_path / "streams.log"
+    streams_cm = worker(streams_env, streams_log)
+    streams_proc = streams_cm.__enter__()
+    request.addfinalizer(lambda: streams_cm.__exit__(None, None, None))
+    wait_ready(streams_log, streams_proc)
     logger = InferenceLogger(producer="sdk:cluster", kafka=cluster.kafka, registry=cluster.registry)
     ids: list[str] = []
     delivered_at: list[tuple[float, int]] = []  # (time, events delivered so far)
@@ -165,6 +181,18 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
         new_coordinator = _coordinator(cluster, GROUP, timeout_s=10)  # where the group lives now (a figure)
     finally:
         stop_sink()
+    # every request counted once in the 2 s windows (the failover must not duplicate a partial)
+    windows_serde = TopicSerde(registry_mod.client(cluster.registry), METRICS)
+    counted = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert streams_proc.poll() is None, streams_log.read_text(errors="replace")[-3000:]
+        windows = read_topic(cluster.kafka, METRICS.name, windows_serde, idle_s=1.0)
+        counted = sum(w.requests for w in windows if w.window_kind == "tumbling")
+        if counted >= len(ids):
+            break
+        time.sleep(2)
+    assert counted == len(ids), f"windows counted {counted} requests of {len(ids)} logged"
     assert moved_s is not None, f"partitions {led} still led by the killed broker {victim} after 30 s"
     assert caught_up_s is not None, "the restarted broker did not rejoin every ISR within 90 s"
     assert len(during) >= 2 and during[-1] > during[0], "no event was delivered while the broker was down"
@@ -180,7 +208,7 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
     assert dup_events == 0
     record_figures(
         "3-broker cluster: kill -9 one broker (the sink group's coordinator) while the SDK produces "
-        "and the sink consumes, restart it",
+        "and the sink and a stream worker consume, restart it",
         brokers=3,
         replication_factor=3,
         min_insync_replicas=2,
@@ -192,6 +220,7 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
         delivered_during_outage=during[-1] - during[0],
         restart_to_all_isr_s=round(caught_up_s, 1),
         sdk_calls=len(ids),
+        window_requests_counted=counted,
         events=2 * len(ids),
         stored=2 * len(ids),
         lost=0,

@@ -7,14 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.clickhouse.client import connect
-from infra.kafka import produce, producing
-from schemas.topics import COMPLETED
+from infra.kafka import ensure_topics, produce, producing
+from schemas.topics import ALL_TOPICS, COMPLETED
 from tests.integration.streams_support import request_events, utc
 
 pytestmark = pytest.mark.reliability
@@ -88,6 +89,68 @@ def test_sink_killed_mid_batch_loses_nothing_and_shows_no_duplicates(
         rows_when_killed=killed_at,
         rows_written=written,
         stored_after_dedup=N,
+        lost=0,
+        duplicated=0,
+    )
+
+
+def test_two_sinks_in_one_group_share_the_partitions_and_store_each_event_once(
+    stack: Any, event_topic: Any, ch_database: str, unique: str, tmp_path: Path, record_figures: Any
+) -> None:
+    """Two `rftloop sink` processes started together on a fresh database (both run the migrations),
+    one consumer group: each takes partitions, and every event is stored once."""
+    n = 12_000
+    topic, serde = event_topic(COMPLETED)
+    ensure_topics(stack.kafka, only=[replace(t, name=f"{t.name}-{unique}") for t in ALL_TOPICS])
+    env = {**os.environ, **stack.env(), "RFTLOOP_CLICKHOUSE_DATABASE": ch_database}
+    cmd = [sys.executable, "-m", "cli.main", "sink", f"--topic-suffix=-{unique}", "--group", f"two-{unique}"]
+    logs = [tmp_path / f"sink{i}.log" for i in range(2)]
+    procs = []
+    for path in logs:
+        with open(path, "wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
+    client = connect(stack.clickhouse, database=ch_database)
+
+    def stored() -> int:
+        try:
+            return int(client.query("SELECT uniqExact(event_id) FROM inference_completed").result_rows[0][0])
+        except Exception:  # the table appears with the first migration
+            return 0
+
+    try:
+        time.sleep(5)  # both join before the events arrive, so the group splits the partitions
+        now = time.time()
+        with producing(stack.kafka) as p:
+            for i in range(n):
+                _, done = request_events(f"two{i}", version="v1", at=utc(now))
+                produce(p, topic.name, done.request_id, serde.encode_event(done))
+        deadline = time.monotonic() + 120
+        while stored() < n and time.monotonic() < deadline:
+            for proc, path in zip(procs, logs, strict=True):
+                assert proc.poll() is None, path.read_text(errors="replace")[-3000:]
+            time.sleep(0.3)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+    inserted = []
+    for path in logs:
+        line = [x for x in path.read_text(errors="replace").splitlines() if x.startswith("sink stopped:")]
+        assert line, path.read_text(errors="replace")[-3000:]
+        inserted.append(int(line[-1].split("inserted ")[1].split(",")[0]))
+    assert stored() == n
+    assert int(client.query("SELECT count() FROM inference_completed FINAL").result_rows[0][0]) == n
+    assert all(x > 0 for x in inserted), f"one sink got no partition: inserted {inserted}"
+    record_figures(
+        "two ClickHouse sinks in one consumer group, started together on a fresh database",
+        produced=n,
+        inserted_per_sink=inserted,
+        stored=n,
         lost=0,
         duplicated=0,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from infra import rewards
@@ -45,6 +46,11 @@ def derived_id(*parts: str) -> uuid.UUID:
     return uuid.uuid5(NAMESPACE, "|".join(parts))
 
 
+def _utc(ts: float) -> datetime:
+    """Millisecond precision, as the Avro timestamp-millis field keeps it."""
+    return datetime.fromtimestamp(round(ts, 3), UTC)
+
+
 @dataclass
 class JoinState:
     partition: int
@@ -57,6 +63,8 @@ class JoinState:
     emitted: str = ""
     evaluated_by: str = ""  # the input whose arrival ran the evaluators
     emitted_by: str = ""  # the input whose arrival emitted the current sample
+    evaluated_at: float = 0.0  # when: a re-send carries the same occurred_at (same id, same content)
+    emitted_at: float = 0.0
 
     # -- storage (faust table values are JSON) --------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -71,6 +79,8 @@ class JoinState:
             "em": self.emitted,
             "eb": self.evaluated_by,
             "mb": self.emitted_by,
+            "ea": self.evaluated_at,
+            "ma": self.emitted_at,
         }
 
     @classmethod
@@ -86,6 +96,8 @@ class JoinState:
             d["em"],
             d.get("eb", ""),
             d.get("mb", ""),
+            d.get("ea", 0.0),
+            d.get("ma", 0.0),
         )
 
     # -- events ---------------------------------------------------------------
@@ -101,7 +113,7 @@ class JoinState:
             # A replay (a worker died after this state reached the changelog, before its input offset
             # was committed): what this input emitted the first time may not have been delivered, so
             # send it again. Ids are derived from the inputs: downstream sees the same events.
-            return self._replay(eid, evaluators, event.request_id or "")
+            return self._replay(eid, now, evaluators, event.request_id or "")
         self.expires_at = max(self.expires_at, now + horizon_s)
         if isinstance(event, InferenceRequested):
             self.seen.append(eid)
@@ -139,27 +151,27 @@ class JoinState:
                 "correction": event.correction,
                 "at": event.occurred_at.timestamp(),
             }
-        return self._outputs(eid, evaluators, event.request_id or "")
+        return self._outputs(eid, now, evaluators, event.request_id or "")
 
     def _outputs(
-        self, eid: str, evaluators: dict[str, rewards.Evaluator], request_id: str
+        self, eid: str, now: float, evaluators: dict[str, rewards.Evaluator], request_id: str
     ) -> list[FeedbackSubmitted | RewardedSample]:
         out: list[FeedbackSubmitted | RewardedSample] = []
         rq, rs = self.request, self.response
         if rq is None or rs is None or not rs["ok"]:
             return out
         if not self.evaluated and evaluators:
-            self.evaluated, self.evaluated_by = True, eid
+            self.evaluated, self.evaluated_by, self.evaluated_at = True, eid, now
             out += self._scores(evaluators, request_id)
         sources = {eid: fb for eid, fb in self.feedback.items() if fb["value"] is not None}
         signature = ",".join(sorted(sources))
         if sources and signature != self.emitted and not (rq["opt_out"] or rs["opt_out"]):
-            self.emitted, self.emitted_by = signature, eid
+            self.emitted, self.emitted_by, self.emitted_at = signature, eid, now
             out.append(self._sample(request_id, sources, signature))
         return out
 
     def _replay(
-        self, eid: str, evaluators: dict[str, rewards.Evaluator], request_id: str
+        self, eid: str, now: float, evaluators: dict[str, rewards.Evaluator], request_id: str
     ) -> list[FeedbackSubmitted | RewardedSample]:
         """What input ``eid`` emitted (same ids), if it is still the latest of its kind; a sample
         superseded by later feedback is not sent again (the later one carries its sources)."""
@@ -167,6 +179,11 @@ class JoinState:
         rq, rs = self.request, self.response
         if rq is None or rs is None or not rs["ok"]:
             return out
+        # state written before these fields existed has no times: stamp them now, once
+        if self.evaluated and not self.evaluated_at:
+            self.evaluated_at = now
+        if self.emitted and not self.emitted_at:
+            self.emitted_at = now
         if self.evaluated and evaluators and self.evaluated_by == eid:
             out += self._scores(evaluators, request_id)
         if self.emitted and self.emitted_by == eid and not (rq["opt_out"] or rs["opt_out"]):
@@ -200,6 +217,7 @@ class JoinState:
                 value=score,
                 source=FeedbackSource.evaluator,
                 evaluator=name,
+                occurred_at=_utc(self.evaluated_at),
             )
             for name, score in sorted(scores.items())
         ]
@@ -229,6 +247,7 @@ class JoinState:
         reward = sum(s.value * s.weight for s in reward_sources) / total_weight
         return RewardedSample(
             event_id=derived_id(request_id, "sample", signature),
+            occurred_at=_utc(self.emitted_at),
             producer=PRODUCER,
             request_id=request_id,
             model=rs["model"],

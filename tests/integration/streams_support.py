@@ -35,13 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def worker(
-    env: dict[str, str], log_path: Path, extra: dict[str, str] | None = None
+    env: dict[str, str], log_path: Path, extra: dict[str, str] | None = None, web_port: int = 0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """One `rftloop streams` worker process; killed (SIGKILL: faust may hang on SIGTERM) on exit."""
+    """One `rftloop streams` worker process (its web pages on ``web_port``, none with 0); killed
+    (SIGKILL: faust may hang on SIGTERM) on exit."""
     full = {**os.environ, **env, **(extra or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "streams", "--web-port", "0"],
+            [sys.executable, "-m", "cli.main", "streams", "--web-port", str(web_port)],
             cwd=ROOT,
             env=full,
             stdout=log,

@@ -152,26 +152,33 @@ def _topics_for(ctx: Context, suffix: str, specs: list[Any]) -> dict[str, Any]:
     return out
 
 
-def streams_scaling(ctx: Context) -> list[Result]:
-    rates = {n: _streams_run(ctx, n) for n in PROCESSES}
-    print(f"bench: streams events/s by workers {rates}", flush=True)
+def _curve(name: str, unit: str, one: str, rates: dict[int, float], method: str) -> list[Result]:
+    """The 2-process figure beside the 1-process one of the same run."""
+    print(f"bench: {name} by processes {rates}", flush=True)
     return [
         Result(
-            name="scale.streams_events_per_s",
+            name=name,
             value=rates[2],
-            unit="events/s with 2 workers",
-            peer="1 worker, same run",
+            unit=f"{unit} with 2 {one}s",
+            peer=f"1 {one}, same run",
             peer_value=rates[1],
             goal="report the curve (issue 9); the 2 cores are the limit here",
-            method=(
-                f"{STREAM_EVENTS:,} InferenceCompleted (pre-encoded) produced onto a fresh {PARTITIONS}-partition "
-                "topic after 1 or 2 `rftloop streams` workers (metrics agents, one faust app id) had joined "
-                "their group; rate = events / (first produced → all folded, the sum of the workers' /stats/ "
-                "`bucketed`). Producer, workers, Kafka and ClickHouse share the 2 cores. "
-                f"1 worker: {rates[1]:,.0f}/s, 2 workers: {rates[2]:,.0f}/s."
-            ),
+            method=f"{method} 1 {one}: {rates[1]:,.0f}/s, 2 {one}s: {rates[2]:,.0f}/s.",
         )
     ]
+
+
+def streams_scaling(ctx: Context) -> list[Result]:
+    return _curve(
+        "scale.streams_events_per_s",
+        "events/s",
+        "worker",
+        {n: _streams_run(ctx, n) for n in PROCESSES},
+        f"{STREAM_EVENTS:,} InferenceCompleted (pre-encoded) produced onto a fresh {PARTITIONS}-partition "
+        "topic after 1 or 2 `rftloop streams` workers (metrics agents, one faust app id) had joined "
+        "their group; rate = events / (first produced → all folded, the sum of the workers' /stats/ "
+        "`bucketed`). Producer, workers, Kafka and ClickHouse share the 2 cores.",
+    )
 
 
 def _sink_run(ctx: Context, sinks: int) -> float:
@@ -240,22 +247,14 @@ def _sink_run(ctx: Context, sinks: int) -> float:
 
 
 def sink_scaling(ctx: Context) -> list[Result]:
-    rates = {n: _sink_run(ctx, n) for n in PROCESSES}
-    print(f"bench: sink rows/s by instances {rates}", flush=True)
-    return [
-        Result(
-            name="scale.sink_rows_per_s",
-            value=rates[2],
-            unit="rows/s with 2 sinks",
-            peer="1 sink, same run",
-            peer_value=rates[1],
-            goal="report the curve (issue 9); the 2 cores are the limit here",
-            method=(
-                f"{SINK_ROWS:,} InferenceCompleted (1-2 KiB completions, pre-encoded) produced onto a fresh "
-                f"{PARTITIONS}-partition topic after 1 or 2 `rftloop sink` processes (one group, batches of "
-                "5,000 or 0.5 s) had joined; rate = rows / (first produced → all visible in ClickHouse, "
-                "count() polled every 20 ms); every event_id stored once checked. Producer, sinks, Kafka "
-                f"and ClickHouse share the 2 cores. 1 sink: {rates[1]:,.0f}/s, 2 sinks: {rates[2]:,.0f}/s."
-            ),
-        )
-    ]
+    return _curve(
+        "scale.sink_rows_per_s",
+        "rows/s",
+        "sink",
+        {n: _sink_run(ctx, n) for n in PROCESSES},
+        f"{SINK_ROWS:,} InferenceCompleted (1-2 KiB completions, pre-encoded) produced onto a fresh "
+        f"{PARTITIONS}-partition topic after 1 or 2 `rftloop sink` processes (one group, batches of "
+        "5,000 or 0.5 s) had joined; rate = rows / (first produced → all visible in ClickHouse, "
+        "count() polled every 20 ms); every event_id stored once checked. Producer, sinks, Kafka "
+        "and ClickHouse share the 2 cores.",
+    )

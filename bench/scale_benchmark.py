@@ -75,6 +75,17 @@ def _stable_group(ctx: Context, group: str, members: int, timeout_s: float = 180
     raise RuntimeError(f"group {group} did not settle with {members} members in {timeout_s:.0f}s")
 
 
+def _produce_all(ctx: Context, topic: str, payloads: list[bytes]) -> float:
+    """Produce the pre-encoded records (keys r0, r1, ...); returns when the clock started."""
+    from infra.kafka import produce, producing
+
+    started = time.monotonic()
+    with producing(ctx.stack["kafka"]) as p:
+        for i, value in enumerate(payloads):
+            produce(p, topic, f"r{i}", value)
+    return started
+
+
 def _rate(started: float, samples: list[tuple[float, int]], total: int) -> float:
     """Records/s from the first record produced (``started``) until the first sample that saw
     ``total`` done: the idle, joined processes start the moment records arrive, and a coarse batch
@@ -85,7 +96,6 @@ def _rate(started: float, samples: list[tuple[float, int]], total: int) -> float
 
 def _streams_run(ctx: Context, workers: int) -> float:
     from bench.streams_benchmark import _completed
-    from infra.kafka import produce, producing
     from infra.local.process import free_port
     from schemas.events import utcnow
     from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED
@@ -118,10 +128,7 @@ def _streams_run(ctx: Context, workers: int) -> float:
         at = utcnow()
         samples: list[tuple[float, int]] = []
         payloads = [serde.encode(_completed(i, at)) for i in range(STREAM_EVENTS)]
-        started = time.monotonic()
-        with producing(ctx.stack["kafka"]) as p:
-            for i, value in enumerate(payloads):
-                produce(p, topic.name, f"r{i}", value)
+        started = _produce_all(ctx, topic.name, payloads)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             total = 0
@@ -185,7 +192,6 @@ def _sink_run(ctx: Context, sinks: int) -> float:
     from bench.serde_benchmark import _records
     from infra.clickhouse.client import connect
     from infra.clickhouse.migrate import migrate
-    from infra.kafka import produce, producing
     from schemas.topics import ALL_TOPICS, COMPLETED
 
     suffix = f"-scale{sinks}s{uuid.uuid4().hex[:6]}"
@@ -223,10 +229,7 @@ def _sink_run(ctx: Context, sinks: int) -> float:
             ]
             stack.callback(_kill, _spawn(ctx, argv, env, f"sink{suffix}-{i}.log"))
         _stable_group(ctx, group, sinks)
-        started = time.monotonic()
-        with producing(ctx.stack["kafka"]) as p:
-            for i, value in enumerate(payloads):
-                produce(p, topic.name, f"r{i}", value)
+        started = _produce_all(ctx, topic.name, payloads)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             n = int(client.query(f"SELECT count() FROM {database}.inference_completed").result_rows[0][0])

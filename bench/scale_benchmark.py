@@ -124,6 +124,7 @@ def _streams_run(ctx: Context, workers: int) -> float:
             )
             stack.callback(_kill, proc)
         _stable_group(ctx, app_id, workers)
+        _stable_group(ctx, f"{app_id}-buckets", workers)  # stage 1's own group (streams/buckets.py)
         time.sleep(2)  # faust's own assignment (tables, standbys) settles after the group does
         at = utcnow()
         samples: list[tuple[float, int]] = []
@@ -183,7 +184,7 @@ def streams_scaling(ctx: Context) -> list[Result]:
         {n: _streams_run(ctx, n) for n in PROCESSES},
         f"{STREAM_EVENTS:,} InferenceCompleted (pre-encoded) produced onto a fresh {PARTITIONS}-partition "
         "topic after 1 or 2 `rftloop streams` workers (metrics agents, one faust app id) had joined "
-        "their group; rate = events / (first produced → all folded, the sum of the workers' /stats/ "
+        "their groups (faust's and stage 1's transactional one); rate = events / (first produced → all folded, the sum of the workers' /stats/ "
         "`bucketed`). Producer, workers, Kafka and ClickHouse share the 2 cores.",
     )
 

@@ -75,7 +75,7 @@ def events_per_s(ctx: Context) -> list[Result]:
     from infra.local.process import free_port
     from schemas.events import utcnow
     from schemas.topics import COMPLETED
-    from streams.app import check_completed
+    from streams.buckets import check_completed
     from streams.windows import Accumulator
 
     suffix = f"-bench{uuid.uuid4().hex[:6]}"
@@ -168,9 +168,10 @@ def events_per_s(ctx: Context) -> list[Result]:
             goal_value=20_000,
             method=(
                 f"{N:,} InferenceCompleted waiting on a 3-partition topic; ours = one `rftloop streams` worker "
-                "(faust-streaming 0.15.3 on uvloop, metrics agents only) from its first folded batch to the "
-                "last, read from its /stats/ page; peer = one Python loop over consume(5000) with the same "
-                "TopicSerde.decode, check and Accumulator"
+                "(metrics agents only: stage 1 = a confluent-kafka loop committing each batch's partials and "
+                "offsets in one Kafka transaction, inside the faust-streaming 0.15.3 worker) from its first "
+                "committed batch to the last, read from its /stats/ page; peer = one Python loop over "
+                "consume(5000) with the same TopicSerde.decode, check and Accumulator, no produce, no commit"
             ),
         )
     ]

@@ -1,7 +1,7 @@
 """Named crash points for fault-injection tests.
 
-``RFTLOOP_FAILPOINT=trainer.after_rename`` (comma-separated names) makes the
-process die at that point the way ``kill -9`` does: ``os._exit`` runs no
+``RFTLOOP_FAILPOINT=trainer.after_rename`` (comma-separated names; ``name@N``: the Nth time
+it is reached) makes the process die at that point the way ``kill -9`` does: ``os._exit`` runs no
 handlers, flushes no buffers and sends nothing still queued. Tests use it to
 kill a real process at an exact step instead of racing a signal against it.
 """
@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 
 ENV = "RFTLOOP_FAILPOINT"
+_hits: Counter[str] = Counter()
+
+
+def _armed() -> dict[str, int]:
+    out = {}
+    for item in filter(None, os.environ.get(ENV, "").split(",")):
+        name, _, nth = item.partition("@")
+        out[name] = int(nth or 1)
+    return out
+
+
+def armed(name: str) -> bool:
+    """Whether ``name`` is set to fire at some point (to prepare the state it should die in)."""
+    return name in _armed()
 
 
 def reached(name: str) -> None:
-    if name in os.environ.get(ENV, "").split(","):
+    nth = _armed().get(name)
+    if nth is None:
+        return
+    _hits[name] += 1
+    if _hits[name] == nth:
         sys.stderr.write(f"failpoint {name}: exiting like kill -9\n")
         sys.stderr.flush()
         os._exit(137)

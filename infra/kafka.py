@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer as _Consumer
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from infra.settings import KafkaSettings
@@ -117,6 +117,62 @@ def producer(settings: KafkaSettings, **overrides: Any) -> TrackedProducer:
         **overrides,
     }
     return TrackedProducer(conf)
+
+
+class TransactionalProducer(TrackedProducer):
+    """A TrackedProducer whose records and consumer offsets commit together (Kafka transactions).
+
+    Consume-transform-produce: ``begin()``, produce, ``commit(offsets, group)``; a failure
+    inside aborts, and the caller rewinds its consumer to the committed offsets. A stable
+    ``transactional.id`` lets a restarted process abort the transaction its predecessor left
+    open (``init_transactions``) instead of waiting for the broker's transaction timeout.
+    """
+
+    def __init__(self, conf: dict[str, Any], init_timeout_s: float = 60) -> None:
+        super().__init__(conf)
+        self._p.init_transactions(init_timeout_s)
+
+    def begin(self) -> None:
+        self._p.begin_transaction()
+
+    def commit(self, offsets: list[TopicPartition], group: Any, timeout_s: float = 60) -> None:
+        """Commit the records produced since ``begin`` and the input ``offsets`` as one transaction."""
+        _retrying(lambda: self._p.send_offsets_to_transaction(offsets, group, timeout_s))
+        _retrying(lambda: self._p.commit_transaction(timeout_s))
+
+    def abort(self, timeout_s: float = 60) -> None:
+        self._p.abort_transaction(timeout_s)
+
+
+def _retrying(call: Callable[[], None], attempts: int = 5) -> None:
+    """Run ``call`` again while it fails with a retriable error (librdkafka's transactional contract)."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == attempts - 1:
+                raise
+            log.warning("transaction step failed, retrying: %s", exc)
+            time.sleep(0.5 * (attempt + 1))
+
+
+def transactional_producer(
+    settings: KafkaSettings, transactional_id: str, transaction_timeout_s: float = 10, **overrides: Any
+) -> TransactionalProducer:
+    """Transactional (hence idempotent) producer; a dead owner's open transaction is aborted by
+    the broker after ``transaction_timeout_s`` (read_committed readers wait until then)."""
+    conf: dict[str, Any] = {
+        **settings.client_config(),
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": int(transaction_timeout_s * 1000),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        **overrides,
+    }
+    return TransactionalProducer(conf)
 
 
 @contextmanager

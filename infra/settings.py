@@ -178,6 +178,19 @@ class StreamsSettings(BaseSettings):
     batch_seconds: float = Field(0.2, gt=0, description="longest wait to fill a metrics batch")
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (open windows); 0 = off")
     data_dir: Path = Field(Path(".rftloop/streams"), description="faust worker state")
+    instance_id: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="this worker's stable id across restarts (names its transactional producer); "
+        "empty = derived from host name + data dir",
+    )
+    transaction_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        le=900,
+        description="the broker aborts a dead worker's open metrics batch after this; the windows "
+        "wait for it meanwhile (a restarted worker aborts it at once)",
+    )
 
     @field_validator("agents")
     @classmethod

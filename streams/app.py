@@ -6,31 +6,36 @@ Agents (one consumer group, ``RFTLOOP_STREAMS_APP_ID``; run N workers to split p
   request_id into a changelogged table (expiry after the feedback horizon); runs
   the evaluators and publishes their scores as FeedbackSubmitted; publishes a
   RewardedSample whenever a response's reward sources grow (streams/join.py).
-- ``buckets``: InferenceCompleted + FeedbackSubmitted, in batches, folded into
-  base-width buckets per (model, version) and published as partial
-  accumulators keyed ``model|version`` (stage 1 of streams/windows.py).
-- ``windows``: merges partials into every window (changelogged table keyed
-  ``model|version``; a partial already merged — same offset — is skipped) and,
-  on a tick, publishes a MetricsWindow for each window that closed.
+- stage 1 of the windows (streams/buckets.py, a thread, its own group
+  ``<app_id>-buckets``): InferenceCompleted + FeedbackSubmitted folded into
+  base-width buckets per (model, version), published as partial accumulators keyed
+  ``model|version`` in one Kafka transaction per batch with the input offsets.
+- ``windows``: reads the partials ``read_committed`` and merges them into every
+  window (changelogged table keyed ``model|version``; a partial already merged —
+  same offset — is skipped) and, on a tick, publishes a MetricsWindow for each
+  window that closed, before it records the close.
 
-Every output goes through faust's producer, which faust flushes before it
-commits the input offsets: at-least-once. Outputs carry derived event ids
-(replays publish the same ids; ClickHouse keeps one row per id). Records that
-do not decode, or carry absurd values, go to ``<topic>.dlq`` with headers.
+The join's outputs go through faust's producer, which faust flushes before it
+commits the input offsets: at-least-once, with derived event ids (replays publish
+the same ids; ClickHouse keeps one row per id). The windows are exact through a
+kill -9: every event is in exactly one committed partial, every partial merged
+once. Records that do not decode, or carry absurd values, go to ``<topic>.dlq``
+with headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import threading
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import faust
+import mode
+from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import EventT
 from faust.web import Request, Response, View
 
@@ -42,49 +47,60 @@ from infra.serde import InvalidRecord, SerdeError, TopicSerde
 from infra.settings import KafkaSettings, RegistrySettings, StreamsSettings
 from schemas.events import FeedbackSubmitted, InferenceCompleted, InferenceRequested, RewardedSample
 from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED, TopicSpec
+from streams.buckets import BucketStage
 from streams.join import PRODUCER, JoinState, derived_id
+from streams.stats import StreamStats
 from streams.windows import Accumulator, VersionWindows, base_bucket_s, parse_windows
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StreamStats:
-    joined: int = 0
-    samples: int = 0
-    evaluator_scores: int = 0
-    bucketed: int = 0
-    duplicates: int = 0
-    partials: int = 0
-    windows_closed: int = 0
-    dead_letters: int = 0
-    expired: int = 0
+class _ReadCommittedThread(faust_kafka.AIOKafkaConsumerThread):
+    """faust reads ``read_committed`` only in its exactly_once mode; the windows agent needs it in
+    at-least-once too, or it would merge the partials of a stage-1 batch that aborted."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # aiokafka hands it to its fetcher at start()
+        return consumer
 
 
-class _RecentIds:
-    """Bounded memory of event ids seen by this worker (drops duplicates that arrive close together)."""
-
-    def __init__(self, size: int = 500_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def seen(self, event_id: str) -> bool:
-        if event_id in self._ids:
-            return True
-        self._ids[event_id] = None
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-        return False
+class _ReadCommittedConsumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
+        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
 
-def check_completed(r: dict[str, Any]) -> None:
-    """Absurd values are poison, not data: they would corrupt every window they touch."""
-    for name in ("latency_ms", "ttft_ms", "tokens_per_s"):
-        v = r[name]
-        if v is not None and (not math.isfinite(v) or v < 0):
-            raise InvalidRecord(f"{name}={v}: must be a finite number >= 0")
-    if r["prompt_tokens"] < 0 or r["completion_tokens"] < 0 or r["cost"] < 0:
-        raise InvalidRecord("token counts and cost must be >= 0")
+class _ReadCommittedTransport(faust_kafka.Transport):
+    Consumer = _ReadCommittedConsumer
+
+
+def _thread_service(stage: BucketStage) -> type[mode.Service]:
+    """A service that runs stage 1 in a thread while the worker runs; a fatal error stops the worker."""
+
+    class BucketsThread(mode.Service):
+        def __post_init__(self) -> None:
+            self._stop = threading.Event()
+            self._thread: threading.Thread | None = None
+
+        async def on_start(self) -> None:
+            loop = asyncio.get_running_loop()
+
+            def main() -> None:
+                try:
+                    stage.run(self._stop)
+                except BaseException as exc:  # handed to the worker, which stops
+                    log.critical("buckets: stage 1 stopped: %r", exc)
+                    asyncio.run_coroutine_threadsafe(self.crash(exc), loop)
+
+            self._thread = threading.Thread(target=main, name="rftloop-buckets", daemon=True)
+            self._thread.start()
+
+        async def on_stop(self) -> None:
+            self._stop.set()
+            if self._thread is not None:
+                await asyncio.to_thread(self._thread.join, 30)
+
+    return BucketsThread
 
 
 class StreamsApp:
@@ -103,7 +119,6 @@ class StreamsApp:
             named = replace(spec, name=spec.name + sfx)
             self.specs_by_topic[named.name] = named
             self.serde[spec.name] = TopicSerde(reg, named)
-        self._recent = _RecentIds()
         self._dlq: TrackedProducer = producer(kafka)
         self._sweep_at: dict[int, float] = {}
 
@@ -136,6 +151,8 @@ class StreamsApp:
             # faust's default is 60 s: the group waits that long for a killed worker's partitions
             **cast(dict[str, Any], failover),
         )
+        # before the first topic: the transport is made on first use
+        self.app.transport = _ReadCommittedTransport(self.app.conf.broker_consumer, self.app)
         app = self.app
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.t_requested = app.topic(REQUESTED.name + sfx, **raw)
@@ -157,9 +174,18 @@ class StreamsApp:
         if "join" in agents:
             sources = app.topic(REQUESTED.name + sfx, COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw)
             app.agent(sources, name="join")(self._join_agent)
+        self.buckets: BucketStage | None = None
         if "metrics" in agents:
-            sources = app.topic(COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw)
-            app.agent(sources, name="buckets")(self._bucket_agent)
+            self.buckets = BucketStage(
+                kafka,
+                settings,
+                completed=self.serde[COMPLETED.name],
+                feedback=self.serde[FEEDBACK.name],
+                partials_topic=self.t_partials.get_topic_name(),
+                bucket_s=self.bucket_s,
+                stats=self.stats,
+            )
+            app.service(_thread_service(self.buckets))
             app.agent(self.t_partials, name="windows")(self._windows_agent)
             app.timer(1.0)(self._tick)
         app.task(self._prepare)
@@ -213,9 +239,10 @@ class StreamsApp:
         sfx = self.settings.topic_suffix
         return topic[: -len(sfx)] if sfx and topic.endswith(sfx) else topic
 
-    async def _send_event(self, topic: faust.types.TopicT, base: str, key: str, event: Any) -> None:
+    async def _send_event(self, topic: faust.types.TopicT, base: str, key: str, event: Any) -> Awaitable[Any]:
+        """Queue one event on faust's producer; the returned future resolves once Kafka has it."""
         data = self.serde[base].encode_event(event)
-        await topic.send(key=key.encode(), value=data, force=True)
+        return await topic.send(key=key.encode(), value=data, force=True)
 
     # -- join --------------------------------------------------------------------
     async def _join_agent(self, stream: faust.StreamT) -> None:
@@ -258,47 +285,6 @@ class StreamsApp:
             del self.joins[key]
         self.stats.expired += len(old)
 
-    # -- stage 1: buckets -------------------------------------------------------
-    async def _bucket_agent(self, stream: faust.StreamT) -> None:
-        completed_serde = self.serde[COMPLETED.name]
-        feedback_serde = self.serde[FEEDBACK.name]
-        completed_topic = self.t_completed.get_topic_name()
-        width = self.bucket_s
-        # take_events exists in faust-streaming (>= 0.10) but not in its StreamT protocol.
-        batches = stream.take_events(self.settings.batch_size, within=self.settings.batch_seconds)  # type: ignore[attr-defined]
-        async for batch in batches:
-            buckets: dict[tuple[str, str, int], Accumulator] = {}
-            for event in batch:
-                is_completed = event.message.topic == completed_topic
-                try:
-                    r = (completed_serde if is_completed else feedback_serde).decode(event.message.value)
-                    if is_completed:
-                        check_completed(r)
-                except SerdeError as exc:
-                    self._dead_letter(event, exc, "metrics")
-                    continue
-                if self._recent.seen(r["event_id"]):
-                    self.stats.duplicates += 1
-                    continue
-                t = int(r["occurred_at"].timestamp()) // width * width
-                k = (r["model"], r["version"], t)
-                acc = buckets.get(k)
-                if acc is None:
-                    acc = buckets[k] = Accumulator()
-                if is_completed:
-                    acc.add_completed(r)
-                else:
-                    reward = rewards.reward_of(r["kind"], r["value"], r["scale_max"])
-                    acc.add_feedback(reward, r["kind"], r["value"], r["source"] == "user")
-            self.stats.bucketed += len(batch)
-            for (model, version, t), acc in buckets.items():
-                self.stats.partials += 1
-                await self.t_partials.send(
-                    key=f"{model}|{version}".encode(),
-                    value={"m": model, "v": version, "b": t, "acc": acc.to_json()},
-                    force=True,
-                )
-
     # -- stage 2: windows -------------------------------------------------------
     async def _windows_agent(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
@@ -332,10 +318,13 @@ class StreamsApp:
                         final=True,
                     )
                 )
+            # Closed windows reach Kafka before the state that says they closed: a kill in between
+            # re-closes them from the older state and re-sends the same ids (consumers keep one).
+            sent = [await self._send_event(self.t_metrics, METRICS.name, key, window) for window in closed]
+            for delivery in sent:
+                await delivery
+            self.stats.windows_closed += len(closed)
             self.windows[key] = state.to_json()
-            for window in closed:
-                self.stats.windows_closed += 1
-                await self._send_event(self.t_metrics, METRICS.name, key, window)
 
     async def _tick(self) -> None:
         """Ask the owner of each key with a due window to close it (through its partition)."""

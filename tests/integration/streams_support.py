@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,6 +138,23 @@ def read_topic(kafka: KafkaSettings, topic: str, serde: TopicSerde, idle_s: floa
     return out
 
 
+def count_records(kafka: KafkaSettings, topic: str, isolation: str, idle_s: float = 2.0) -> int:
+    """How many records of ``topic`` a consumer with ``isolation`` (read_committed /
+    read_uncommitted) reads from the beginning until nothing arrives for ``idle_s``."""
+    c = consumer(kafka, f"counter-{uuid.uuid4().hex[:8]}", **{"isolation.level": isolation})
+    md = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+    n, last = 0, time.monotonic()
+    try:
+        while time.monotonic() - last < idle_s:
+            msg = c.poll(0.2)
+            if msg is not None and not msg.error():
+                n, last = n + 1, time.monotonic()
+    finally:
+        c.close()
+    return n
+
+
 def utc(ts: float) -> datetime:
     dt = datetime.fromtimestamp(ts, UTC)
     return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
@@ -153,6 +172,22 @@ def streams_env(stack: Any, unique: str, tmp_path: Path, **extra: str) -> dict[s
         "RFTLOOP_KAFKA_PARTITIONS": "3",
         **extra,
     }
+
+
+def worker_stats(web_port: int) -> dict[str, int]:
+    """A running worker's counters (its /stats/ page)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/stats/", timeout=10) as r:
+        stats: dict[str, int] = json.loads(r.read())
+    return stats
+
+
+def wait_for_log(log: Path, text: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in (log.read_text(errors="replace") if log.exists() else ""):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {log} after {timeout_s}s")
 
 
 def wait_ready(log: Path, proc: Any, timeout_s: float = 90) -> None:

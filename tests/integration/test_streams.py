@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import threading
 import time
 from collections import defaultdict
 from decimal import Decimal
@@ -15,16 +16,20 @@ from typing import Any
 import pytest
 
 from infra.kafka import produce, producing
+from infra.local.process import free_port
 from schemas.events import MetricsWindow, RewardedSample
 from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED
 from tests.integration.streams_support import (
+    count_records,
     read_topic,
     request_events,
     streams_env,
     thumbs,
     utc,
+    wait_for_log,
     wait_ready,
     worker,
+    worker_stats,
 )
 
 WINDOWS = "tumbling:2,hopping:4:2"
@@ -292,15 +297,62 @@ def test_poison_goes_to_the_dlq_with_headers_and_the_worker_keeps_counting(
 
 
 @pytest.mark.reliability
+def test_a_second_worker_with_the_same_instance_id_stops_the_first(
+    stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
+) -> None:
+    """Misuse: two workers given one RFTLOOP_STREAMS_INSTANCE_ID share a transactional id. The newer
+    takes it over; the older stops with an error naming the setting (it cannot commit a batch any
+    more), and the windows still count every request once."""
+    env = streams_env(
+        stack,
+        unique,
+        tmp_path,
+        RFTLOOP_STREAMS_WINDOWS="tumbling:5",
+        RFTLOOP_STREAMS_LATENESS_S="30",
+        RFTLOOP_STREAMS_INSTANCE_ID="same",
+        RFTLOOP_STREAMS_SESSION_TIMEOUT_S="10",
+    )
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    stage1 = "buckets: transactional id"  # logged once the transactional producer is initialised
+    with worker(env, log_a) as a:
+        wait_ready(log_a, a)
+        wait_for_log(log_a, stage1)
+        with worker(env, log_b, {"RFTLOOP_STREAMS_DATA_DIR": str(tmp_path / "faust-b")}) as b:
+            wait_ready(log_b, b)
+            wait_for_log(log_b, stage1)
+            with producing(stack.kafka) as p:
+                for i in range(300):
+                    _, done = request_events(f"f{i}-{unique}", version="v1", at=utc(time.time()))
+                    topic, serde = streams_topics[COMPLETED.name]
+                    produce(p, topic.name, done.request_id, serde.encode_event(done))
+            assert a.wait(90) != 0, "the fenced worker kept running"
+            assert "RFTLOOP_STREAMS_INSTANCE_ID" in log_a.read_text(errors="replace")
+            mtopic, mserde = streams_topics[METRICS.name]
+            windows = windows_until(stack, mtopic.name, mserde, {"v1": 300}, timeout_s=90)
+            assert b.poll() is None
+    assert sum(w.requests for w in windows if w.window_kind == "tumbling") == 300
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("death", ["sigkill", "open_transaction"])
 def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
-    stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path, record_figures: Any
+    stack: Any,
+    streams_topics: dict[str, Any],
+    unique: str,
+    tmp_path: Path,
+    record_figures: Any,
+    death: str,
 ) -> None:
     """kill -9 a worker while events flow, start a new one on its data dir: changelogs restore the state.
 
     Exact after the restart: every RewardedSample (derived event ids: a replay re-emits the same id)
-    and no event lost from the windows. Not exact: the windows may count the stage-1 batches that
-    were sent but whose input offsets were not yet committed when the worker died (at-least-once;
-    faust's exactly_once mode has open duplicate/crash bugs). The figure says how many.
+    and the windows — every request counted exactly once over the distinct window ids (stage 1
+    commits partials and input offsets in one transaction; the windows read them read_committed;
+    a window re-closed after the kill carries its first id, as ClickHouse keeps one row per id).
+
+    ``sigkill``: kill -9 from outside once stage 1 has committed a batch (where it lands varies).
+    ``open_transaction``: the worker dies like kill -9 (failpoint) with its second batch's partials
+    in the log but not committed — the case a random kill rarely hits; they must never count.
     """
     n = 6000
     # Windows close by wall clock + lateness: the outage (kill, 3,000 events, a new worker starting)
@@ -323,38 +375,66 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
                 produced.append(done)
 
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    with worker(env, log_a) as a:
+    port_a, port_b = free_port(), free_port()
+    failpoint = {"RFTLOOP_FAILPOINT": "buckets.before_commit@2"} if death == "open_transaction" else {}
+    with worker(env, log_a, failpoint, web_port=port_a) as a:
         wait_ready(log_a, a)
-        send(n // 2)
-        time.sleep(1.5)  # mid-stream: some batches sent and committed, some in flight
-        os.killpg(a.pid, signal.SIGKILL)
-        a.wait(10)
-    send(n // 2)  # while no worker runs
+        sender = threading.Thread(target=send, args=(n // 2,))
+        sender.start()
+        if failpoint:
+            assert a.wait(90) == 137, "the failpoint did not fire"
+            at_kill = {"bucketed": "1 batch"}
+        else:
+            deadline = time.monotonic() + 60
+            # mid-stream: stage 1 has committed a batch (it joins its group a few seconds after Ready)
+            while (at_kill := worker_stats(port_a))["bucketed"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait(10)
+            # 2 events (completed + feedback) per request reach stage 1: 6,000 in the first half
+            assert 0 < at_kill["bucketed"] < n, f"the kill did not land mid-stream: {at_kill}"
+        sender.join()
+    send(n - len(produced))  # while no worker runs
     mtopic, mserde = streams_topics[METRICS.name]
-    with worker(env, log_b) as b:
+    with worker(env, log_b, web_port=port_b) as b:
         wait_ready(log_b, b)
         counted, stable_since, deadline = 0, time.monotonic(), time.monotonic() + 180
         while time.monotonic() < deadline:
             windows = read_topic(stack.kafka, mtopic.name, mserde, idle_s=1.0)
-            now = sum(w.requests for w in windows if w.window_kind == "tumbling")
+            distinct_windows = {w.event_id: w for w in windows if w.window_kind == "tumbling"}
+            now = sum(w.requests for w in distinct_windows.values())
             if now != counted:
                 counted, stable_since = now, time.monotonic()
             elif counted >= n and time.monotonic() - stable_since > 5:
                 break
             time.sleep(1)
+        stats = worker_stats(port_b)
+        partials = f"streams-{unique}-window-partials-{unique}"  # stage 1's output (ticks included)
+        visible = count_records(stack.kafka, partials, "read_committed")
+        written = count_records(stack.kafka, partials, "read_uncommitted")
         rtopic, rserde = streams_topics[REWARDED.name]
         samples = read_topic(stack.kafka, rtopic.name, rserde, idle_s=2.0)
         assert b.poll() is None
-    assert {s.request_id for s in samples} == {d.request_id for d in produced}  # the join: none lost
+    missing = {d.request_id for d in produced} - {s.request_id for s in samples}
+    assert not missing, f"the join lost {len(missing)} of {n} (worker stats {stats})"
     distinct = {s.event_id for s in samples}
     assert len(distinct) == n  # replayed samples carry the same derived ids: consumers collapse them
-    assert counted >= n, f"windows lost {n - counted} of {n} requests"
+    if failpoint:
+        assert written > visible, "no partials were left in the open transaction"
+    assert counted == n, f"windows counted {counted} of {n} requests"
+    tumbling = [w for w in windows if w.window_kind == "tumbling"]
+    for w in tumbling:  # a re-sent window says what its first copy said
+        assert w.requests == distinct_windows[w.event_id].requests
     record_figures(
-        "faust worker kill -9 mid-stream, restarted on its data dir",
+        f"faust worker kill -9 mid-stream ({death.replace('_', ' ')}), restarted on its data dir",
         produced=n,
         rewarded_samples_distinct=len(distinct),
         rewarded_samples_emitted=len(samples),
         window_requests_counted=counted,
+        stage1_events_at_kill=at_kill["bucketed"],
+        windows_resent=len(tumbling) - len(distinct_windows),
+        stage1_batches_aborted=stats["aborted_batches"],
+        partials_in_aborted_transactions=written - visible,
         lost=0,
-        windows_overcount=counted - n,
+        duplicated=0,
     )

@@ -6,6 +6,7 @@ import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -235,3 +236,30 @@ def test_join_never_emits_samples_for_opted_out_requests() -> None:
     for e in _events("r2", opt_out=True):
         out += state.apply(e, {}, now=0, horizon_s=60)
     assert not [o for o in out if isinstance(o, RewardedSample)]
+
+
+# -- stage 1 (streams/buckets.py) ---------------------------------------------------------------
+
+
+def test_recent_ids_forget_what_an_aborted_batch_saw() -> None:
+    from streams.buckets import RecentIds
+
+    recent = RecentIds(size=3)
+    assert not recent.seen("a") and not recent.seen("b")
+    assert recent.seen("a")
+    recent.forget(["b"])  # its batch aborted: folded again, not dropped as a duplicate
+    assert not recent.seen("b")
+    assert not recent.seen("c") and not recent.seen("d")  # "a" falls out of the bounded memory
+    assert not recent.seen("a")
+
+
+def test_instance_id_is_stable_per_host_and_data_dir_unless_set(tmp_path: Path) -> None:
+    from infra.settings import StreamsSettings
+    from streams.buckets import instance_id
+
+    a = StreamsSettings(data_dir=tmp_path / "a")
+    assert instance_id(a) == instance_id(StreamsSettings(data_dir=tmp_path / "a"))
+    assert instance_id(a) != instance_id(StreamsSettings(data_dir=tmp_path / "b"))
+    assert instance_id(StreamsSettings(data_dir=tmp_path / "a", instance_id="w-1")) == "w-1"
+    with pytest.raises(ValueError, match="instance_id"):
+        StreamsSettings(instance_id="has space")

@@ -1,0 +1,19 @@
+"""What a streams worker has done so far (its /stats/ page)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class StreamStats:
+    joined: int = 0
+    samples: int = 0
+    evaluator_scores: int = 0
+    bucketed: int = 0
+    duplicates: int = 0
+    partials: int = 0
+    aborted_batches: int = 0
+    windows_closed: int = 0
+    dead_letters: int = 0
+    expired: int = 0

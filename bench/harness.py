@@ -138,6 +138,7 @@ def registry() -> dict[str, Benchmark]:
         "schemas.serde_events_per_s": serde_benchmark.serde_events,
         "sink.rows_per_s": sink_benchmark.sink_rows,
         "streams.events_per_s": streams_benchmark.events_per_s,
+        "streams.join_events_per_s": streams_benchmark.join_events_per_s,
         "e2e.freshness_ms": streams_benchmark.freshness_ms,
         "scale.streams_events_per_s": scale_benchmark.streams_scaling,
         "scale.sink_rows_per_s": scale_benchmark.sink_scaling,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Context, Result
+from infra.local.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 100_000
@@ -68,26 +69,9 @@ def _completed(i: int, at: Any) -> dict[str, Any]:
     ).to_avro()
 
 
-def events_per_s(ctx: Context) -> list[Result]:
-    from confluent_kafka import TopicPartition
-
-    from infra.kafka import consumer, produce, producing
-    from infra.local.process import free_port
-    from schemas.events import utcnow
-    from schemas.topics import COMPLETED
-    from streams.buckets import check_completed
-    from streams.windows import Accumulator
-
-    suffix = f"-bench{uuid.uuid4().hex[:6]}"
-    topics = _topics(ctx, suffix)
-    topic, serde = topics[COMPLETED.name]
-    at = utcnow()
-    with producing(ctx.stack["kafka"]) as p:
-        for i in range(N):
-            produce(p, topic.name, f"r{i}", serde.encode(_completed(i, at)))
-    print(f"bench: {N:,} InferenceCompleted on {topic.name}", flush=True)
-
-    # -- ours: a real worker process, metrics agents only
+def _worker_rate(ctx: Context, suffix: str, agents: str, stat: str, total: int) -> float:
+    """Events/s of one real `rftloop streams` worker running ``agents`` over records already waiting:
+    from its first progress on ``stat`` (its /stats/ page) to ``total``."""
     port = free_port()
     env = {
         **os.environ,
@@ -95,7 +79,8 @@ def events_per_s(ctx: Context) -> list[Result]:
         "RFTLOOP_REGISTRY_URL": ctx.stack["registry"].url,
         "RFTLOOP_STREAMS_APP_ID": f"bench-streams{suffix}",
         "RFTLOOP_STREAMS_TOPIC_SUFFIX": suffix,
-        "RFTLOOP_STREAMS_AGENTS": "metrics",
+        "RFTLOOP_STREAMS_AGENTS": agents,
+        "RFTLOOP_STREAMS_EVALUATORS": "number_match",
         "RFTLOOP_STREAMS_DATA_DIR": str(Path(ctx.stack["local"].state_dir) / f"faust{suffix}"),
     }
     log = open(Path(ctx.stack["local"].state_dir) / f"streams{suffix}.log", "wb")  # noqa: SIM115 - outlives the block
@@ -114,14 +99,13 @@ def events_per_s(ctx: Context) -> list[Result]:
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/", timeout=2) as r:
-                    stats = json.loads(r.read())
+                    n = json.loads(r.read())[stat]
             except OSError:
                 time.sleep(0.2)
                 continue
-            n = stats["bucketed"]
             if n and first is None:
                 first = (time.monotonic(), n)
-            if n >= N:
+            if n >= total:
                 done_at = time.monotonic()
                 break
             time.sleep(0.05)
@@ -131,8 +115,29 @@ def events_per_s(ctx: Context) -> list[Result]:
         proc.wait(10)
         log.close()
     if first is None or done_at is None:
-        raise RuntimeError(f"the worker did not fold {N} events; see {log.name}")
-    ours = (N - first[1]) / (done_at - first[0])
+        raise RuntimeError(f"the worker did not reach {stat}={total}; see {log.name}")
+    return (total - first[1]) / (done_at - first[0])
+
+
+def events_per_s(ctx: Context) -> list[Result]:
+    from confluent_kafka import TopicPartition
+
+    from infra.kafka import consumer, produce, producing
+    from schemas.events import utcnow
+    from schemas.topics import COMPLETED
+    from streams.buckets import check_completed
+    from streams.windows import Accumulator
+
+    suffix = f"-bench{uuid.uuid4().hex[:6]}"
+    topics = _topics(ctx, suffix)
+    topic, serde = topics[COMPLETED.name]
+    at = utcnow()
+    with producing(ctx.stack["kafka"]) as p:
+        for i in range(N):
+            produce(p, topic.name, f"r{i}", serde.encode(_completed(i, at)))
+    print(f"bench: {N:,} InferenceCompleted on {topic.name}", flush=True)
+
+    ours = _worker_rate(ctx, suffix, "metrics", "bucketed", N)
 
     # -- peer: plain consumer loop, same decode and the same accumulators
     c = consumer(ctx.stack["kafka"], f"bench-plain{suffix}", **{"fetch.max.bytes": 64 * 1024 * 1024})
@@ -172,6 +177,126 @@ def events_per_s(ctx: Context) -> list[Result]:
                 "offsets in one Kafka transaction, inside the faust-streaming 0.15.3 worker) from its first "
                 "committed batch to the last, read from its /stats/ page; peer = one Python loop over "
                 "consume(5000) with the same TopicSerde.decode, check and Accumulator, no produce, no commit"
+            ),
+        )
+    ]
+
+
+JOIN_REQUESTS = 20_000
+
+
+def _join_inputs(i: int, at: Any) -> list[tuple[str, Any]]:
+    """One request's three join inputs: requested, completed, a thumbs feedback."""
+    from schemas.events import (
+        Endpoint,
+        FeedbackKind,
+        FeedbackSource,
+        FeedbackSubmitted,
+        InferenceCompleted,
+        InferenceRequested,
+    )
+    from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
+
+    rid = f"j{i}"
+    return [
+        (
+            REQUESTED.name,
+            InferenceRequested(
+                producer="bench",
+                request_id=rid,
+                occurred_at=at,
+                model="smollm2",
+                version="v1",
+                endpoint=Endpoint.chat,
+                prompt=f"What is {i} + 1? Answer with the number.",
+                params={"reference": str(i + 1)},
+            ),
+        ),
+        (COMPLETED.name, InferenceCompleted.model_validate({**_completed(i, at), "request_id": rid})),
+        (
+            FEEDBACK.name,
+            FeedbackSubmitted(
+                producer="bench",
+                request_id=rid,
+                occurred_at=at,
+                model="smollm2",
+                version="v1",
+                kind=FeedbackKind.thumbs,
+                value=1.0 if i % 2 else -1.0,
+                source=FeedbackSource.user,
+            ),
+        ),
+    ]
+
+
+def join_events_per_s(ctx: Context) -> list[Result]:
+    from confluent_kafka import TopicPartition
+
+    from infra import rewards
+    from infra.kafka import consumer, produce, producing
+    from schemas.events import RewardedSample, utcnow
+    from schemas.topics import COMPLETED, FEEDBACK, REQUESTED, REWARDED
+    from streams.join import JoinState
+
+    suffix = f"-benchjoin{uuid.uuid4().hex[:6]}"
+    topics = _topics(ctx, suffix)
+    at = utcnow()
+    total = 3 * JOIN_REQUESTS
+    with producing(ctx.stack["kafka"]) as p:
+        for i in range(JOIN_REQUESTS):
+            for base, event in _join_inputs(i, at):
+                topic, serde = topics[base]
+                produce(p, topic.name, event.request_id, serde.encode_event(event))
+    print(f"bench: {JOIN_REQUESTS:,} requests × (requested, completed, feedback) waiting", flush=True)
+
+    ours = _worker_rate(ctx, suffix, "join", "joined", total)
+
+    # -- peer: one loop, the same decode, JoinState (JSON round trip per event) and output encoding
+    by_topic = {topic.name: serde for topic, serde in topics.values()}
+    evaluators = rewards.resolve(["number_match"])
+    c = consumer(ctx.stack["kafka"], f"bench-plainjoin{suffix}", **{"fetch.max.bytes": 64 * 1024 * 1024})
+    c.assign(
+        [
+            TopicPartition(topic.name, p, 0)
+            for base, (topic, _) in topics.items()
+            if base in (REQUESTED.name, COMPLETED.name, FEEDBACK.name)
+            for p in range(ctx.stack["kafka"].partitions)
+        ]
+    )
+    table: dict[str, Any] = {}
+    seen, t0 = 0, None
+    while seen < total:
+        for msg in c.consume(5000, 1.0):
+            if msg.error():
+                continue
+            if t0 is None:
+                t0 = time.perf_counter()
+            event = by_topic[msg.topic()].decode_event(msg.value())
+            rid = event.request_id
+            current = table.get(rid)
+            state = JoinState.from_json(current) if current else JoinState(msg.partition() or 0, 0.0)
+            for out in state.apply(event, evaluators, time.time(), 86_400):
+                base = REWARDED.name if isinstance(out, RewardedSample) else FEEDBACK.name
+                topics[base][1].encode_event(out)
+            table[rid] = state.to_json()
+            seen += 1
+    plain = total / (time.perf_counter() - (t0 or time.perf_counter()))
+    c.close()
+    return [
+        Result(
+            name="streams.join_events_per_s",
+            value=ours,
+            unit="events/s",
+            peer="plain confluent-kafka loop, same decode, JoinState and output encoding",
+            peer_value=plain,
+            goal="report (the capacity model costs the join's inputs at this rate)",
+            method=(
+                f"{JOIN_REQUESTS:,} requests × (requested, completed, thumbs feedback) waiting on 3-partition "
+                "topics; ours = one `rftloop streams` worker (faust-streaming join agent only: changelogged "
+                "table, evaluator number_match, RewardedSample out) from its first joined event to the last, "
+                "read from its /stats/ page; peer = one Python loop over consume(5000) with the same "
+                "TopicSerde.decode_event, JoinState.apply and output encoding, a dict for the table, no "
+                "produce, no changelog, no commit"
             ),
         )
     ]

@@ -51,6 +51,15 @@ def test_plan_follows_the_mix_and_the_measured_rates() -> None:
         assert b["stream_workers"] >= a["stream_workers"] and b["gpus_h100_8b"] >= a["gpus_h100_8b"]
 
 
+def test_a_slower_join_costs_its_inputs_at_its_own_rate() -> None:
+    mix = Mix(feedback_share=0.5, headroom=0.5)
+    rows = plan(_results(**{"streams.join_events_per_s": 2_500.0}), mix)
+    # 10,000 req/s: 1.5 stage-1 inputs at 10,000/s (1.5 worker-s) + 2.5 join inputs at 2,500/s (10)
+    # = 11.5 worker-seconds per second, planned at half: 23 workers
+    assert rows[-1]["stream_workers"] == 23
+    assert "`streams.join_events_per_s`" in render(_results(**{"streams.join_events_per_s": 2_500.0}))
+
+
 def test_rendered_page_names_its_sources() -> None:
     page = render(_results())
     assert H100_8B.source in page

@@ -193,6 +193,11 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
     ch: ClickHouseSettings = load_or_explain(ClickHouseSettings)  # type: ignore[assignment]
     gw: GatewaySettings = load_or_explain(GatewaySettings)  # type: ignore[assignment]
     model = "tiny" if quick else "smollm2"
+    # The quick demo's tiny model gets its own name: the versions and samples of a full demo run on
+    # the same state dir are SmolLM2 adapters, which the tiny model cannot load as its incumbent.
+    served_name = (
+        os.environ.get("RFTLOOP_GATEWAY_SERVED_NAME", "tiny-llama-demo") if quick else gw.served_name
+    )
     t_start = time.perf_counter()
 
     def _terminate(*_: object) -> None:  # SIGTERM stops the components too (the finally below)
@@ -217,6 +222,8 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
         **os.environ,
         "RFTLOOP_GATEWAY_API_KEYS": KEY,
         "RFTLOOP_GATEWAY_CANARY_SHARE": CANARY_SHARE,
+        "RFTLOOP_GATEWAY_SERVED_NAME": served_name,
+        "RFTLOOP_TRAINER_SERVED_NAME": served_name,
         "RFTLOOP_STREAMS_DATA_DIR": str(local.state_dir / "streams"),
         "RFTLOOP_STREAMS_WEB_PORT": str(web_port),
         "RFTLOOP_JUDGE_MIN_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MIN_SAMPLES", "25"),
@@ -263,7 +270,7 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
             f"  sink, streams, judge and gateway running; gateway {url}/v1 "
             f"(engine {health['engine_start_s']} s), incumbent {health['incumbent']}"
         )
-        work = Workload(url, gw.served_name)
+        work = Workload(url, served_name)
         client = connect(ch)
 
         def samples() -> int:
@@ -352,7 +359,7 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
             ModelVersionEvent(
                 producer="rftloop-demo",
                 kind=VersionEventKind.published,
-                model=gw.served_name,
+                model=served_name,
                 version=bad,
                 parent_version=http.get("/healthz").json()["incumbent"],
                 adapter_uri=f"file://{path}",
@@ -372,9 +379,9 @@ def run_demo(keep: bool = False, quick: bool = False) -> int:
 
         console.rule("[bold]6. summary")
         time.sleep(3)  # let the sink flush the last batch
-        _summary(console, client, ch.database, http.get("/healthz").json()["traffic"])
+        _summary(console, client, ch.database, served_name, http.get("/healthz").json()["traffic"])
         chart = local.state_dir / "demo.png"
-        _chart(client, ch.database, chart)
+        _chart(client, ch.database, served_name, chart)
         console.print(f"  chart: {chart}")
         console.print(
             f"demo finished in {time.perf_counter() - t_start:.0f} s "
@@ -585,20 +592,24 @@ FROM (SELECT version, count() AS requests, quantileIf(0.5)(latency_ms, status = 
              quantileIf(0.95)(latency_ms, status = 'ok') AS p95,
              quantileIf(0.5)(assumeNotNull(ttft_ms), ttft_ms IS NOT NULL) AS ttft50,
              toFloat64(sum(cost)) / count() AS cost_per_request
-      FROM {db}.inference_completed FINAL GROUP BY version) AS c
+      FROM {db}.inference_completed FINAL WHERE model = {model:String} GROUP BY version) AS c
 LEFT JOIN (SELECT version, avg(value) AS accuracy FROM {db}.feedback_submitted FINAL
-           WHERE evaluator = 'number_match' GROUP BY version) AS s USING (version)
+           WHERE model = {model:String} AND evaluator = 'number_match' GROUP BY version) AS s USING (version)
 LEFT JOIN (SELECT version, countIf(value > 0) / count() AS up_rate FROM {db}.feedback_submitted FINAL
-           WHERE kind = 'thumbs' GROUP BY version) AS f USING (version)
-LEFT JOIN (SELECT version, state, reasons FROM {db}.version_state) AS v USING (version)
+           WHERE model = {model:String} AND kind = 'thumbs' GROUP BY version) AS f USING (version)
+LEFT JOIN (SELECT version, state, reasons FROM {db}.version_state WHERE model = {model:String}) AS v
+    USING (version)
 ORDER BY version
 SETTINGS join_use_nulls = 1
 """
 
 
-def _summary(console: Console, client: Any, db: str, traffic: dict[str, float]) -> list[list[str]]:
-    result = client.query(SUMMARY.replace("{db}", db))
-    table = Table(title="per version (from ClickHouse)")
+def _summary(
+    console: Console, client: Any, db: str, model: str, traffic: dict[str, float]
+) -> list[list[str]]:
+    """One row per version of ``model`` (a state dir may hold other models' runs)."""
+    result = client.query(SUMMARY.replace("{db}", db), parameters={"model": model})
+    table = Table(title=f"per version of {model} (from ClickHouse)")
     cols = [
         "version",
         "requests",
@@ -640,19 +651,26 @@ def _summary(console: Console, client: Any, db: str, traffic: dict[str, float]) 
     return rows
 
 
-def _chart(client: Any, db: str, path: Path) -> None:
+def _chart(client: Any, db: str, model: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    q = client.query(f"""
+    q = client.query(
+        f"""
         SELECT version, toStartOfInterval(occurred_at, INTERVAL 10 SECOND) AS t,
                quantileIf(0.95)(latency_ms, status = 'ok') AS p95, count() AS n
-        FROM {db}.inference_completed FINAL GROUP BY version, t ORDER BY t""")
-    acc = client.query(f"""
+        FROM {db}.inference_completed FINAL WHERE model = {{model:String}} GROUP BY version, t ORDER BY t""",
+        parameters={"model": model},
+    )
+    acc = client.query(
+        f"""
         SELECT version, toStartOfInterval(occurred_at, INTERVAL 10 SECOND) AS t, avg(value) AS accuracy
-        FROM {db}.feedback_submitted FINAL WHERE evaluator = 'number_match' GROUP BY version, t ORDER BY t""")
+        FROM {db}.feedback_submitted FINAL WHERE model = {{model:String}} AND evaluator = 'number_match'
+        GROUP BY version, t ORDER BY t""",
+        parameters={"model": model},
+    )
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for version in sorted({r[0] for r in q.result_rows}):
         pts = [(r[1], r[2]) for r in q.result_rows if r[0] == version]

@@ -16,8 +16,9 @@ Agents (one consumer group, ``RFTLOOP_STREAMS_APP_ID``; run N workers to split p
   window that closed, before it records the close.
 
 The join's outputs go through faust's producer, which faust flushes before it
-commits the input offsets: at-least-once, with derived event ids (replays publish
-the same ids; ClickHouse keeps one row per id). The windows are exact through a
+commits the input offsets, and the commit also waits until every table write has
+reached its changelog (``_DurableProducer``): at-least-once, with derived event ids
+(replays publish the same ids; ClickHouse keeps one row per id). The windows are exact through a
 kill -9: every event is in exactly one committed partial, every partial merged
 once. Records that do not decode, or carry absurd values, go to ``<topic>.dlq``
 with headers.
@@ -39,8 +40,8 @@ from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import EventT
 from faust.web import Request, Response, View
 
+from infra import failpoints, rewards
 from infra import registry as registry_mod
-from infra import rewards
 from infra.dlq import send_dead_letter
 from infra.kafka import TrackedProducer, ensure_plain_topic, producer
 from infra.serde import InvalidRecord, SerdeError, TopicSerde
@@ -69,9 +70,59 @@ class _ReadCommittedConsumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
         return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _commit_offsets(self, offsets: Mapping[Any, int], start_new_transaction: bool = True) -> bool:
+        did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if did_commit:
+            failpoints.reached("streams.after_commit")
+        return did_commit
 
-class _ReadCommittedTransport(faust_kafka.Transport):
+
+class ChangelogNotDelivered(RuntimeError):
+    """Table writes were not delivered to their changelog: the input offsets must not be committed."""
+
+
+class _DurableProducer(faust_kafka.Producer):
+    """faust flushes its producer before it commits input offsets, but a table write is queued in
+    faust's buffer (``send_soon``), and the buffer's flush gives up after 0.1 s without a message
+    sent and counts a message as sent once it left the queue, before aiokafka has it. A write still
+    waiting for its changelog's metadata (a worker's first writes) was committed past and lost to a
+    kill -9: the restarted worker neither had the state nor re-read the input (the join lost a
+    sample). This producer remembers every buffered message and ``flush`` waits for their delivery."""
+
+    flush_timeout_s = 120.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent: set[asyncio.Future[Any]] = set()
+
+    def send_soon(self, fut: Any) -> None:
+        self._unsent.add(fut)
+        fut.add_done_callback(self._unsent.discard)
+        super().send_soon(fut)
+
+    async def send(self, topic: str, *args: Any, **kwargs: Any) -> Any:
+        stall = failpoints.stall_s("streams.changelog_send") if topic.endswith("-changelog") else 0.0
+        if stall:
+            await asyncio.sleep(stall)  # a slow first metadata fetch, held long enough to race a commit
+        return await super().send(topic, *args, **kwargs)
+
+    async def flush(self) -> None:
+        await super().flush()
+        waiting = [f for f in self._unsent if not f.done()]
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=self.flush_timeout_s)
+            if late:
+                raise ChangelogNotDelivered(
+                    f"{len(late)} table writes not delivered in {self.flush_timeout_s:.0f} s: not committing"
+                )
+        failed = [f for f in waiting if f.cancelled() or f.exception() is not None]
+        if failed:
+            raise ChangelogNotDelivered(f"{len(failed)} table writes failed: not committing")
+
+
+class _Transport(faust_kafka.Transport):
     Consumer = _ReadCommittedConsumer
+    Producer = _DurableProducer
 
 
 def _thread_service(stage: BucketStage) -> type[mode.Service]:
@@ -156,7 +207,7 @@ class StreamsApp:
             **cast(dict[str, Any], failover),
         )
         # before the first topic: the transport is made on first use
-        self.app.transport = _ReadCommittedTransport(self.app.conf.broker_consumer, self.app)
+        self.app.transport = _Transport(self.app.conf.broker_consumer, self.app)
         app = self.app
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.t_requested = app.topic(REQUESTED.name + sfx, **raw)

@@ -13,7 +13,7 @@ from infra import failpoints
 print("armed", failpoints.armed("p"), failpoints.armed("q"), flush=True)
 for i in range(1, 4):
     failpoints.reached("p")
-    print("passed", i, flush=True)
+    print("passed", i, failpoints.stall_s("s"), flush=True)
 """
 
 
@@ -29,7 +29,7 @@ def run(value: str | None) -> subprocess.CompletedProcess[str]:
 def test_unset_never_fires() -> None:
     r = run(None)
     assert r.returncode == 0
-    assert r.stdout.split("\n")[:4] == ["armed False False", "passed 1", "passed 2", "passed 3"]
+    assert r.stdout.split("\n")[:4] == ["armed False False", "passed 1 0.0", "passed 2 0.0", "passed 3 0.0"]
 
 
 def test_a_name_fires_the_first_time_and_exits_like_kill_9() -> None:
@@ -42,4 +42,10 @@ def test_a_name_fires_the_first_time_and_exits_like_kill_9() -> None:
 def test_name_at_n_fires_the_nth_time() -> None:
     r = run("p@3")
     assert r.returncode == 137
-    assert r.stdout.splitlines() == ["armed True False", "passed 1", "passed 2"]
+    assert r.stdout.splitlines() == ["armed True False", "passed 1 0.0", "passed 2 0.0"]
+
+
+def test_name_tilde_s_stalls_the_first_time_only_and_never_kills() -> None:
+    r = run("s~2.5")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == ["armed False False", "passed 1 2.5", "passed 2 0.0", "passed 3 0.0"]

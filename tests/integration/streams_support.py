@@ -30,6 +30,7 @@ from schemas.events import (
     FeedbackSubmitted,
     InferenceCompleted,
     InferenceRequested,
+    MetricsWindow,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,6 +154,37 @@ def count_records(kafka: KafkaSettings, topic: str, isolation: str, idle_s: floa
     finally:
         c.close()
     return n
+
+
+WindowFigures = tuple[int, int, int, int, int, int, Decimal]
+
+
+def window_figures(w: MetricsWindow) -> WindowFigures:
+    """What a window says that can be recomputed exactly from the raw events."""
+    return (w.requests, w.errors, w.thumbs_up, w.thumbs_down, w.prompt_tokens, w.completion_tokens, w.cost_total)
+
+
+def recompute_tumbling(
+    completed: list[InferenceCompleted], feedback: list[FeedbackSubmitted], size_s: int
+) -> dict[datetime, WindowFigures]:
+    """Tumbling windows recomputed from the raw events (each event in the window of its occurred_at)."""
+    acc: dict[datetime, list[Any]] = {}
+
+    def row(at: datetime) -> list[Any]:
+        start = datetime.fromtimestamp(int(at.timestamp()) // size_s * size_s, UTC)
+        return acc.setdefault(start, [0, 0, 0, 0, 0, 0, Decimal(0)])
+
+    for c in completed:
+        r = row(c.occurred_at)
+        r[0] += 1
+        r[1] += c.status != CompletionStatus.ok
+        r[4] += c.prompt_tokens
+        r[5] += c.completion_tokens
+        r[6] += c.cost
+    for f in feedback:
+        if f.kind == FeedbackKind.thumbs and f.value is not None:
+            row(f.occurred_at)[2 if f.value > 0 else 3] += 1
+    return {start: (r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for start, r in acc.items()}
 
 
 def utc(ts: float) -> datetime:

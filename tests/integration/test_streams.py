@@ -22,12 +22,14 @@ from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED
 from tests.integration.streams_support import (
     count_records,
     read_topic,
+    recompute_tumbling,
     request_events,
     streams_env,
     thumbs,
     utc,
     wait_for_log,
     wait_ready,
+    window_figures,
     worker,
     worker_stats,
 )
@@ -365,6 +367,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
     )
     env["RFTLOOP_STREAMS_SESSION_TIMEOUT_S"] = "10"  # how soon the group gives up on the killed worker
     produced: list[Any] = []
+    feedback: list[Any] = []
 
     def send(count: int) -> None:
         with producing(stack.kafka) as p:
@@ -376,6 +379,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
                     topic, serde = streams_topics[spec.name]
                     produce(p, topic.name, ev.request_id, serde.encode_event(ev))
                 produced.append(done)
+                feedback.append(fb)
 
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     port_a, port_b = free_port(), free_port()
@@ -403,18 +407,18 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
         sender.join()
     send(n - len(produced))  # while no worker runs
     mtopic, mserde = streams_topics[METRICS.name]
+    expected = recompute_tumbling(produced, feedback, 2)
     with worker(env, log_b, web_port=port_b) as b:
         wait_ready(log_b, b)
-        counted, stable_since, deadline = 0, time.monotonic(), time.monotonic() + 180
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 180
+        while True:
             windows = read_topic(stack.kafka, mtopic.name, mserde, idle_s=1.0)
             distinct_windows = {w.event_id: w for w in windows if w.window_kind == "tumbling"}
-            now = sum(w.requests for w in distinct_windows.values())
-            if now != counted:
-                counted, stable_since = now, time.monotonic()
-            elif counted >= n and time.monotonic() - stable_since > 5:
+            computed = {w.window_start: window_figures(w) for w in distinct_windows.values()}
+            if computed == expected or time.monotonic() > deadline:
                 break
             time.sleep(1)
+        counted = sum(w.requests for w in distinct_windows.values())
         stats = worker_stats(port_b)
         partials = f"streams-{unique}-window-partials-{unique}"  # stage 1's output (ticks included)
         visible = count_records(stack.kafka, partials, "read_committed")
@@ -429,6 +433,11 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
     if death == "open_transaction":
         assert written > visible, "no partials were left in the open transaction"
     assert counted == n, f"windows counted {counted} of {n} requests"
+    # every window equals its recomputation from the raw events: requests, errors, thumbs, tokens, cost
+    assert len(computed) == len(distinct_windows), "two window events for one window start"
+    starts = computed.keys() | expected.keys()
+    wrong = {str(k): (computed.get(k), expected.get(k)) for k in starts if computed.get(k) != expected.get(k)}
+    assert not wrong, f"windows differ from the raw events (window: published, recomputed): {wrong}"
     tumbling = [w for w in windows if w.window_kind == "tumbling"]
     for w in tumbling:  # a re-sent window says what its first copy said
         assert w.requests == distinct_windows[w.event_id].requests

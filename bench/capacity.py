@@ -84,7 +84,7 @@ def units(load: float, per_unit: float, headroom: float) -> int:
 def plan(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> list[dict[str, Any]]:
     """One row per load in LOADS."""
     stream_rate = results["streams.events_per_s"]["value"]
-    # the join is a faust agent, slower than stage 1; without its own figure it costs what stage 1 does
+    # the join does more per event than stage 1; without its own figure it costs what stage 1 does
     join_rate = results.get("streams.join_events_per_s", {}).get("value", stream_rate)
     sink_rate = results["sink.rows_per_s"]["value"]
     cpu_completions = results["gateway.throughput_vs_bare_vllm"]["value"]
@@ -137,7 +137,9 @@ def render(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> str:
         f"- Windows stage 1, one worker (a transactional confluent-kafka loop): {fig('streams.events_per_s')}.",
     ]
     if "streams.join_events_per_s" in results:
-        lines.append(f"- The join, one worker (a faust agent): {fig('streams.join_events_per_s')}.")
+        lines.append(
+            f"- The join, one worker (a transactional confluent-kafka loop): {fig('streams.join_events_per_s')}."
+        )
     if scale_s:
         lines.append(
             f"- Two workers' stage 1 in one group on the same 2 cores: {scale_s['value']:,.0f} events/s vs "

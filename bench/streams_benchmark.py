@@ -292,8 +292,9 @@ def join_events_per_s(ctx: Context) -> list[Result]:
             goal="report (the capacity model costs the join's inputs at this rate)",
             method=(
                 f"{JOIN_REQUESTS:,} requests × (requested, completed, thumbs feedback) waiting on 3-partition "
-                "topics; ours = one `rftloop streams` worker (faust-streaming join agent only: changelogged "
-                "table, evaluator number_match, RewardedSample out) from its first joined event to the last, "
+                "topics; ours = one `rftloop streams` worker (the join only: a transactional confluent-kafka "
+                "loop, state changelogged, evaluator number_match, RewardedSample out, one transaction per "
+                "batch) from its first joined event to the last, "
                 "read from its /stats/ page; peer = one Python loop over consume(5000) with the same "
                 "TopicSerde.decode_event, JoinState.apply and output encoding, a dict for the table, no "
                 "produce, no changelog, no commit"

@@ -82,14 +82,19 @@ class TrackedProducer:
     def produce(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: str | bytes | None = None,
         headers: Headers | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Queue one record; when the local queue is full, serve callbacks and retry."""
+        """Queue one record (``value`` None: a tombstone; ``partition`` None: by the key's hash);
+        when the local queue is full, serve callbacks and retry."""
+        to = -1 if partition is None else partition  # -1: librdkafka's partitioner picks
         while True:
             try:
-                self._p.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                self._p.produce(
+                    topic, value=value, key=key, headers=headers, partition=to, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:
                 self._p.poll(0.05)
@@ -105,10 +110,17 @@ class TrackedProducer:
         return len(self._p)
 
 
+# A key's partition must be the same whoever writes it: the join reads a request's events from
+# three topics by partition, and faust (the worker's own outputs, e.g. evaluator scores) and Java
+# clients hash keys with murmur2. librdkafka's default (CRC32) put them elsewhere.
+PARTITIONER = "murmur2_random"
+
+
 def producer(settings: KafkaSettings, **overrides: Any) -> TrackedProducer:
     """Idempotent producer (acks=all, no duplicates on retry)."""
     conf: dict[str, Any] = {
         **settings.client_config(),
+        "partitioner": PARTITIONER,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -166,6 +178,7 @@ def transactional_producer(
         **settings.client_config(),
         "transactional.id": transactional_id,
         "transaction.timeout.ms": int(transaction_timeout_s * 1000),
+        "partitioner": PARTITIONER,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -298,14 +311,17 @@ def ensure_topics(settings: KafkaSettings, only: list[TopicSpec] | None = None) 
     return reports
 
 
-def ensure_plain_topic(settings: KafkaSettings, name: str, partitions: int) -> None:
+def ensure_plain_topic(
+    settings: KafkaSettings, name: str, partitions: int, config: dict[str, str] | None = None
+) -> None:
     """Create one topic outside the event catalogue (e.g. a stream processor's internal topic) and
     wait until the brokers report it, so a consumer subscribing right after sees it."""
     a = admin(settings)
     if name in a.list_topics(timeout=10).topics:
         return
     try:
-        topic = NewTopic(name, partitions, settings.replication_factor, config=_isr(settings))
+        conf = {**_isr(settings), **(config or {})}
+        topic = NewTopic(name, partitions, settings.replication_factor, config=conf)
         a.create_topics([topic], operation_timeout=30)[name].result()
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:

@@ -1,27 +1,25 @@
-"""The faust-streaming app: request/response/feedback join, rewards, rolling windows.
+"""A streams worker: the join, the windows' two stages, one process (``rftloop streams``).
 
-Agents (one consumer group, ``RFTLOOP_STREAMS_APP_ID``; run N workers to split partitions):
-
-- ``join``: InferenceRequested + InferenceCompleted + FeedbackSubmitted keyed by
-  request_id into a changelogged table (expiry after the feedback horizon); runs
-  the evaluators and publishes their scores as FeedbackSubmitted; publishes a
-  RewardedSample whenever a response's reward sources grow (streams/join.py).
+- the join (streams/join_stage.py, a thread, its own group ``<app_id>-join``):
+  InferenceRequested + InferenceCompleted + FeedbackSubmitted keyed by request_id into a
+  changelogged state (expiry after the feedback horizon); runs the evaluators and publishes
+  their scores as FeedbackSubmitted; publishes a RewardedSample whenever a response's reward
+  sources grow (streams/join.py). One Kafka transaction per batch: exact through a kill -9.
 - stage 1 of the windows (streams/buckets.py, a thread, its own group
   ``<app_id>-buckets``): InferenceCompleted + FeedbackSubmitted folded into
   base-width buckets per (model, version), published as partial accumulators keyed
   ``model|version`` in one Kafka transaction per batch with the input offsets.
-- ``windows``: reads the partials ``read_committed`` and merges them into every
-  window (changelogged table keyed ``model|version``; a partial already merged —
-  same offset — is skipped) and, on a tick, publishes a MetricsWindow for each
-  window that closed, before it records the close.
+- ``windows`` (the faust agent of this app, group ``<app_id>``): reads the partials
+  ``read_committed`` and merges them into every window (changelogged table keyed
+  ``model|version``; a partial already merged — same offset — is skipped) and, on a tick,
+  publishes a MetricsWindow for each window that closed, before it records the close.
 
-The join's outputs go through faust's producer, which faust flushes before it
-commits the input offsets, and the commit also waits until every table write has
-reached its changelog (``_DurableProducer``): at-least-once, with derived event ids
-(replays publish the same ids; ClickHouse keeps one row per id). The windows are exact through a
-kill -9: every event is in exactly one committed partial, every partial merged
-once. Records that do not decode, or carry absurd values, go to ``<topic>.dlq``
-with headers.
+faust commits the windows agent's input offsets after its producer's flush, and here the flush
+also waits until every table write has reached its changelog (``_DurableProducer``). Closed
+windows are at-least-once with derived event ids (a re-close publishes the same id; ClickHouse
+keeps one row per id); their counts are exact through a kill -9: every event is in exactly one
+committed partial, every partial merged once. Records that do not decode, or carry absurd
+values, go to ``<topic>.dlq`` with headers.
 """
 
 from __future__ import annotations
@@ -37,20 +35,19 @@ from typing import Any, cast
 import faust
 import mode
 from faust.transport.drivers import aiokafka as faust_kafka
-from faust.types import EventT
 from faust.web import Request, Response, View
 
 from infra import failpoints, rewards
 from infra import registry as registry_mod
-from infra.dlq import send_dead_letter
 from infra.kafka import TrackedProducer, ensure_plain_topic, producer
-from infra.serde import InvalidRecord, SerdeError, TopicSerde
+from infra.serde import TopicSerde
 from infra.settings import KafkaSettings, RegistrySettings, StreamsSettings
-from schemas.events import FeedbackSubmitted, InferenceCompleted, InferenceRequested, RewardedSample
 from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED, TopicSpec
 from streams.buckets import BucketStage
-from streams.join import PRODUCER, JoinState, derived_id
+from streams.join import PRODUCER, derived_id
+from streams.join_stage import JoinStage
 from streams.stats import StreamStats
+from streams.transactional import TransactionalStage
 from streams.windows import Accumulator, VersionWindows, base_bucket_s, parse_windows
 
 log = logging.getLogger(__name__)
@@ -125,10 +122,10 @@ class _Transport(faust_kafka.Transport):
     Producer = _DurableProducer
 
 
-def _thread_service(stage: BucketStage) -> type[mode.Service]:
-    """A service that runs stage 1 in a thread while the worker runs; a fatal error stops the worker."""
+def _thread_service(stage: TransactionalStage) -> type[mode.Service]:
+    """A service that runs a stage in a thread while the worker runs; a fatal error stops the worker."""
 
-    class BucketsThread(mode.Service):
+    class StageThread(mode.Service):
         def __post_init__(self) -> None:
             self._stop = threading.Event()
             self._thread: threading.Thread | None = None
@@ -140,10 +137,10 @@ def _thread_service(stage: BucketStage) -> type[mode.Service]:
                 try:
                     stage.run(self._stop)
                 except BaseException as exc:  # handed to the worker, which stops
-                    log.critical("buckets: stage 1 stopped: %r", exc)
+                    log.critical("%s: stopped: %r", stage.name, exc)
                     asyncio.run_coroutine_threadsafe(self.crash(exc), loop)
 
-            self._thread = threading.Thread(target=main, name="rftloop-buckets", daemon=True)
+            self._thread = threading.Thread(target=main, name=f"rftloop-{stage.name}", daemon=True)
             self._thread.start()
 
         async def on_stop(self) -> None:
@@ -151,7 +148,7 @@ def _thread_service(stage: BucketStage) -> type[mode.Service]:
             if self._thread is not None:
                 await asyncio.to_thread(self._thread.join, 30)
 
-    return BucketsThread
+    return StageThread
 
 
 class StreamsApp:
@@ -171,7 +168,6 @@ class StreamsApp:
             self.specs_by_topic[named.name] = named
             self.serde[spec.name] = TopicSerde(reg, named)
         self._dlq: TrackedProducer = producer(kafka)
-        self._sweep_at: dict[int, float] = {}
 
         failover: dict[str, float] = (
             {
@@ -200,7 +196,7 @@ class StreamsApp:
             commit_interval=1.0,
             producer_acks=-1,
             # aiokafka waits for a full partition batch to drain before it starts the next: 16 KiB
-            # (the default) held the join to 3.2 k events/s, 1 MiB + 5 ms linger gave 4.1 k
+            # (the default) held the faust join (before join_stage.py) to 3.2 k events/s, 1 MiB gave 4.1 k
             producer_max_batch_size=1 << 20,
             producer_linger_ms=5,
             # faust's default is 60 s: the group waits that long for a killed worker's partitions
@@ -222,13 +218,23 @@ class StreamsApp:
             key_serializer="raw",
             value_serializer="json",
         )
-        self.joins = app.Table("joins", default=None, partitions=kafka.partitions)
         self.windows = app.Table("windows", default=None, partitions=kafka.partitions)
 
         agents = set(settings.agents.split(","))
+        self.join: JoinStage | None = None
         if "join" in agents:
-            sources = app.topic(REQUESTED.name + sfx, COMPLETED.name + sfx, FEEDBACK.name + sfx, **raw)
-            app.agent(sources, name="join")(self._join_agent)
+            self.join = JoinStage(
+                kafka,
+                settings,
+                requested=self.serde[REQUESTED.name],
+                completed=self.serde[COMPLETED.name],
+                feedback=self.serde[FEEDBACK.name],
+                rewarded=self.serde[REWARDED.name],
+                state_topic=f"{settings.app_id}-join-state{sfx}",
+                evaluators=self.evaluators,
+                stats=self.stats,
+            )
+            app.service(_thread_service(self.join))
         self.buckets: BucketStage | None = None
         if "metrics" in agents:
             self.buckets = BucketStage(
@@ -268,28 +274,6 @@ class StreamsApp:
             ", ".join(self.evaluators) or "none",
         )
 
-    def _dead_letter(self, event: EventT, error: BaseException, agent: str) -> None:
-        msg = event.message
-        self.stats.dead_letters += 1
-        value = msg.value if isinstance(msg.value, bytes) else b""
-        key = msg.key if isinstance(msg.key, bytes) else None
-        send_dead_letter(
-            self._dlq,
-            topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            timestamp_ms=int(msg.timestamp * 1000),
-            key=key,
-            value=value,
-            headers=[
-                (str(k), v)
-                for k, v in (msg.headers.items() if isinstance(msg.headers, Mapping) else msg.headers or [])
-            ],
-            error=error,
-            consumer_name=f"{self.settings.app_id}.{agent}",
-        )
-        self._dlq.poll(0)
-
     def _base(self, topic: str) -> str:
         sfx = self.settings.topic_suffix
         return topic[: -len(sfx)] if sfx and topic.endswith(sfx) else topic
@@ -298,47 +282,6 @@ class StreamsApp:
         """Queue one event on faust's producer; the returned future resolves once Kafka has it."""
         data = self.serde[base].encode_event(event)
         return await topic.send(key=key.encode(), value=data, force=True)
-
-    # -- join --------------------------------------------------------------------
-    async def _join_agent(self, stream: faust.StreamT) -> None:
-        horizon = self.settings.feedback_horizon_s
-        async for event in stream.events():
-            base = self._base(event.message.topic)
-            try:
-                decoded = self.serde[base].decode_event(event.message.value)
-                request_id = decoded.request_id  # type: ignore[attr-defined]
-                if not request_id:
-                    raise InvalidRecord(f"{type(decoded).__name__} without request_id cannot be joined")
-            except SerdeError as exc:
-                self._dead_letter(event, exc, "join")
-                continue
-            assert isinstance(decoded, InferenceRequested | InferenceCompleted | FeedbackSubmitted)
-            now = time.time()
-            partition = event.message.partition
-            current = self.joins.get(request_id)
-            state = (
-                JoinState.from_json(current) if current else JoinState(partition=partition, expires_at=0.0)
-            )
-            outputs = state.apply(decoded, self.evaluators, now, horizon)
-            self.joins[request_id] = state.to_json()
-            self.stats.joined += 1
-            for out in outputs:
-                if isinstance(out, RewardedSample):
-                    self.stats.samples += 1
-                    await self._send_event(self.t_rewarded, REWARDED.name, request_id, out)
-                else:
-                    self.stats.evaluator_scores += 1
-                    await self._send_event(self.t_feedback, FEEDBACK.name, request_id, out)
-            if now >= self._sweep_at.get(partition, 0.0):
-                self._sweep_at[partition] = now + min(60.0, horizon / 10)
-                self._expire(partition, now)
-
-    def _expire(self, partition: int, now: float) -> None:
-        """Drop joins of this partition past their horizon (deletes go to this partition's changelog)."""
-        old = [k for k, v in self.joins.items() if v and v["p"] == partition and v["x"] < now]
-        for key in old:
-            del self.joins[key]
-        self.stats.expired += len(old)
 
     # -- stage 2: windows -------------------------------------------------------
     async def _windows_agent(self, stream: faust.StreamT) -> None:

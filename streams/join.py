@@ -1,7 +1,7 @@
 """Join a request, its response and its feedback by ``request_id`` (pure logic).
 
-The faust agent (streams/app.py) keeps one ``JoinState`` per request_id in a
-changelogged table and calls ``JoinState.apply`` for every event, in whatever
+The join stage (streams/join_stage.py) keeps one ``JoinState`` per request_id,
+changelogged, and calls ``JoinState.apply`` for every event, in whatever
 order the events arrive. ``apply`` is idempotent per ``event_id`` (a duplicate
 changes nothing and emits nothing) and returns what to publish:
 

@@ -216,7 +216,12 @@ def test_join_rewards_and_windows_match_a_direct_computation(
 def test_two_workers_split_the_partitions_and_count_every_event_once(
     stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
 ) -> None:
-    """Worker B joins while events flow: the rebalance neither loses nor double-counts an event."""
+    """Worker B joins while events flow: the rebalance neither loses nor double-counts an event.
+
+    Every third request carries a reference, so the join's evaluator publishes a score for it
+    on the feedback topic, which must land on the request's partition (every producer hashes keys
+    with murmur2, as faust and Java clients do) or the worker that holds the request never sees it.
+    """
     env = streams_env(
         stack, unique, tmp_path, RFTLOOP_STREAMS_WINDOWS="tumbling:5", RFTLOOP_STREAMS_LATENESS_S="20"
     )
@@ -227,7 +232,10 @@ def test_two_workers_split_the_partitions_and_count_every_event_once(
         with producing(stack.kafka) as p:
             for _ in range(n):
                 i = len(produced)
-                req, done = request_events(f"q{i}-{unique}", version="v1", at=utc(time.time()))
+                reference = "42" if i % 3 == 0 else None
+                req, done = request_events(
+                    f"q{i}-{unique}", version="v1", at=utc(time.time()), reference=reference
+                )
                 fb = thumbs(req.request_id or "", version="v1", at=utc(time.time()), up=i % 2 == 0)
                 for spec, ev in ((REQUESTED, req), (COMPLETED, done), (FEEDBACK, fb)):
                     topic, serde = streams_topics[spec.name]
@@ -245,17 +253,22 @@ def test_two_workers_split_the_partitions_and_count_every_event_once(
             windows = windows_until(stack, mtopic.name, mserde, {"v1": len(produced)}, timeout_s=90)
             rtopic, rserde = streams_topics[REWARDED.name]
             samples = read_topic(stack.kafka, rtopic.name, rserde, idle_s=2.0)
-        # B was assigned source partitions (faust logs its assignment as a table).
-        assigned = re.search(
-            rf"llm\.inference\.completed-{unique}\s*\|\s*\{{", log_b.read_text(errors="replace")
-        )
-        assert assigned, "worker B never got a partition of the source topics"
+        # B's join and stage 1 were given source partitions (each stage logs its assignments)
+        log_text = log_b.read_text(errors="replace")
+        for stage in ("join", "buckets"):
+            assigned = re.search(rf"{stage}: assigned [^\n]*llm\.inference\.completed-{unique}\[", log_text)
+            assert assigned, f"worker B's {stage} never got a partition of the source topics"
 
     assert sum(w.requests for w in windows) == 1500
     assert sum(w.thumbs_up + w.thumbs_down for w in windows) == 1500
     assert sum(w.thumbs_up for w in windows) == 750
     assert {s.request_id for s in samples} == {d.request_id for d in produced}
-    assert len({s.event_id for s in samples}) == 1500
+    # a sample per request with the user's thumb, and another with the evaluator's score as well
+    referenced = {d.request_id for i, d in enumerate(produced) if i % 3 == 0}
+    scored = {s.request_id for s in samples if any(r.source.value == "evaluator" for r in s.reward_sources)}
+    assert scored == referenced, f"{len(referenced - scored)} of {len(referenced)} never got the score"
+    assert len({s.event_id for s in samples}) == 1500 + len(referenced)
+    assert len(samples) == 1500 + len(referenced), "a sample was published twice through the rebalance"
 
 
 @pytest.mark.reliability
@@ -336,7 +349,9 @@ def test_a_second_worker_with_the_same_instance_id_stops_the_first(
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("death", ["sigkill", "open_transaction", "commit_before_changelog"])
+@pytest.mark.parametrize(
+    "death", ["sigkill", "open_transaction", "join_open_transaction", "commit_before_changelog"]
+)
 def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
     stack: Any,
     streams_topics: dict[str, Any],
@@ -347,14 +362,17 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
 ) -> None:
     """kill -9 a worker while events flow, start a new one on its data dir: changelogs restore the state.
 
-    Exact after the restart: every RewardedSample (derived event ids: a replay re-emits the same id)
-    and the windows — every request counted exactly once over the distinct window ids (stage 1
-    commits partials and input offsets in one transaction; the windows read them read_committed;
-    a window re-closed after the kill carries its first id, as ClickHouse keeps one row per id).
+    Exact after the restart: every RewardedSample published once (the join commits its outputs,
+    its changed states and its input offsets in one transaction) and the windows — every request
+    counted exactly once over the distinct window ids (stage 1 commits partials and input offsets in
+    one transaction; the windows read them read_committed; a window re-closed after the kill carries
+    its first id, as ClickHouse keeps one row per id).
 
     ``sigkill``: kill -9 from outside once stage 1 has committed a batch (where it lands varies).
     ``open_transaction``: the worker dies like kill -9 (failpoint) with its second batch's partials
     in the log but not committed — the case a random kill rarely hits; they must never count.
+    ``join_open_transaction``: the same for the join's second batch: its changed states (and any
+    samples) are in the log, never visible; the restarted worker joins that batch again.
     ``commit_before_changelog``: the worker's first table write waits 3 s for its changelog (a slow
     metadata fetch, failpoint) and the worker dies right after its first offset commit: faust's own
     flush committed past such writes (the join lost a sample in CI); the commit must wait for them.
@@ -386,6 +404,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
     failpoint = {
         "sigkill": {},
         "open_transaction": {"RFTLOOP_FAILPOINT": "buckets.before_commit@2"},
+        "join_open_transaction": {"RFTLOOP_FAILPOINT": "join.before_commit@2"},
         "commit_before_changelog": {"RFTLOOP_FAILPOINT": "streams.changelog_send~3,streams.after_commit"},
     }[death]
     with worker(env, log_a, failpoint, web_port=port_a) as a:
@@ -394,7 +413,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
         sender.start()
         if failpoint:
             assert a.wait(90) == 137, "the failpoint did not fire"
-            at_kill = {"bucketed": "1 batch" if death == "open_transaction" else "first commit"}
+            at_kill = {"bucketed": "first commit" if death == "commit_before_changelog" else "1 batch"}
         else:
             deadline = time.monotonic() + 60
             # mid-stream: stage 1 has committed a batch (it joins its group a few seconds after Ready)
@@ -425,13 +444,20 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
         written = count_records(stack.kafka, partials, "read_uncommitted")
         rtopic, rserde = streams_topics[REWARDED.name]
         samples = read_topic(stack.kafka, rtopic.name, rserde, idle_s=2.0)
+        samples_written = count_records(stack.kafka, rtopic.name, "read_uncommitted")
+        join_state = f"streams-{unique}-join-state-{unique}"  # the join's changelog
+        states_visible = count_records(stack.kafka, join_state, "read_committed")
+        states_written = count_records(stack.kafka, join_state, "read_uncommitted")
         assert b.poll() is None
     missing = {d.request_id for d in produced} - {s.request_id for s in samples}
     assert not missing, f"the join lost {len(missing)} of {n} (worker stats {stats})"
     distinct = {s.event_id for s in samples}
-    assert len(distinct) == n  # replayed samples carry the same derived ids: consumers collapse them
+    assert len(distinct) == n
+    assert len(samples) == n, f"{len(samples) - n} samples published twice"
     if death == "open_transaction":
         assert written > visible, "no partials were left in the open transaction"
+    if death == "join_open_transaction":
+        assert states_written > states_visible, "no join states were left in the open transaction"
     assert counted == n, f"windows counted {counted} of {n} requests"
     # every window equals its recomputation from the raw events: requests, errors, thumbs, tokens, cost
     assert len(computed) == len(distinct_windows), "two window events for one window start"
@@ -442,7 +468,7 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
     for w in tumbling:  # a re-sent window says what its first copy said
         assert w.requests == distinct_windows[w.event_id].requests
     record_figures(
-        f"faust worker kill -9 mid-stream ({death.replace('_', ' ')}), restarted on its data dir",
+        f"stream worker kill -9 mid-stream ({death.replace('_', ' ')}), restarted on its data dir",
         produced=n,
         rewarded_samples_distinct=len(distinct),
         rewarded_samples_emitted=len(samples),
@@ -451,6 +477,8 @@ def test_worker_killed_mid_stream_loses_nothing_and_the_join_stays_exact(
         windows_resent=len(tumbling) - len(distinct_windows),
         stage1_batches_aborted=stats["aborted_batches"],
         partials_in_aborted_transactions=written - visible,
+        join_states_in_aborted_transactions=states_written - states_visible,
+        samples_in_aborted_transactions=samples_written - len(samples),
         lost=0,
         duplicated=0,
     )

@@ -255,7 +255,7 @@ def test_recent_ids_forget_what_an_aborted_batch_saw() -> None:
 
 def test_instance_id_is_stable_per_host_and_data_dir_unless_set(tmp_path: Path) -> None:
     from infra.settings import StreamsSettings
-    from streams.buckets import instance_id
+    from streams.transactional import instance_id
 
     a = StreamsSettings(data_dir=tmp_path / "a")
     assert instance_id(a) == instance_id(StreamsSettings(data_dir=tmp_path / "a"))

@@ -229,8 +229,8 @@ def render(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> str:
         "- Per-worker rates are measured with the broker, ClickHouse and the load generator on the same "
         "2 cores, so they understate a dedicated core; the 2-worker figure shows the shared-core ceiling, "
         "not the per-core slope.",
-        "- The join's cost per event is assumed equal to the metrics agents' (only the latter is "
-        "benchmarked on its own).",
+        "- The join and stage 1 are measured one at a time (each alone in a worker); in one worker "
+        "they share a process, and the model adds their costs.",
         "- GPU serving and GPU training are not measured here; the serving figure is cited, and GPU "
         "training throughput is not modelled.",
         "- The ClickHouse cluster DDL is generated and parsed, not run against a multi-node cluster.",

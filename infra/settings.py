@@ -154,7 +154,7 @@ class ClickHouseSettings(BaseSettings):
 
 
 class StreamsSettings(BaseSettings):
-    """The faust stream processors: joins, rewards, rolling windows."""
+    """The stream worker: the join and rewards, rolling windows."""
 
     model_config = SettingsConfigDict(env_prefix="RFTLOOP_STREAMS_", extra="ignore")
 
@@ -174,8 +174,8 @@ class StreamsSettings(BaseSettings):
     evaluators: str = Field("number_match,json_valid,regex", description="registered evaluators to run")
     evaluator_modules: str = Field("", description="comma-separated modules that register evaluators")
     agents: str = Field("join,metrics", description="what this worker runs: join, metrics, or both")
-    batch_size: int = Field(2000, ge=1, description="events per metrics batch")
-    batch_seconds: float = Field(0.2, gt=0, description="longest wait to fill a metrics batch")
+    batch_size: int = Field(2000, ge=1, description="events per batch of the join and of stage 1")
+    batch_seconds: float = Field(0.2, gt=0, description="longest wait to fill a batch")
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (open windows); 0 = off")
     data_dir: Path = Field(Path(".rftloop/streams"), description="faust worker state")
     instance_id: str = Field(
@@ -188,8 +188,8 @@ class StreamsSettings(BaseSettings):
         10.0,
         ge=1,
         le=900,
-        description="the broker aborts a dead worker's open metrics batch after this; the windows "
-        "wait for it meanwhile (a restarted worker aborts it at once)",
+        description="the broker aborts a dead worker's open batch after this; the windows and the "
+        "samples wait for it meanwhile (a restarted worker aborts it at once)",
     )
 
     @field_validator("agents")

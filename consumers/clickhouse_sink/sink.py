@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 NAME = "clickhouse-sink"
 
 
+def _listed(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
 @dataclass
 class SinkStats:
     consumed: int = 0
@@ -104,7 +108,10 @@ class ClickHouseSink:
         def on_revoke(consumer_: Any, partitions: list[TopicPartition]) -> None:
             flush()  # commit what we hold before the partitions move
 
-        c.subscribe([t.name for t in self.topics], on_revoke=on_revoke)
+        def on_assign(consumer_: Any, partitions: list[TopicPartition]) -> None:
+            log.info("sink: assigned %d partition(s): %s", len(partitions), _listed(partitions))
+
+        c.subscribe([t.name for t in self.topics], on_assign=on_assign, on_revoke=on_revoke)
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         batch_started = time.monotonic()
         try:

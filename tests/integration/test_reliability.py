@@ -94,6 +94,12 @@ def test_sink_killed_mid_batch_loses_nothing_and_shows_no_duplicates(
     )
 
 
+def _assigned(log: Path, topic: str) -> bool:
+    """Whether the sink writing ``log`` was last assigned a partition of ``topic``."""
+    lines = [x for x in log.read_text(errors="replace").splitlines() if "sink: assigned" in x]
+    return bool(lines) and f"{topic}[" in lines[-1]
+
+
 def test_two_sinks_in_one_group_share_the_partitions_and_store_each_event_once(
     stack: Any, event_topic: Any, ch_database: str, unique: str, tmp_path: Path, record_figures: Any
 ) -> None:
@@ -122,7 +128,12 @@ def test_two_sinks_in_one_group_share_the_partitions_and_store_each_event_once(
             return 0
 
     try:
-        time.sleep(5)  # both join before the events arrive, so the group splits the partitions
+        # both hold partitions before the events arrive, so the group has split them
+        deadline = time.monotonic() + 90
+        while not all(_assigned(path, topic.name) for path in logs) and time.monotonic() < deadline:
+            for proc, path in zip(procs, logs, strict=True):
+                assert proc.poll() is None, path.read_text(errors="replace")[-3000:]
+            time.sleep(0.3)
         now = time.time()
         with producing(stack.kafka) as p:
             for i in range(n):

@@ -14,8 +14,9 @@
   ``model|version``; a partial already merged — same offset — is skipped) and, on a tick,
   publishes a MetricsWindow for each window that closed, before it records the close.
 
-faust commits the windows agent's input offsets after its producer's flush, and here the flush
-also waits until every table write has reached its changelog (``_DurableProducer``). Closed
+faust commits the windows agent's input offsets after its producer's flush, and here only once
+every table write queued before has reached its changelog (``_DurableProducer``; else the
+commit is postponed). Closed
 windows are at-least-once with derived event ids (a re-close publishes the same id; ClickHouse
 keeps one row per id); their counts are exact through a kill -9: every event is in exactly one
 committed partial, every partial merged once. Records that do not decode, or carry absurd
@@ -68,10 +69,17 @@ class _ReadCommittedConsumer(faust_kafka.Consumer):
         return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _commit_offsets(self, offsets: Mapping[Any, int], start_new_transaction: bool = True) -> bool:
+        producer = self.app.producer
+        if isinstance(producer, _DurableProducer) and not await producer.changelog_delivered():
+            log.warning("commit postponed: table writes not in their changelogs after %.0f s", DELIVERY_WAIT_S)
+            return False  # the next commit tries again; a kill meanwhile replays these inputs
         did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         if did_commit:
             failpoints.reached("streams.after_commit")
         return did_commit
+
+
+DELIVERY_WAIT_S = 5.0
 
 
 class ChangelogNotDelivered(RuntimeError):
@@ -84,9 +92,8 @@ class _DurableProducer(faust_kafka.Producer):
     sent and counts a message as sent once it left the queue, before aiokafka has it. A write still
     waiting for its changelog's metadata (a worker's first writes) was committed past and lost to a
     kill -9: the restarted worker neither had the state nor re-read the input (the join lost a
-    sample). This producer remembers every buffered message and ``flush`` waits for their delivery."""
-
-    flush_timeout_s = 120.0
+    sample). This producer remembers every buffered message; the consumer commits only once those
+    queued before the commit are delivered (it waits ``DELIVERY_WAIT_S``, else postpones the commit)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -103,18 +110,18 @@ class _DurableProducer(faust_kafka.Producer):
             await asyncio.sleep(stall)  # a slow first metadata fetch, held long enough to race a commit
         return await super().send(topic, *args, **kwargs)
 
-    async def flush(self) -> None:
-        await super().flush()
+    async def changelog_delivered(self) -> bool:
+        """Whether every table write queued so far reached Kafka (waits up to ``DELIVERY_WAIT_S``);
+        raises ChangelogNotDelivered when one failed (its state would be lost: the worker stops)."""
         waiting = [f for f in self._unsent if not f.done()]
         if waiting:
-            _, late = await asyncio.wait(waiting, timeout=self.flush_timeout_s)
+            _, late = await asyncio.wait(waiting, timeout=DELIVERY_WAIT_S)
             if late:
-                raise ChangelogNotDelivered(
-                    f"{len(late)} table writes not delivered in {self.flush_timeout_s:.0f} s: not committing"
-                )
+                return False
         failed = [f for f in waiting if f.cancelled() or f.exception() is not None]
         if failed:
             raise ChangelogNotDelivered(f"{len(failed)} table writes failed: not committing")
+        return True
 
 
 class _Transport(faust_kafka.Transport):

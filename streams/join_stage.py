@@ -91,7 +91,8 @@ class JoinStage(TransactionalStage):
 
     def aborted(self) -> None:
         """Memory holds the aborted batch's changes: read the committed states back."""
-        self.states.update(self.restore(sorted(self.states)))
+        if self.states:
+            self.states.update(self.restore(sorted(self.states)))
 
     def restore(self, partitions: list[int]) -> dict[int, dict[str, JoinState]]:
         """The committed states of ``partitions``, read from the changelog to its end."""

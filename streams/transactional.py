@@ -18,6 +18,7 @@ import hashlib
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ from streams.stats import StreamStats
 
 log = logging.getLogger(__name__)
 
+MAX_RESTARTS = 5
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
@@ -98,6 +100,7 @@ class TransactionalStage:
         self.stats = stats
         self.topics = topics
         self.group = f"{settings.app_id}-{self.name}"
+        self.committed_batches = 0
         self.transactional_id = f"{self.group}-{instance_id(settings)}"
 
     # -- what a stage does ---------------------------------------------------------
@@ -120,11 +123,32 @@ class TransactionalStage:
 
     # -- the loop ------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Consume, transform, produce and commit until ``stop`` is set; raises on a fatal Kafka error
-        (e.g. fenced by another worker with the same instance id)."""
+        """Consume, transform, produce and commit until ``stop`` is set; raises WorkerFenced when
+        another worker took this one's transactional id.
+
+        A fatal (or still failing retriable) producer error (librdkafka: the instance must be replaced — e.g. INVALID_TXN_STATE
+        when a transaction coordinator dies mid-commit) replaces the producer under the same id,
+        which aborts the open batch, and resumes from the committed offsets; it gives up after
+        ``MAX_RESTARTS`` in a row without a committed batch."""
         self.prepare()
-        p = transactional_producer(self.kafka, self.transactional_id, self.settings.transaction_timeout_s)
-        log.info("%s: transactional id %s, group %s", self.name, self.transactional_id, self.group)
+        restarts = 0
+        while not stop.is_set():
+            committed_before = self.committed_batches
+            try:
+                p = transactional_producer(self.kafka, self.transactional_id, self.settings.transaction_timeout_s)
+                log.info("%s: transactional id %s, group %s", self.name, self.transactional_id, self.group)
+                self._consume(p, stop)
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                restarts = 0 if self.committed_batches > committed_before else restarts + 1
+                if not (err.fatal() or err.retriable()) or restarts > MAX_RESTARTS:
+                    raise
+                log.error("%s: fatal Kafka error, replacing the producer (restart %d): %s", self.name, restarts, err)
+                self.aborted()
+                self.stats.aborted_batches += 1
+                time.sleep(min(10.0, restarts))
+
+    def _consume(self, p: TransactionalProducer, stop: threading.Event) -> None:
         while not stop.is_set():
             c = consumer(self.kafka, self.group, **self._consumer_conf())
             c.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
@@ -178,6 +202,7 @@ class TransactionalStage:
             self.aborted()
             self.stats.aborted_batches += 1
             return rewind(c)
+        self.committed_batches += 1
         for stat, n in counts.items():
             setattr(self.stats, stat, getattr(self.stats, stat) + n)
         return True

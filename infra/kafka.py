@@ -149,14 +149,14 @@ class TransactionalProducer(TrackedProducer):
 
     def commit(self, offsets: list[TopicPartition], group: Any, timeout_s: float = 60) -> None:
         """Commit the records produced since ``begin`` and the input ``offsets`` as one transaction."""
-        _retrying(lambda: self._p.send_offsets_to_transaction(offsets, group, timeout_s))
-        _retrying(lambda: self._p.commit_transaction(timeout_s))
+        retrying(lambda: self._p.send_offsets_to_transaction(offsets, group, timeout_s))
+        retrying(lambda: self._p.commit_transaction(timeout_s))
 
     def abort(self, timeout_s: float = 60) -> None:
         self._p.abort_transaction(timeout_s)
 
 
-def _retrying(call: Callable[[], None], attempts: int = 5) -> None:
+def retrying(call: Callable[[], None], attempts: int = 5) -> None:
     """Run ``call`` again while it fails with a retriable error (librdkafka's transactional contract)."""
     for attempt in range(attempts):
         try:

@@ -187,7 +187,10 @@ class TransactionalStage:
             if failpoints.armed(failpoint):
                 p.flush()  # the outputs reach the log inside the open transaction
                 failpoints.reached(failpoint)
-            p.commit(next_offsets(batch), c.consumer_group_metadata())
+            # each step waits about a transaction's lifetime, not librdkafka's 60 s: a producer stuck on a
+            # dead coordinator held stage 1 (and the windows) for minutes in the 3-broker test
+            step_s = max(5.0, self.settings.transaction_timeout_s)
+            p.commit(next_offsets(batch), c.consumer_group_metadata(), timeout_s=step_s)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if err.code() in _FENCED:
@@ -198,7 +201,7 @@ class TransactionalStage:
             if err.fatal() or not err.txn_requires_abort():
                 raise
             log.warning("%s: batch of %d aborted, processing it again: %s", self.name, len(batch), err)
-            p.abort()
+            p.abort(max(5.0, self.settings.transaction_timeout_s))
             self.aborted()
             self.stats.aborted_batches += 1
             return rewind(c)

@@ -24,13 +24,17 @@ from infra.clickhouse.client import connect
 from infra.clickhouse.migrate import migrate
 from infra.clickhouse.tables import EventTable, event_table
 from infra.dlq import send_to_dlq
-from infra.kafka import consumer, producer
+from infra.kafka import consumer, producer, retrying
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import ClickHouseSettings, KafkaSettings
 from schemas.topics import ALL_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 NAME = "clickhouse-sink"
+
+
+def _commit(c: Any) -> None:
+    c.commit(asynchronous=False)
 
 
 def _listed(partitions: list[TopicPartition]) -> str:
@@ -100,7 +104,8 @@ class ClickHouseSink:
             self._insert_with_backoff(c, buffers)
             if dlq.flush(30):
                 raise RuntimeError("dead letters still undelivered; not committing")
-            c.commit(asynchronous=False)
+            # a coordinator that just moved answers "load in progress" (retriable): retry, do not exit
+            retrying(lambda: _commit(c))
             self.stats.batches += 1
             buffers.clear()
             pending.clear()

@@ -438,10 +438,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_trainer(args: argparse.Namespace) -> int:
     import time
 
+    from confluent_kafka import KafkaException
+
     from consumers.trainer.lease import Lease
     from consumers.trainer.run import NotEnoughData, incumbent_of, run_once
     from consumers.trainer.triggers import LastRun, TriggerConfig, due, observe
     from infra.clickhouse.client import connect
+    from infra.retry import Retrier
     from infra.settings import TrainerSettings
 
     cfg = load_or_explain(TrainerSettings)
@@ -455,7 +458,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     if not last.at:
         last.at = time.time()  # the interval counts from this start until the first run
     print(f"trainer: watching {cfg.served_name} (every {cfg.poll_s:.0f} s): {trig}", flush=True)
-    lease = Lease(_kafka(), cfg.served_name, cfg.topic_suffix)
+    retry = Retrier("trainer")
+    lease = retry.call("joining the lease group", lambda: Lease(_kafka(), cfg.served_name, cfg.topic_suffix))
     runs, active = 0, False
     while args.max_runs is None or runs < args.max_runs:
         if lease.poll(1.0) != active:
@@ -489,6 +493,10 @@ def cmd_trainer(args: argparse.Namespace) -> int:
                 print(f"trainer: {result.version} {result.status}: {'; '.join(result.reasons)}", flush=True)
             except NotEnoughData as exc:
                 print(f"trainer: {exc}", flush=True)
+            except KafkaException as exc:  # FatalKafkaError (not retriable) stops the daemon
+                retry.failed("training run", exc)  # logs, backs off; the run is tried again
+                continue
+            retry.recovered("training run")
             last = LastRun(at=time.time(), newest_sample=(newest or 0) / 1000)
             last.save(state)
             runs += 1
@@ -711,6 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _unreachable() -> set[int]:
+    from confluent_kafka import KafkaError
+
+    return {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -729,18 +743,26 @@ def main(argv: list[str] | None = None) -> int:
 
         from infra.clickhouse.queries import BadDuration
         from infra.local.process import ServiceError
+        from infra.retry import FatalKafkaError, kafka_error
         from streams.windows import WindowSpecError
 
         if isinstance(exc, ServiceError | BadDuration | WindowSpecError):
             print(f"rftloop: {exc}", file=sys.stderr)
             return 1 if isinstance(exc, ServiceError) else 2
+        if isinstance(exc, FatalKafkaError):
+            print(f"rftloop: stopped on a Kafka error that retrying cannot mend: {exc}", file=sys.stderr)
+            return 1
         if isinstance(exc, KafkaException):
             servers = KafkaSettings().bootstrap_servers
-            print(
-                f"rftloop: cannot talk to Kafka at {servers} (RFTLOOP_KAFKA_BOOTSTRAP_SERVERS): {exc}; "
-                "is it running (`rftloop status`)?",
-                file=sys.stderr,
-            )
+            error = kafka_error(exc)
+            if isinstance(error, str) or error.code() in _unreachable():
+                print(
+                    f"rftloop: cannot talk to Kafka at {servers} (RFTLOOP_KAFKA_BOOTSTRAP_SERVERS): {exc}; "
+                    "is it running (`rftloop status`)?",
+                    file=sys.stderr,
+                )
+            else:  # the brokers answered, with an error: name it
+                print(f"rftloop: Kafka at {servers} refused: {error.name()}: {error.str()}", file=sys.stderr)
             return 1
         raise
 

@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka import Consumer as _Consumer
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from infra.retry import Retrier
 from infra.settings import KafkaSettings
 from schemas.topics import ALL_TOPICS, DLQ_CONFIG, TopicSpec
 
@@ -28,7 +30,11 @@ def header_list(msg: Message) -> Headers:
 
 
 class DeliveryFailed(KafkaException):
-    """A record could not be delivered after librdkafka's retries."""
+    """A record could not be delivered after librdkafka's retries; ``error`` is the last cause."""
+
+    def __init__(self, message: str, error: KafkaError | None = None) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class TrackedProducer:
@@ -149,24 +155,29 @@ class TransactionalProducer(TrackedProducer):
 
     def commit(self, offsets: list[TopicPartition], group: Any, timeout_s: float = 60) -> None:
         """Commit the records produced since ``begin`` and the input ``offsets`` as one transaction."""
-        retrying(lambda: self._p.send_offsets_to_transaction(offsets, group, timeout_s))
-        retrying(lambda: self._p.commit_transaction(timeout_s))
+        retrying(lambda: self._p.send_offsets_to_transaction(offsets, group, timeout_s), timeout_s)
+        retrying(lambda: self._p.commit_transaction(timeout_s), timeout_s)
 
     def abort(self, timeout_s: float = 60) -> None:
         self._p.abort_transaction(timeout_s)
 
 
-def retrying(call: Callable[[], None], attempts: int = 5) -> None:
-    """Run ``call`` again while it fails with a retriable error (librdkafka's transactional contract)."""
-    for attempt in range(attempts):
+def retrying(call: Callable[[], None], within_s: float) -> None:
+    """Run a transaction step again while it fails retriably (librdkafka's transactional contract),
+    for at most ``within_s``: past the transaction's lifetime the broker aborts it anyway, and the
+    stage's own loop (``streams.transactional``) replaces the producer and goes on retrying."""
+    deadline = time.monotonic() + within_s
+    attempt = 0
+    while True:
         try:
             call()
             return
         except KafkaException as exc:
-            if not exc.args[0].retriable() or attempt == attempts - 1:
+            attempt += 1
+            if not exc.args[0].retriable() or time.monotonic() >= deadline:
                 raise
-            log.warning("transaction step failed, retrying: %s", exc)
-            time.sleep(0.5 * (attempt + 1))
+            log.warning("transaction step failed (attempt %d), retrying: %s", attempt, exc)
+            time.sleep(min(2.0, 0.25 * attempt))
 
 
 def transactional_producer(
@@ -201,7 +212,8 @@ def producing(
         if left or p.failed:
             raise DeliveryFailed(
                 f"{p.failed} record(s) failed ({p.last_error}), {left} still undelivered "
-                f"after {flush_timeout_s}s"
+                f"after {flush_timeout_s}s",
+                p.last_error,
             )
 
 
@@ -327,3 +339,24 @@ def ensure_plain_topic(
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise
     wait_visible(a, [name])
+
+
+def assign_from_start(c: _Consumer, topics: list[str], retry: Retrier) -> dict[tuple[str, int], int]:
+    """Assign every partition of ``topics`` from its first offset (a reader that rebuilds its state
+    by replay: no group, nothing committed) and return each non-empty partition's end offset now:
+    the replay has caught up once it has read up to those. Broker trouble is retried (``retry``)."""
+    tps: list[TopicPartition] = []
+    ends: dict[tuple[str, int], int] = {}
+    for topic in topics:
+        md = retry.call(f"metadata of {topic}", partial(c.list_topics, topic, timeout=30)).topics.get(topic)
+        parts = list(md.partitions) if md is not None and md.error is None else [0]
+        for p in parts:
+            tp = TopicPartition(topic, p, OFFSET_BEGINNING)
+            end = retry.call(f"end offset of {topic}[{p}]", partial(c.get_watermark_offsets, tp, timeout=10))[
+                1
+            ]
+            if end > 0:
+                ends[(topic, p)] = end
+            tps.append(tp)
+    c.assign(tps)
+    return ends

@@ -267,7 +267,9 @@ class StreamsApp:
         @app.page("/stats/")
         class Stats(View):
             async def get(self, request: Request) -> Response:
-                return self.json(streams_app.stats.__dict__)
+                stages = [s for s in (streams_app.join, streams_app.buckets) if s is not None]
+                kafka = {s.name: s.kafka_retry.health() for s in stages}
+                return self.json({**streams_app.stats.__dict__, "kafka": kafka})
 
     # -- helpers ---------------------------------------------------------------
     async def _prepare(self) -> None:

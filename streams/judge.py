@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from statistics import NormalDist
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
 from infra import registry as registry_mod
-from infra.kafka import consumer
+from infra.kafka import assign_from_start, consumer
 from infra.publish import publish_event
+from infra.retry import Retrier, Stopped
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import JudgeSettings, KafkaSettings, RegistrySettings
 from schemas.events import MetricsWindow, ModelVersionEvent, VersionEventKind
@@ -190,10 +191,12 @@ class Judge:
         self.canaries: dict[tuple[str, str], Canary] = {}
         self.windows: dict[tuple[str, str], list[MetricsWindow]] = {}
         self.decisions: list[ModelVersionEvent] = []
-        self._stop = False
+        self.caught_up = False  # replayed both topics up to their ends at start
+        self._stop = threading.Event()
+        self.kafka_retry = Retrier("judge", self._stop)
 
     def stop(self) -> None:
-        self._stop = True
+        self._stop.set()
 
     def on_version(self, e: ModelVersionEvent) -> None:
         key = (e.model, e.version)
@@ -260,7 +263,11 @@ class Judge:
                 reasons=verdict.reasons,
                 actor="canary-judge",
             )
-            publish_event(self.kafka, self.registry, VERSIONS, event, self.cfg.topic_suffix)
+            # the event id is derived from the decision, so a retried publish is read once
+            self.kafka_retry.call(
+                f"publishing {verdict.kind.value} {version}",
+                partial(publish_event, self.kafka, self.registry, VERSIONS, event, self.cfg.topic_suffix),
+            )
             log.info("%s %s: %s", verdict.kind.value, version, "; ".join(verdict.reasons))
             self.on_version(event)
             self.decisions.append(event)
@@ -270,26 +277,23 @@ class Judge:
     def run(self, max_seconds: float | None = None) -> None:
         """Follow both topics from the beginning (state is rebuilt on restart) and decide as windows arrive."""
         c = consumer(self.kafka, f"rftloop-judge-{uuid.uuid4().hex[:8]}")
-        tps = []
-        for topic in (self.versions_topic.name, self.metrics_topic.name):
-            md = c.list_topics(topic, timeout=30).topics.get(topic)
-            parts = list(md.partitions) if md is not None and md.error is None else [0]
-            tps += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
-        c.assign(tps)
-        # Decide nothing until the decisions already on model.versions are read (restart = replay).
-        pending = {
-            tp.partition: c.get_watermark_offsets(tp, timeout=10)[1]
-            for tp in tps
-            if tp.topic == self.versions_topic.name
-        }
-        pending = {p: end for p, end in pending.items() if end > 0}
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         last_eval = 0.0
         try:
-            while not self._stop and (deadline is None or time.monotonic() < deadline):
+            # Decide nothing until both topics are replayed to where they ended at the start: the
+            # decisions already taken (manual ones too) and the windows already closed.
+            pending = assign_from_start(
+                c, [self.versions_topic.name, self.metrics_topic.name], self.kafka_retry
+            )
+            self.caught_up = not pending
+            while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 for msg in c.consume(500, 0.5):
                     if msg.error():
                         continue
+                    where = (msg.topic() or "", msg.partition() or 0)
+                    if where in pending and (msg.offset() or 0) + 1 >= pending[where]:
+                        del pending[where]
+                        self.caught_up = not pending
                     base = VERSIONS.name if msg.topic() == self.versions_topic.name else METRICS.name
                     try:
                         event = self.serde[base].decode_event(msg.value())
@@ -298,13 +302,12 @@ class Judge:
                         continue
                     if isinstance(event, ModelVersionEvent):
                         self.on_version(event)
-                        p = msg.partition() or 0
-                        if p in pending and (msg.offset() or 0) + 1 >= pending[p]:
-                            del pending[p]
                     elif isinstance(event, MetricsWindow):
                         self.on_window(event)
                 if not pending and time.monotonic() - last_eval >= 1.0:
                     last_eval = time.monotonic()
                     self.evaluate()
+        except Stopped:
+            log.info("judge: stopped while Kafka was failing")
         finally:
             c.close()

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import socket
 import threading
-import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from infra import failpoints
 from infra.kafka import TransactionalProducer, consumer, transactional_producer
+from infra.retry import FatalKafkaError, Retrier, Stopped, is_retriable, kafka_error
 from infra.settings import KafkaSettings, StreamsSettings
 from streams.stats import StreamStats
 
@@ -102,6 +102,7 @@ class TransactionalStage:
         self.group = f"{settings.app_id}-{self.name}"
         self.committed_batches = 0
         self.transactional_id = f"{self.group}-{instance_id(settings)}"
+        self.kafka_retry = Retrier(f"streams {self.name}", cap_s=10.0)
 
     # -- what a stage does ---------------------------------------------------------
     def transform(self, p: TransactionalProducer, batch: list[Message]) -> Counter[str]:
@@ -126,32 +127,58 @@ class TransactionalStage:
         """Consume, transform, produce and commit until ``stop`` is set; raises WorkerFenced when
         another worker took this one's transactional id.
 
-        A fatal (or still failing retriable) producer error (librdkafka: the instance must be replaced — e.g. INVALID_TXN_STATE
-        when a transaction coordinator dies mid-commit) replaces the producer under the same id,
-        which aborts the open batch, and resumes from the committed offsets; it gives up after
-        ``MAX_RESTARTS`` in a row without a committed batch."""
+        Kafka errors (``infra.retry``): a retriable one (a coordinator loading or moving, a broker
+        down) is ridden through for as long as it lasts, with capped backoff, logged and shown on
+        the worker's /stats/ page (``kafka``). A fatal producer error (librdkafka: the instance must
+        be replaced — e.g. INVALID_TXN_STATE when a transaction coordinator dies mid-commit) replaces
+        the producer under the same id, which aborts the open batch, and resumes from the committed
+        offsets; ``MAX_RESTARTS`` of those in a row without a committed batch stop the worker, as
+        does any error that is neither (FatalKafkaError, naming it)."""
         self.prepare()
+        self.kafka_retry.stop = stop
         restarts = 0
         while not stop.is_set():
             committed_before = self.committed_batches
             try:
-                p = transactional_producer(self.kafka, self.transactional_id, self.settings.transaction_timeout_s)
+                p = transactional_producer(
+                    self.kafka, self.transactional_id, self.settings.transaction_timeout_s
+                )
                 log.info("%s: transactional id %s, group %s", self.name, self.transactional_id, self.group)
                 self._consume(p, stop)
             except KafkaException as exc:
-                err: KafkaError = exc.args[0]
-                restarts = 0 if self.committed_batches > committed_before else restarts + 1
-                if not (err.fatal() or err.retriable()) or restarts > MAX_RESTARTS:
-                    raise
-                log.error("%s: fatal Kafka error, replacing the producer (restart %d): %s", self.name, restarts, err)
+                err = kafka_error(exc)
+                if self.committed_batches > committed_before:
+                    restarts = 0
                 self.aborted()
                 self.stats.aborted_batches += 1
-                time.sleep(min(10.0, restarts))
+                try:
+                    if isinstance(err, KafkaError) and err.fatal() and not is_retriable(err):
+                        restarts += 1
+                        if restarts > MAX_RESTARTS:
+                            raise FatalKafkaError(
+                                f"streams {self.name}: {restarts} producer replacements without a committed batch",
+                                err,
+                            ) from exc
+                        log.error(
+                            "%s: fatal producer error, replacing the producer (restart %d): %s",
+                            self.name,
+                            restarts,
+                            err,
+                        )
+                        self.kafka_retry.stop.wait(min(10.0, restarts))
+                    else:
+                        self.kafka_retry.failed("transaction", exc)  # FatalKafkaError when not retriable
+                except Stopped:
+                    return
+            else:
+                self.kafka_retry.recovered("transaction")
 
     def _consume(self, p: TransactionalProducer, stop: threading.Event) -> None:
         while not stop.is_set():
             c = consumer(self.kafka, self.group, **self._consumer_conf())
-            c.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            c.subscribe(
+                self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
             try:
                 while not stop.is_set():
                     batch = c.consume(self.settings.batch_size, self.settings.batch_seconds)
@@ -206,6 +233,7 @@ class TransactionalStage:
             self.stats.aborted_batches += 1
             return rewind(c)
         self.committed_batches += 1
+        self.kafka_retry.recovered("transaction")
         for stat, n in counts.items():
             setattr(self.stats, stat, getattr(self.stats, stat) + n)
         return True

@@ -6,6 +6,15 @@ after every buffered row of the batch is inserted. Batches are bounded by size
 and time. While ClickHouse is down the sink pauses its partitions, retries the
 same batch with backoff, and resumes without loss. Undecodable records go to
 ``<topic>.dlq`` (never dropped, never a crash).
+
+Kafka errors (``infra.retry``): a retriable commit failure (a coordinator that moved answers
+COORDINATOR_LOAD_IN_PROGRESS for as long as it loads) is retried with capped backoff until it
+succeeds or the sink is stopped, rather than left to the next batch's commit: a sink that goes idle
+after the failure would otherwise keep the offsets uncommitted. Stopped in the middle, the batch's
+offsets stay uncommitted and its rows are read again and collapse by ``event_id``. Dead letters
+never expire in the producer (``delivery.timeout.ms`` 0), so a batch is committed only once its
+poison records are on ``<topic>.dlq``. A fatal error (authorization, unknown topic) stops the sink
+with a FatalKafkaError that names it.
 """
 
 from __future__ import annotations
@@ -17,14 +26,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from infra.clickhouse.client import connect
 from infra.clickhouse.migrate import migrate
 from infra.clickhouse.tables import EventTable, event_table
 from infra.dlq import send_to_dlq
-from infra.kafka import consumer, producer, retrying
+from infra.kafka import consumer, producer
+from infra.retry import Retrier, Stopped
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import ClickHouseSettings, KafkaSettings
 from schemas.topics import ALL_TOPICS, TopicSpec
@@ -33,8 +43,24 @@ log = logging.getLogger(__name__)
 NAME = "clickhouse-sink"
 
 
+# The group moved on (a rebalance, or this member was dropped): the partitions' new owner re-reads
+# from the last commit and the rows collapse by event_id, so the commit is given up, not retried.
+_GROUP_MOVED = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError._NO_OFFSET,  # nothing of the batch is still assigned
+}
+
+
 def _commit(c: Any) -> None:
-    c.commit(asynchronous=False)
+    try:
+        c.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() not in _GROUP_MOVED:
+            raise
+        log.warning("sink: commit skipped (%s); the next owner re-reads those rows", exc.args[0].name())
 
 
 def _listed(partitions: list[TopicPartition]) -> str:
@@ -77,6 +103,7 @@ class ClickHouseSink:
         self.stats = SinkStats()
         self._stop = threading.Event()
         self._client: Any = None
+        self.kafka_retry = Retrier(NAME, self._stop)
 
     def stop(self) -> None:
         self._stop.set()
@@ -94,7 +121,7 @@ class ClickHouseSink:
             self._ch_settings.cluster,
         )
         c = consumer(self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000})
-        dlq = producer(self._kafka)
+        dlq = producer(self._kafka, **{"delivery.timeout.ms": 0})  # 0: retried until delivered
         buffers: dict[str, list[list[Any]]] = defaultdict(list)  # topic -> rows
         pending: list[Message] = []
 
@@ -102,10 +129,16 @@ class ClickHouseSink:
             if not pending:
                 return
             self._insert_with_backoff(c, buffers)
-            if dlq.flush(30):
-                raise RuntimeError("dead letters still undelivered; not committing")
-            # a coordinator that just moved answers "load in progress" (retriable): retry, do not exit
-            retrying(lambda: _commit(c))
+            while dlq.flush(5):
+                log.warning("sink: %d dead letter(s) still undelivered; not committing yet", len(dlq))
+                if self._stop.is_set():
+                    raise RuntimeError("stopped with dead letters undelivered; batch not committed")
+            try:
+                self.kafka_retry.call("offset commit", lambda: _commit(c))
+            except Stopped:
+                log.warning(
+                    "sink: stopped before the commit went through; the batch will be re-read (deduplicated)"
+                )
             self.stats.batches += 1
             buffers.clear()
             pending.clear()

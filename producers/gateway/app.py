@@ -578,7 +578,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         events = gateway.events.health()
         fb = gateway.feedback.health()
         follower = gateway.follower
-        degraded = events["status"] != "ok" or fb["status"] != "ok"
+        versions_kafka = follower.kafka_retry.health() if follower else {"kafka": "ok"}
+        degraded = events["status"] != "ok" or fb["status"] != "ok" or versions_kafka["kafka"] != "ok"
         body = {
             "status": "degraded" if degraded else "ok",
             "instance": gateway.instance,
@@ -588,6 +589,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             "incumbent": gateway.router.incumbent,
             "versions_caught_up": bool(follower and follower.caught_up.is_set()),
             "refused_versions": follower.refused if follower else {},
+            "versions_follower": versions_kafka,
             "events": events,
             "feedback_events": fb,
         }

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
@@ -17,11 +19,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
 from infra import adapters
 from infra import registry as registry_mod
-from infra.kafka import consumer
+from infra.kafka import assign_from_start, consumer
+from infra.retry import FatalKafkaError, Retrier, Stopped
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import GatewaySettings, KafkaSettings, RegistrySettings
 from producers.gateway.router import Router, UnknownVersion
@@ -51,6 +52,8 @@ class VersionFollower:
         self.loaded_at: dict[str, float] = {}  # version -> time.time() when it began serving
         self.caught_up = threading.Event()
         self._stop = threading.Event()
+        self.kafka_retry = Retrier("gateway version follower", self._stop)  # shown in /healthz
+        self.fatal: str | None = None
         self._thread = threading.Thread(target=self._run, name="rftloop-versions", daemon=True)
 
     def start(self) -> None:
@@ -63,13 +66,11 @@ class VersionFollower:
     def _run(self) -> None:
         c = consumer(self.kafka, f"rftloop-gateway-{uuid.uuid4().hex[:8]}")
         try:
-            md = c.list_topics(self.topic.name, timeout=30).topics.get(self.topic.name)
-            parts = list(md.partitions) if md is not None and md.error is None else [0]
-            ends = {
-                p: c.get_watermark_offsets(TopicPartition(self.topic.name, p), timeout=10)[1] for p in parts
-            }
-            c.assign([TopicPartition(self.topic.name, p, OFFSET_BEGINNING) for p in parts])
-            remaining = {p: end for p, end in ends.items() if end > 0}  # replay up to here = caught up
+            try:
+                ends = assign_from_start(c, [self.topic.name], self.kafka_retry)
+            except Stopped:
+                return
+            remaining = {p: end for (_, p), end in ends.items()}  # replay up to here = caught up
             if not remaining:
                 self.caught_up.set()
             while not self._stop.is_set():
@@ -88,6 +89,10 @@ class VersionFollower:
                     del remaining[p]
                     if not remaining:
                         self.caught_up.set()
+        except FatalKafkaError as exc:  # e.g. not authorized to read model.versions: stop serving
+            self.fatal = str(exc)
+            log.critical("gateway: stopping: %s", exc)
+            os.kill(os.getpid(), signal.SIGTERM)
         finally:
             c.close()
 

@@ -125,6 +125,7 @@ def registry() -> dict[str, Benchmark]:
     from bench import (
         gateway_benchmark,
         infra_benchmarks,
+        judge_benchmark,
         scale_benchmark,
         serde_benchmark,
         sink_benchmark,
@@ -145,6 +146,7 @@ def registry() -> dict[str, Benchmark]:
         "producers.sdk_log_call_us": gateway_benchmark.sdk_log_call,
         "gateway": gateway_benchmark.gateway,
         "trainer": trainer_benchmark.training,
+        "judge": judge_benchmark.judge_figures,
     }
 
 

@@ -3,10 +3,12 @@
 One place for both, because the streams (live rewards) and the trainer (GRPO
 reward functions, held-out scoring) must agree on what a reward is.
 
-- ``feedback_reward`` maps one FeedbackSubmitted to a value in [-1, 1] (scores
-  pass through as given): thumbs -> +1/-1, rating r of 1..scale_max -> linear
-  onto [-1, 1], score -> as is, preference -> +1 (this response preferred) or
-  -1, correction -> -1 (the user had to fix it; the text becomes the reference).
+- ``feedback_reward`` maps one FeedbackSubmitted onto **the one reward scale, [-1, 1], where
+  > 0 is good**: thumbs -> +1/-1, rating r of 1..scale_max -> linear onto [-1, 1], score s of
+  0..1 (evaluators' and users' convention, 1 best; clipped) -> 2s - 1, preference -> +1 (this
+  response preferred) or -1, correction -> -1 (the user had to fix it; the text becomes the
+  reference). The judge's positive share (reward > 0), KTO's desirable label, the samples'
+  rewards and the dashboard all read this scale; a wrong ``number_match`` answer is -1, not 0.
 - Evaluators are plain Python callables ``(EvalInput) -> float | None``
   registered by name with ``@evaluator("name")``; ``None`` means "does not
   apply" (e.g. exact match without a reference). Built-ins: ``exact_match``,
@@ -111,7 +113,7 @@ def reward_of(kind: str, value: float | None, scale_max: float | None = None) ->
         return 2.0 * (clipped - 1.0) / (top - 1.0) - 1.0
     if kind == FeedbackKind.preference:
         return 1.0 if value > 0 else -1.0
-    return float(value)  # score: as given
+    return 2.0 * min(max(float(value), 0.0), 1.0) - 1.0  # score: 0..1 onto [-1, 1]
 
 
 # -- built-in evaluators -----------------------------------------------------

@@ -299,9 +299,22 @@ class JudgeSettings(BaseSettings):
 
     window_kind: str = Field("tumbling", description="which MetricsWindows to compare")
     window_size_s: int = Field(10, ge=1)
-    min_samples: int = Field(30, ge=1, description="rated responses per side before the reward test")
-    max_samples: int = Field(400, ge=1, description="undecided after this many -> roll back")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the reward test")
+    min_samples: int = Field(30, ge=1, description="rated responses per side before a promotion or a ramp")
+    min_rollback_samples: int = Field(10, ge=1, description="rated responses per side before a rollback as worse")
+    max_samples: int = Field(1000, ge=1, description="candidate rated responses; undecided then -> roll back")
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="one-sided confidence of every decision, valid however often the judge looks "
+        "(an equal candidate is promoted with probability at most 1 - confidence)",
+    )
+    mixture_tau: float = Field(
+        0.1, gt=0, le=1, description="the confidence sequence's mixing scale: the effect it detects fastest"
+    )
+    max_canary_s: float = Field(1800.0, gt=0, description="undecided this long after publishing -> roll back")
+    no_traffic_s: float = Field(180.0, gt=0, description="no request served this long after publishing -> roll back")
+    keep_windows_s: float = Field(900.0, gt=0, description="windows kept beyond the oldest live canary's start")
     min_requests: int = Field(20, ge=1, description="requests per side before budgets are checked")
     max_error_rate_increase: float = Field(0.05, ge=0)
     max_latency_ratio: float = Field(1.5, gt=0, description="candidate p95 / incumbent p95 budget")

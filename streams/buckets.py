@@ -131,6 +131,14 @@ class BucketStage(TransactionalStage):
             if is_completed:
                 acc.add_completed(r)
             else:
+                if r["source"] == "user":
+                    # the judge's unit is the request: a user's second vote on one request (a changed
+                    # mind, a double click) is not a second rated response
+                    vote = f"vote|{r['kind']}|{r['request_id']}"
+                    if self.recent.seen(vote):
+                        counts["repeat_votes"] += 1
+                        continue
+                    new_ids.append(vote)
                 reward = rewards.reward_of(r["kind"], r["value"], r["scale_max"])
                 acc.add_feedback(reward, r["kind"], r["value"], r["source"] == "user")
         return partials, counts

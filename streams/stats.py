@@ -12,6 +12,7 @@ class StreamStats:
     evaluator_scores: int = 0
     bucketed: int = 0
     duplicates: int = 0
+    repeat_votes: int = 0  # a user's further votes on a request already rated
     partials: int = 0
     aborted_batches: int = 0
     windows_closed: int = 0

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from infra.settings import JudgeSettings
 from schemas.events import MetricsWindow, VersionEventKind, WindowKind
-from streams.judge import Totals, judge, two_proportion_z
 from streams.sketch import DDSketch
+from streams.verdict import Totals, judge, two_proportion_z
 
 CFG = JudgeSettings(min_samples=30, max_samples=300, confidence=0.95, min_requests=20, ramp_steps="")
 

@@ -136,7 +136,10 @@ def test_feedback_maps_to_rewards() -> None:
     assert fb(FeedbackKind.thumbs, 1) == 1.0 and fb(FeedbackKind.thumbs, 0) == -1.0
     assert fb(FeedbackKind.rating, 5) == 1.0 and fb(FeedbackKind.rating, 1) == -1.0
     assert fb(FeedbackKind.rating, 3) == 0.0 and fb(FeedbackKind.rating, 10, 10) == 1.0
-    assert fb(FeedbackKind.score, 0.25) == 0.25 and fb(FeedbackKind.score, None) is None
+    # scores (0..1, 1 best) land on the same [-1, 1] scale: a wrong evaluator answer is -1, not 0
+    assert fb(FeedbackKind.score, 0.25) == -0.5 and fb(FeedbackKind.score, None) is None
+    assert fb(FeedbackKind.score, 0.0) == -1.0 and fb(FeedbackKind.score, 1.0) == 1.0
+    assert fb(FeedbackKind.score, 7.0) == 1.0
     assert fb(FeedbackKind.correction, None) == -1.0
 
 

@@ -1,0 +1,81 @@
+"""The state of ``model.versions``, folded once: per served model, its incumbent and its canaries.
+
+Every reader of the topic (the canary judge, the gateways, the trainer) asks this fold who serves,
+so a decision means the same thing everywhere — a manual rollback of the incumbent makes the event's
+``parent_version`` (else ``base``) the incumbent again, for the judge as for the router.
+
+- ``published``: the version joins as a canary with its traffic share (the incumbent at that
+  moment is the one it is compared with);
+- ``ramped``: a live canary's share changes (a decided version is never revived by a late ramp);
+- ``promoted``: the version becomes the incumbent; every other canary of the model keeps running;
+- ``rolled_back``: the version stops serving; if it was the incumbent, its parent takes over;
+- ``rejected``: the gate refused it; it never served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from schemas.events import ModelVersionEvent, VersionEventKind
+
+BASE = "base"
+
+
+@dataclass
+class Canary:
+    """A published version that is neither promoted nor rolled back yet."""
+
+    model: str
+    version: str
+    incumbent: str  # the incumbent when it was published
+    since: datetime  # when it was published
+    share: float = 0.0
+
+
+@dataclass
+class ModelState:
+    incumbent: str = BASE
+    canaries: dict[str, Canary] = field(default_factory=dict)
+    ended: dict[str, VersionEventKind] = field(default_factory=dict)  # rolled back / rejected / replaced
+
+
+class VersionFold:
+    """Apply ``ModelVersionEvent``s in topic order; ask for incumbents and canaries."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelState] = {}
+
+    def model(self, name: str) -> ModelState:
+        return self.models.setdefault(name, ModelState())
+
+    def incumbent(self, model: str) -> str:
+        return self.model(model).incumbent
+
+    def canaries(self) -> list[Canary]:
+        return [c for m in self.models.values() for c in m.canaries.values()]
+
+    def apply(self, e: ModelVersionEvent) -> None:
+        m = self.model(e.model)
+        if e.kind == VersionEventKind.published:
+            if e.version not in m.canaries and e.version not in m.ended and e.version != m.incumbent:
+                m.canaries[e.version] = Canary(
+                    e.model, e.version, m.incumbent, e.occurred_at, e.traffic_share or 0.0
+                )
+        elif e.kind == VersionEventKind.ramped:
+            if e.version in m.canaries and e.traffic_share is not None:
+                m.canaries[e.version].share = e.traffic_share
+        elif e.kind == VersionEventKind.promoted:
+            m.canaries.pop(e.version, None)
+            m.ended.pop(e.version, None)
+            if m.incumbent != e.version:
+                m.ended[m.incumbent] = VersionEventKind.promoted  # replaced by a promoted version
+            m.incumbent = e.version
+        elif e.kind == VersionEventKind.rolled_back:
+            m.canaries.pop(e.version, None)
+            m.ended[e.version] = e.kind
+            if m.incumbent == e.version:
+                m.incumbent = e.parent_version if e.parent_version and e.parent_version != e.version else BASE
+                m.ended.pop(m.incumbent, None)
+        elif e.kind == VersionEventKind.rejected:
+            m.ended[e.version] = e.kind

@@ -268,7 +268,14 @@ class TrainerSettings(BaseSettings):
     lora_rank: int = Field(16, ge=1)
     beta: float = Field(0.1, gt=0)
     max_new_tokens: int = Field(16, ge=1, description="tokens per answer in the gate's evaluation")
-    min_quality_gain: float = Field(0.02, description="candidate accuracy must beat the incumbent's by this")
+    min_quality_gain: float = Field(
+        0.0, description="the paired gain's 95 % lower bound must be above this (0: shown to be better)"
+    )
+    target_quality_gain: float = Field(
+        0.10, gt=0, description="the gain the held-out size is checked against (prompts needed, 80 % power)"
+    )
+    eval_temperature: float = Field(1.0, ge=0, le=2, description="the gate samples as users are served")
+    eval_answers_per_prompt: int = Field(4, ge=1, le=16, description="answers per held-out prompt (temperature > 0)")
     max_latency_ratio: float = Field(1.25, gt=0, description="candidate latency / incumbent latency budget")
     max_cost_ratio: float = Field(1.25, gt=0, description="candidate tokens per answer / incumbent budget")
     adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="where versions are written")

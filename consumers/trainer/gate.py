@@ -1,10 +1,13 @@
 """The gate ("3D optimization"): candidate vs incumbent on the held-out set, on the real engine (vLLM).
 
-Quality = evaluator accuracy against each held-out sample's reference
-(number_match, else exact_match) over the held-out set in one batch; latency = wall
-time per answer, one request at a time on the first few, adapter loaded; cost = completion tokens per answer. Publish only if
-quality improves by at least the margin and latency and cost stay within their
-budgets; otherwise the run is recorded as rejected with the numbers and reasons.
+Quality = evaluator accuracy against each held-out sample's reference (number_match, else
+exact_match), sampled as users are served (``eval_temperature``, 1.0 like the gateway's default;
+``eval_answers_per_prompt`` answers to each prompt), both versions on the same prompts, compared
+*paired* (``consumers.trainer.paired``): publish only when the gain's 95 % interval lies above
+``min_quality_gain``. Latency = wall time per answer, one request at a time on the first few,
+adapter loaded; cost = completion tokens per answer; both within their budgets. Otherwise the run
+is recorded as rejected with the numbers and reasons. The engine allows LoRA ranks up to the
+gateway's ``RFTLOOP_GATEWAY_MAX_LORA_RANK``, so nothing passes the gate that a gateway refuses.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 from consumers.trainer.data import Sample, chat
+from consumers.trainer.paired import Gain, paired_gain
 from infra import rewards
 
 
@@ -26,6 +30,11 @@ class Figures:
     tokens_per_answer: float
     tokens_per_s: float
     n: int
+    per_prompt: list[float] = field(default_factory=list)  # share right per held-out prompt
+
+    def scalars(self) -> dict[str, float]:
+        """What the version event's ``eval`` carries (per-prompt shares stay out)."""
+        return {k: float(v) for k, v in asdict(self).items() if k != "per_prompt"}
 
 
 @dataclass
@@ -40,6 +49,10 @@ def evaluate(
     adapters: dict[str, str | None],
     max_new_tokens: int,
     latency_samples: int = 8,
+    *,
+    temperature: float = 1.0,
+    answers_per_prompt: int = 4,
+    max_lora_rank: int = 16,
 ) -> dict[str, Figures]:
     """Figures per name in ``adapters`` (None = the base model) with one vLLM engine and LoRA."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -54,12 +67,13 @@ def evaluate(
         model=base_path,
         dtype="float32" if cpu else "auto",
         enable_lora=True,
-        max_lora_rank=64,
+        max_lora_rank=cast(Any, max_lora_rank),  # the gateway's: vLLM types it as a Literal of sizes
         max_model_len=1024,
         enforce_eager=cpu,
     )
     tok = llm.get_tokenizer()
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0)
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature)
+    k = answers_per_prompt if temperature > 0 else 1  # greedy answers repeat: one is enough
     prompts = [
         cast(str, tok.apply_chat_template(cast(Any, chat(s)), tokenize=False, add_generation_prompt=True))
         for s in samples
@@ -68,12 +82,20 @@ def evaluate(
     for lora_id, (name, path) in enumerate(adapters.items(), start=1):
         lora = LoRARequest(name, lora_id, path) if path else None
         llm.generate(prompts[:1], params, lora_request=lora, use_tqdm=False)  # load + warm up
-        # Quality on every held-out prompt in one batch; latency one request at a time on a few.
-        results = [r.outputs[0] for r in llm.generate(prompts, params, lora_request=lora, use_tqdm=False)]
-        correct = []
-        for sample, result in zip(samples, results, strict=True):
-            item = rewards.EvalInput(prompt=sample.prompt, completion=result.text, reference=sample.reference)
-            correct.append(rewards.correctness(item))
+        # Quality on every held-out prompt (k answers each) in one batch; latency one request at a
+        # time on a few. The prompt is repeated rather than n=k: vLLM-CPU 0.32 can die on n > 1.
+        batch = [p for p in prompts for _ in range(k)]
+        results = [r.outputs[0] for r in llm.generate(batch, params, lora_request=lora, use_tqdm=False)]
+        correct, per_prompt = [], []
+        for j, sample in enumerate(samples):
+            got = [
+                rewards.correctness(
+                    rewards.EvalInput(prompt=sample.prompt, completion=r.text, reference=sample.reference)
+                )
+                for r in results[j * k : (j + 1) * k]
+            ]
+            correct += got
+            per_prompt.append(statistics.fmean(got))
         latencies, timed_tokens = [], []
         for prompt in prompts[:latency_samples]:
             t0 = time.perf_counter()
@@ -87,18 +109,19 @@ def evaluate(
             tokens_per_answer=statistics.fmean(len(r.token_ids) for r in results),
             tokens_per_s=sum(timed_tokens) / total_s if total_s else 0.0,
             n=len(samples),
+            per_prompt=per_prompt,
         )
     del llm
     return out
 
 
-def decide(candidate: Figures, incumbent: Figures, cfg: Any) -> Decision:
+def decide(candidate: Figures, incumbent: Figures, cfg: Any) -> tuple[Decision, Gain]:
     reasons = []
-    gain = candidate.accuracy - incumbent.accuracy
-    if gain < cfg.min_quality_gain:
+    gain = paired_gain(candidate.per_prompt, incumbent.per_prompt)
+    if gain.lower <= cfg.min_quality_gain:
         reasons.append(
-            f"quality: accuracy {candidate.accuracy:.3f} vs incumbent {incumbent.accuracy:.3f} "
-            f"(gain {gain:+.3f} < required {cfg.min_quality_gain:+.3f})"
+            f"quality: accuracy {candidate.accuracy:.3f} vs incumbent {incumbent.accuracy:.3f}, gain {gain}: "
+            f"lower bound not above the required {cfg.min_quality_gain:+.3f}"
         )
     latency_ratio = candidate.latency_ms / incumbent.latency_ms if incumbent.latency_ms else 1.0
     if latency_ratio > cfg.max_latency_ratio:
@@ -116,8 +139,8 @@ def decide(candidate: Figures, incumbent: Figures, cfg: Any) -> Decision:
         )
     if not reasons:
         reasons.append(
-            f"accuracy {incumbent.accuracy:.3f} -> {candidate.accuracy:.3f}, latency {latency_ratio:.2f}x, "
-            f"tokens/answer {cost_ratio:.2f}x: within budgets"
+            f"accuracy {incumbent.accuracy:.3f} -> {candidate.accuracy:.3f}, gain {gain}, "
+            f"latency {latency_ratio:.2f}x, tokens/answer {cost_ratio:.2f}x: within budgets"
         )
-        return Decision(True, reasons)
-    return Decision(False, reasons)
+        return Decision(True, reasons), gain
+    return Decision(False, reasons), gain

@@ -15,7 +15,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,20 @@ from consumers.trainer.dpo import train_dpo
 from consumers.trainer.gate import decide, evaluate
 from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
+from consumers.trainer.paired import needed_prompts
 from consumers.trainer.pairs import load_pairs
 from consumers.trainer.steps import write_steps
 from infra import adapters, failpoints, models
 from infra.clickhouse.client import connect
 from infra.publish import publish_event
-from infra.settings import ClickHouseSettings, KafkaSettings, RegistrySettings, TrainerSettings
+from infra.settings import (
+    ClickHouseSettings,
+    ConfigError,
+    GatewaySettings,
+    KafkaSettings,
+    RegistrySettings,
+    TrainerSettings,
+)
 from schemas.events import (
     Event,
     ModelVersionEvent,
@@ -103,6 +111,12 @@ def run_once(
     cache_dir: Path,
     say: Callable[[str], None] = print,
 ) -> RunResult:
+    serving_rank = GatewaySettings().max_lora_rank
+    if cfg.lora_rank > serving_rank:
+        raise ConfigError(
+            f"RFTLOOP_TRAINER_LORA_RANK={cfg.lora_rank} is above the gateways' RFTLOOP_GATEWAY_MAX_LORA_RANK="
+            f"{serving_rank}: every gateway would refuse the adapter; lower the one or raise the other"
+        )
     client = connect(clickhouse)
     samples = load_samples(client, clickhouse.database, cfg.served_name)
     if len(samples) < cfg.min_samples:
@@ -226,14 +240,32 @@ def run_once(
         )
         inc_path = str(root / incumbent) if incumbent != "base" and (root / incumbent).exists() else None
         result = evaluate(
-            base_path, eval_set, {"incumbent": inc_path, "candidate": str(tmp)}, cfg.max_new_tokens
+            base_path,
+            eval_set,
+            {"incumbent": inc_path, "candidate": str(tmp)},
+            cfg.max_new_tokens,
+            temperature=cfg.eval_temperature,
+            answers_per_prompt=cfg.eval_answers_per_prompt,
+            max_lora_rank=serving_rank,
         )
         cand, inc = result["candidate"], result["incumbent"]
-        decision = decide(cand, inc, cfg)
+        decision, gain = decide(cand, inc, cfg)
+        needed = needed_prompts(gain.sd, cfg.target_quality_gain, cfg.min_quality_gain)
+        say(
+            f"trainer: gain {gain}; {needed} prompts would show a {cfg.target_quality_gain:+.2f} gain "
+            f"with 80 % power (held out: {gain.n})"
+        )
         figures = {
             **metrics,
-            **{f"candidate_{k}": float(v) for k, v in asdict(cand).items()},
-            **{f"incumbent_{k}": float(v) for k, v in asdict(inc).items()},
+            **{f"candidate_{k}": v for k, v in cand.scalars().items()},
+            **{f"incumbent_{k}": v for k, v in inc.scalars().items()},
+            "gain": gain.estimate,
+            "gain_lower": gain.lower,
+            "gain_upper": gain.upper,
+            "gain_ci_width": gain.width,
+            "eval_prompts": float(gain.n),
+            "eval_prompts_needed": float(needed),
+            "eval_temperature": cfg.eval_temperature,
         }
         decision_reasons = decision.reasons
         say("trainer: " + "; ".join(decision.reasons))

@@ -1,0 +1,54 @@
+"""The gate's paired comparison (consumers/trainer/paired.py): a gain must be shown, not pointed at."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumers.trainer.gate import Figures, decide
+from consumers.trainer.paired import needed_prompts, paired_gain
+from infra.settings import TrainerSettings
+
+
+def _figures(per_prompt: list[float]) -> Figures:
+    acc = sum(per_prompt) / len(per_prompt)
+    return Figures(
+        accuracy=acc,
+        latency_ms=100,
+        tokens_per_answer=8,
+        tokens_per_s=80,
+        n=len(per_prompt),
+        per_prompt=per_prompt,
+    )
+
+
+def test_the_readme_gain_of_5_to_8_of_31_is_not_significant() -> None:
+    """The README's +9.7 points was 5/31 -> 8/31 held-out answers; the old gate published it
+    against a required gain of 0.02. Paired (the 5 right stay right, 3 more), its interval reaches 0."""
+    incumbent = [1.0] * 5 + [0.0] * 26
+    candidate = [1.0] * 8 + [0.0] * 23
+    cfg = TrainerSettings(min_quality_gain=0.0)
+    decision, gain = decide(_figures(candidate), _figures(incumbent), cfg)
+    assert gain.estimate == pytest.approx(3 / 31)
+    assert gain.lower <= 0.0 < gain.upper
+    assert not decision.publish and "lower bound not above" in decision.reasons[0]
+
+
+def test_a_consistent_gain_on_enough_prompts_is_published() -> None:
+    incumbent = [0.25] * 80
+    candidate = [0.25 + (0.5 if i % 2 else 0.0) for i in range(80)]  # +0.25 on average, every other prompt
+    decision, gain = decide(_figures(candidate), _figures(incumbent), TrainerSettings())
+    assert decision.publish and gain.lower > 0.1
+
+
+def test_pairing_is_what_makes_the_interval_tight() -> None:
+    """Same accuracies, unpaired-looking noise: the paired interval of identical answers is a point."""
+    same = paired_gain([1.0, 0.0, 1.0, 0.0] * 10, [1.0, 0.0, 1.0, 0.0] * 10)
+    assert same.estimate == same.lower == same.upper == 0.0
+    with pytest.raises(ValueError, match="same, non-empty list"):
+        paired_gain([1.0], [1.0, 0.0])
+
+
+def test_held_out_size_from_power() -> None:
+    # sd 0.5 per prompt, +0.10 to show above 0: (2.80 * 0.5 / 0.1)^2 = 196
+    assert needed_prompts(0.5, 0.10, 0.0) == 197  # ceil(196.2)
+    assert needed_prompts(0.5, 0.02, 0.02) == 0

@@ -214,6 +214,11 @@ class GatewaySettings(BaseSettings):
         SecretStr("rftloop-dev-key"), description="comma-separated accepted API keys; empty = no auth"
     )
     admin_key: SecretStr = Field(SecretStr("rftloop-admin-key"), description="key for promote/rollback")
+    request_id_key: SecretStr = Field(
+        SecretStr(""),
+        description="signs the version into each request id, so any replica attributes feedback "
+        "(give every replica the same; empty = derived from RFTLOOP_GATEWAY_API_KEYS)",
+    )
     price_prompt_per_1k: float = Field(0.0001, ge=0, description="currency per 1k prompt tokens")
     price_completion_per_1k: float = Field(0.0003, ge=0, description="currency per 1k completion tokens")
     price_engine_second: float = Field(0.0001, ge=0, description="currency per engine-second")

@@ -19,8 +19,7 @@ import json
 import logging
 import socket
 import time
-import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -35,6 +34,7 @@ from infra.publish import publish_event
 from infra.settings import GatewaySettings, KafkaSettings, RegistrySettings
 from producers.gateway.engine import Engine
 from producers.gateway.ratelimit import RateLimiter
+from producers.gateway.request_ids import RequestIds
 from producers.gateway.router import Router, UnknownVersion
 from producers.gateway.versions import VersionFollower
 from producers.sdk.logger import FeedbackClient, InferenceLogger
@@ -152,7 +152,8 @@ class Gateway:
         self.redact = redactor
         self._key_hashes = [hashlib.sha256(k.encode()).digest() for k in settings.api_key_list()]
         self._admin_hash = hashlib.sha256(settings.admin_key.get_secret_value().encode()).digest()
-        self.recent: OrderedDict[str, str] = OrderedDict()  # request_id -> version, for feedback
+        id_key = settings.request_id_key.get_secret_value() or settings.api_keys.get_secret_value()
+        self.request_ids = RequestIds(id_key.encode())  # the version travels in the id, for feedback
         self.counts: Counter[tuple[str, str]] = Counter()
         self.tokens: Counter[str] = Counter()
         self.follower: VersionFollower | None = None
@@ -239,7 +240,7 @@ class Gateway:
                 param="messages",
                 code="context_length_exceeded",
             )
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        rid = self.request_ids.new("chatcmpl", version)
         served = f"{s.served_name}:{version}" if version != "base" else s.served_name
         adapter = route.adapter_path
         common: dict[str, Any] = dict(
@@ -262,7 +263,6 @@ class Gateway:
             top_p=body.top_p,
             params={k: str(v) for k, v in body.metadata.items()},
         )
-        self._remember(rid, version)
         lora = (version, route.lora_id, adapter) if adapter else None
         t0 = time.perf_counter()
         chunks = self.engine.generate(
@@ -387,11 +387,6 @@ class Gateway:
         else:
             yield chunk({} if chat else "", state["finish"] or "stop")
         yield b"data: [DONE]\n\n"
-
-    def _remember(self, rid: str, version: str) -> None:
-        self.recent[rid] = version
-        if len(self.recent) > 200_000:
-            self.recent.popitem(last=False)
 
     # -- admin -----------------------------------------------------------------
     def version_event(self, version: str, kind: VersionEventKind, reason: str) -> None:
@@ -553,7 +548,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def feedback(request: Request) -> Any:
         gateway.check_key(request)
         body: FeedbackRequest = await parse(request, FeedbackRequest)
-        version = gateway.recent.get(body.request_id, "unknown")
+        version = gateway.request_ids.version_of(body.request_id) or "unknown"
         try:
             gateway.feedback.send(
                 body.request_id,

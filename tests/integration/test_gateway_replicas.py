@@ -2,7 +2,8 @@
 
 A published version reaches both within the hot-load bound; the canary split holds on each
 replica, measured from the events (their `producer` names the replica); a promotion sent to one
-replica and a rollback sent to the other are applied by both.
+replica and a rollback sent to the other are applied by both; feedback sent to the replica that did
+not serve the request is attributed to the version that did.
 """
 
 from __future__ import annotations
@@ -87,6 +88,36 @@ def test_two_replicas_apply_every_version_event_and_hold_the_split(
         assert all(sum(c.values()) == N // 2 for c in per_replica.values()), per_replica
         assert all(abs(share - SHARE) < 0.12 for share in shares.values()), shares  # ~3 sd at n = 120
 
+        # Feedback sent to the other replica is attributed to the version that served the request:
+        # the version travels in the (signed) request id, not in the serving process's memory.
+        attributed = Counter()
+        for i in range(12):
+            body = {
+                "model": SERVED,
+                "user": f"fb{i}",
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            answer = replicas[0].http().post("/v1/chat/completions", json=body).json()
+            served = answer["model"].split(":", 1)[1] if ":" in answer["model"] else "base"
+            fb = {"request_id": answer["id"], "kind": "thumbs", "value": 1}
+            reply = replicas[1].http().post("/v1/feedback", json=fb)
+            assert reply.status_code == 202 and reply.json()["version"] == served, (reply.json(), served)
+            attributed[served] += 1
+        forged = (
+            replicas[1]
+            .http()
+            .post(
+                "/v1/feedback",
+                json={
+                    "request_id": answer["id"].rsplit(".", 1)[0] + ".AAAAAAAAAAAA",
+                    "kind": "thumbs",
+                    "value": 1,
+                },
+            )
+        )
+        assert forged.json()["version"] == "unknown"
+
         admin = {"Authorization": f"Bearer {ADMIN}"}
         assert httpx.post(f"{replicas[0].url}/admin/versions/v-rep/promote", headers=admin).status_code == 202
         promoted_s = _wait(replicas, lambda h: h["incumbent"] == "v-rep" and h["traffic"]["v-rep"] == 1.0)
@@ -102,4 +133,5 @@ def test_two_replicas_apply_every_version_event_and_hold_the_split(
         canary_share=SHARE,
         share_per_replica={k: round(v, 3) for k, v in shares.items()},
         requests=len(events),
+        feedback_attributed_across_replicas=dict(attributed),
     )

@@ -1,0 +1,53 @@
+"""Request ids that say which version served them, so feedback is attributed by any replica.
+
+Feedback names a request by its id. A gateway that remembered "request id -> version" in memory
+attributed feedback only when the same process served the request: behind a load balancer, or
+after a restart, it sent version ``unknown`` and the judge never saw it. Instead the version travels
+inside the id the client already holds: ``chatcmpl-<uuid>.<version, base64url>.<tag>``, where
+``tag`` is an HMAC-SHA256 of the rest under a key every replica shares (``RFTLOOP_GATEWAY_REQUEST_ID_KEY``,
+else derived from the API keys), so a client cannot credit feedback to a version that did not serve
+it by making up an id. Any replica, restarted or not, reads the version back from the id alone.
+
+Hand-written because it is a dozen lines over the standard library's ``hmac``; a token library
+(itsdangerous, JWT) would add a dependency and a longer id for the same check.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+
+TAG_BYTES = 9  # 72 bits: forging one id takes ~2^71 tries against a replica's rate limit
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class RequestIds:
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"rftloop-request-id|" + key).digest()
+
+    def _tag(self, body: str) -> str:
+        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:TAG_BYTES])
+
+    def new(self, prefix: str, version: str) -> str:
+        body = f"{prefix}-{uuid.uuid4().hex}.{_b64(version.encode())}"
+        return f"{body}.{self._tag(body)}"
+
+    def version_of(self, request_id: str) -> str | None:
+        """The version that served ``request_id``; None for an id this key did not sign (another
+        key, a made-up or an SDK id)."""
+        body, _, tag = request_id.rpartition(".")
+        if not body or "." not in body or not hmac.compare_digest(tag, self._tag(body)):
+            return None
+        try:
+            return _unb64(body.rsplit(".", 1)[1]).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None

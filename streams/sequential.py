@@ -23,9 +23,12 @@ crossed with probability at most a over all looks. The judge uses it one-sided a
 ``tau`` tunes where the boundary is tightest: about the effect size one wants to detect quickly
 (0.1 here, the 10-point gain; chosen by simulation, see ``rftloop bench judge``).
 
-Assumptions, said plainly: rated responses are independent given the version (the windows count a
-request's user votes once; sticky users whose votes correlate shrink the effective sample, which
-``bench judge`` measures in its ``sticky`` scenario), and the normal approximation holds — the
+Assumptions, said plainly: rated responses are independent given the version, or their dependence
+shows as extra spread between windows — the windows count a request's user votes once, and the
+judge scales the variance by the windows' measured overdispersion (quasi-binomial, at least 1), so
+sticky users whose votes agree count as fewer independent votes (``bench judge``'s ``sticky``
+scenario measures what that buys; correlation spread thinly across many windows is not seen), and
+the normal approximation holds — the
 variance uses the add-one rates (x + 1) / (n + 2), so a run of all-wrong answers is not read as
 certainty after three.
 """
@@ -64,9 +67,13 @@ class RateDifference:
         return f"{self.estimate:+.3f} [{self.lower:+.3f}, {self.upper:+.3f}]"
 
 
-def rate_difference(pa: int, na: int, pb: int, nb: int, alpha: float, tau: float = 0.1) -> RateDifference:
+def rate_difference(
+    pa: int, na: int, pb: int, nb: int, alpha: float, tau: float = 0.1, dispersion: float = 1.0
+) -> RateDifference:
     """The difference of two positive rates with bounds that each hold at level ``alpha`` at every
-    look (the two-sided sequence at 2 alpha)."""
+    look (the two-sided sequence at 2 alpha); ``dispersion`` (>= 1) scales the variance when votes
+    are not independent (``streams.verdict.dispersion``)."""
     d = (pa / na if na else 0.0) - (pb / nb if nb else 0.0)
-    r = mixture_radius(smoothed_variance(pa, na) + smoothed_variance(pb, nb), min(1.0, 2 * alpha), tau)
+    var = (smoothed_variance(pa, na) + smoothed_variance(pb, nb)) * max(1.0, dispersion)
+    r = mixture_radius(var, min(1.0, 2 * alpha), tau)
     return RateDifference(d, d - r, d + r)

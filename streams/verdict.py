@@ -53,19 +53,24 @@ class Totals:
     rated: int = 0
     cost: Decimal = Decimal(0)
     latency: DDSketch = field(default_factory=DDSketch)
+    votes: list[tuple[int, int]] = field(default_factory=list)  # (positive, rated) per window
 
     def add(self, w: MetricsWindow) -> None:
         self.requests += w.requests
         self.errors += w.errors
         self.cost += w.cost_total
         votes = w.thumbs_up + w.thumbs_down
+        up = 0
         if votes:
-            self.positive += w.thumbs_up
-            self.rated += votes
+            up = w.thumbs_up
         elif w.reward_count and w.reward_mean is not None:
-            # mean in [-1, 1] over n rewards -> how many were positive, assuming +-1 rewards
-            self.positive += round(w.reward_count * (w.reward_mean + 1) / 2)
-            self.rated += w.reward_count
+            # mean on the [-1, 1] reward scale over n rewards -> how many were positive (exact for
+            # the +-1 rewards of thumbs and 0/1 evaluator scores; mean-preserving otherwise)
+            votes, up = w.reward_count, round(w.reward_count * (w.reward_mean + 1) / 2)
+        if votes:
+            self.positive += up
+            self.rated += votes
+            self.votes.append((up, votes))
         if w.latency_sketch:
             self.latency.merge(DDSketch.from_bytes(w.latency_sketch))
 
@@ -90,6 +95,21 @@ class Totals:
             f"{prefix}_latency_p95_ms": self.latency.quantile(0.95) or 0.0,
             f"{prefix}_cost_per_request": self.cost_per_request,
         }
+
+
+def dispersion(*sides: Totals, min_windows: int = 5) -> float:
+    """How much more the windows' positive rates vary than independent votes would (Pearson's
+    chi-square over the windows, per degree of freedom; quasi-binomial), at least 1. Sticky users
+    whose votes agree make it > 1, and the judge widens its interval by it: votes that move
+    together are fewer independent facts than their count."""
+    chi2, dof = 0.0, 0
+    for t in sides:
+        if len(t.votes) < min_windows:
+            continue
+        p = (t.positive + 1) / (t.rated + 2)
+        chi2 += sum((x - n * p) ** 2 / (n * p * (1 - p)) for x, n in t.votes)
+        dof += len(t.votes) - 1
+    return max(1.0, chi2 / dof) if dof else 1.0
 
 
 @dataclass
@@ -159,10 +179,16 @@ def judge(
         reasons = _budgets(candidate, incumbent, cfg, alpha)
         if reasons:
             return Verdict(VersionEventKind.rolled_back, reasons, figures)
+    phi = dispersion(candidate, incumbent)
     diff = rate_difference(
-        candidate.positive, candidate.rated, incumbent.positive, incumbent.rated, alpha, cfg.mixture_tau
+        candidate.positive, candidate.rated, incumbent.positive, incumbent.rated, alpha, cfg.mixture_tau, phi
     )
-    figures |= {"difference": diff.estimate, "difference_lower": diff.lower, "difference_upper": diff.upper}
+    figures |= {
+        "difference": diff.estimate,
+        "difference_lower": diff.lower,
+        "difference_upper": diff.upper,
+        "dispersion": phi,
+    }
     if candidate.rated and incumbent.rated:
         figures["z"] = two_proportion_z(
             candidate.positive, candidate.rated, incumbent.positive, incumbent.rated

@@ -9,7 +9,9 @@ so a decision means the same thing everywhere — a manual rollback of the incum
 - ``ramped``: a live canary's share changes (a decided version is never revived by a late ramp);
 - ``promoted``: the version becomes the incumbent; every other canary of the model keeps running;
 - ``rolled_back``: the version stops serving; if it was the incumbent, its parent takes over;
-- ``rejected``: the gate refused it; it never served.
+- ``rejected``: the gate refused it; it never served. A ``rejected`` event with decision
+  ``refused`` is one gateway's report that it could not load the adapter (actor ``gateway:<name>``):
+  recorded in ``refusals``, it ends nothing (other replicas may serve it).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ModelState:
     incumbent: str = BASE
     canaries: dict[str, Canary] = field(default_factory=dict)
     ended: dict[str, VersionEventKind] = field(default_factory=dict)  # rolled back / rejected / replaced
+    refusals: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> gateway -> reason
 
 
 class VersionFold:
@@ -77,5 +80,7 @@ class VersionFold:
             if m.incumbent == e.version:
                 m.incumbent = e.parent_version if e.parent_version and e.parent_version != e.version else BASE
                 m.ended.pop(m.incumbent, None)
+        elif e.kind == VersionEventKind.rejected and e.decision == "refused":
+            m.refusals.setdefault(e.version, {})[e.actor or e.producer] = "; ".join(e.reasons or [])
         elif e.kind == VersionEventKind.rejected:
             m.ended[e.version] = e.kind

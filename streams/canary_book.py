@@ -53,13 +53,18 @@ class CanaryBook:
 
     def verdict(self, canary: Canary, now: datetime) -> tuple[str, Verdict]:
         incumbent = self.fold.incumbent(canary.model)
-        return incumbent, self.rule(
-            self.totals(canary.model, canary.version, canary.since),
+        candidate = self.totals(canary.model, canary.version, canary.since)
+        verdict = self.rule(
+            candidate,
             self.totals(canary.model, incumbent, canary.since),
             self.cfg,
             canary.share,
             (now - canary.since).total_seconds(),
         )
+        refusals = self.fold.model(canary.model).refusals.get(canary.version, {})
+        if verdict.kind == VersionEventKind.rolled_back and not candidate.requests and refusals:
+            verdict.reasons += sorted(refusals.values())  # why nobody served it, in the gateways' words
+        return incumbent, verdict
 
     def decide(self, now: datetime) -> list[ModelVersionEvent]:
         """The decisions due now, already applied to the fold (the caller publishes them)."""

@@ -644,7 +644,13 @@ def serve(
         engine.start()  # inside the server's event loop: vLLM's output handler binds to it
         print(f"gateway: engine ready in {engine.started_s:.0f} s", flush=True)
         gateway.follower = VersionFollower(
-            kafka, registry, settings, gateway.router, engine.load_adapter, asyncio.get_running_loop()
+            kafka,
+            registry,
+            settings,
+            gateway.router,
+            engine.load_adapter,
+            asyncio.get_running_loop(),
+            instance=gateway.instance,
         )
         gateway.follower.start()
 

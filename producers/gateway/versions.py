@@ -9,6 +9,7 @@ only from the artifact root and only when its sha256 matches the event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -17,11 +18,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from infra import adapters
 from infra import registry as registry_mod
 from infra.kafka import assign_from_start, consumer
+from infra.publish import publish_event
 from infra.retry import FatalKafkaError, Retrier, Stopped
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import GatewaySettings, KafkaSettings, RegistrySettings
@@ -30,6 +33,7 @@ from schemas.events import ModelVersionEvent, VersionEventKind
 from schemas.topics import VERSIONS
 
 log = logging.getLogger(__name__)
+REFUSALS = uuid.UUID("6f1d6c3e-2a8b-4b7e-9a51-1c0de0f1a004")
 
 
 class VersionFollower:
@@ -41,10 +45,12 @@ class VersionFollower:
         router: Router,
         load: Callable[[str, int, str], Any],
         loop: asyncio.AbstractEventLoop,
+        instance: str = "",
     ) -> None:
         self.topic = replace(VERSIONS, name=VERSIONS.name + settings.topic_suffix)
         self.serde = TopicSerde(registry_mod.client(registry), self.topic)
-        self.kafka, self.settings, self.router = kafka, settings, router
+        self.kafka, self.registry, self.settings, self.router = kafka, registry, settings, router
+        self.instance = instance
         self._load, self._loop = load, loop
         self._next_lora_id = 1
         self.applied = 0
@@ -124,10 +130,36 @@ class VersionFollower:
                 log.info("version %s rolled back: %s", version, self.router.weights())
             self.applied += 1
         except adapters.AdapterRefused as exc:
-            self.refused[version] = str(exc)
+            self.refuse(event, str(exc))
             log.error("version %s refused: %s", version, exc)
         except UnknownVersion:
             log.warning("%s for version %s, which this gateway never loaded", event.kind.value, version)
         except Exception as exc:  # loading failed in the engine: keep serving the others
-            self.refused[version] = f"{type(exc).__name__}: {exc}"
+            self.refuse(event, f"{type(exc).__name__}: {exc}")
             log.exception("version %s could not be applied", version)
+
+    def refuse(self, event: ModelVersionEvent, reason: str) -> None:
+        """Keep serving the others, list it in /healthz, and say so on model.versions (kind
+        rejected, decision refused: one replica's report, not the version's state), so the judge
+        can name the reason when a candidate gets no traffic. Replayed on restart: same event id."""
+        self.refused[event.version] = reason
+        if event.kind != VersionEventKind.published:
+            return
+        report = ModelVersionEvent(
+            event_id=uuid.uuid5(REFUSALS, f"{event.model}|{event.version}|{self.instance}"),
+            producer=f"rftloop-gateway@{self.instance}",
+            kind=VersionEventKind.rejected,
+            model=event.model,
+            version=event.version,
+            parent_version=event.parent_version,
+            decision="refused",
+            reasons=[f"refused by gateway {self.instance}: {reason}"],
+            actor=f"gateway:{self.instance}",
+        )
+        with contextlib.suppress(Stopped):  # shutting down: the replay at the next start re-sends it
+            self.kafka_retry.call(
+                f"reporting the refusal of {event.version}",
+                partial(
+                    publish_event, self.kafka, self.registry, VERSIONS, report, self.settings.topic_suffix
+                ),
+            )

@@ -173,3 +173,23 @@ def test_one_fold_a_manual_rollback_of_the_incumbent_restores_its_parent() -> No
     assert fold.incumbent("m") == "v1"
     fold.apply(published("v2", parent="v1"))  # announced again: it stays rolled back
     assert not fold.canaries()
+
+
+def test_a_candidate_every_gateway_refuses_is_rolled_back_naming_their_reasons() -> None:
+    book = CanaryBook(CFG)
+    book.on_version(published("v1"))
+    refusal = ModelVersionEvent(
+        event_id=uuid.uuid4(),
+        producer="rftloop-gateway@gw-a",
+        kind=VersionEventKind.rejected,
+        model="m",
+        version="v1",
+        decision="refused",
+        reasons=["refused by gateway gw-a: LoRA rank 32 > max_lora_rank 16"],
+        actor="gateway:gw-a",
+    )
+    book.on_version(refusal)
+    assert [c.version for c in book.fold.canaries()] == ["v1"]  # one replica's report ends nothing
+    [event] = book.decide(T0 + timedelta(seconds=CFG.no_traffic_s + 1))
+    assert event.kind == VersionEventKind.rolled_back
+    assert "no traffic" in event.reasons[0] and "LoRA rank 32" in event.reasons[1]

@@ -476,7 +476,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             client,
             ch.database,
             cfg.served_name,
-            incumbent_of(client, ch.database, cfg.served_name),
+            incumbent_of(_kafka(), _registry(), cfg),
             last,
             time.time(),
         )

@@ -260,6 +260,12 @@ class TrainerSettings(BaseSettings):
     grpo_generations: int = Field(4, ge=2, description="GRPO: answers generated per prompt (the group)")
     grpo_prompts: int = Field(2, ge=1, description="GRPO: prompts per step")
     min_samples: int = Field(16, ge=2, description="rewarded samples needed for a run")
+    min_new_samples: int = Field(
+        8, ge=1, description="training samples since the parent's data needed to continue its adapter"
+    )
+    replay_samples: int = Field(
+        32, ge=0, description="older samples replayed beside the new ones when continuing (bounded)"
+    )
     holdout_percent: int = Field(
         20, ge=1, le=90, description="share held out for the gate, by request_id hash"
     )

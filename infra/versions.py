@@ -16,10 +16,17 @@ so a decision means the same thing everywhere — a manual rollback of the incum
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from infra import registry as registry_mod
+from infra.kafka import assign_from_start, consumer
+from infra.retry import Retrier
+from infra.serde import SerdeError, TopicSerde
+from infra.settings import KafkaSettings, RegistrySettings
 from schemas.events import ModelVersionEvent, VersionEventKind
+from schemas.topics import VERSIONS
 
 BASE = "base"
 
@@ -41,6 +48,7 @@ class ModelState:
     canaries: dict[str, Canary] = field(default_factory=dict)
     ended: dict[str, VersionEventKind] = field(default_factory=dict)  # rolled back / rejected / replaced
     refusals: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> gateway -> reason
+    published: dict[str, ModelVersionEvent] = field(default_factory=dict)  # lineage, adapter, eval
 
 
 class VersionFold:
@@ -61,6 +69,7 @@ class VersionFold:
     def apply(self, e: ModelVersionEvent) -> None:
         m = self.model(e.model)
         if e.kind == VersionEventKind.published:
+            m.published.setdefault(e.version, e)
             if e.version not in m.canaries and e.version not in m.ended and e.version != m.incumbent:
                 m.canaries[e.version] = Canary(
                     e.model, e.version, m.incumbent, e.occurred_at, e.traffic_share or 0.0
@@ -84,3 +93,31 @@ class VersionFold:
             m.refusals.setdefault(e.version, {})[e.actor or e.producer] = "; ".join(e.reasons or [])
         elif e.kind == VersionEventKind.rejected:
             m.ended[e.version] = e.kind
+
+
+def read_fold(kafka: KafkaSettings, registry: RegistrySettings, topic_suffix: str = "") -> VersionFold:
+    """``model.versions`` read from its start to where it ends now, folded (a one-off reader such
+    as the trainer; the judge and the gateways follow the topic and fold as they go)."""
+    topic = replace(VERSIONS, name=VERSIONS.name + topic_suffix)
+    serde = TopicSerde(registry_mod.client(registry), topic)
+    fold = VersionFold()
+    c = consumer(kafka, f"rftloop-versions-read-{uuid.uuid4().hex[:8]}")
+    try:
+        retry = Retrier("reading model.versions")
+        ends = assign_from_start(c, [topic.name], retry)
+        while ends:
+            for msg in c.consume(500, 1.0):
+                if msg.error():
+                    continue
+                where = (msg.topic() or "", msg.partition() or 0)
+                if where in ends and (msg.offset() or 0) + 1 >= ends[where]:
+                    del ends[where]
+                try:
+                    event = serde.decode_event(msg.value())
+                except SerdeError:
+                    continue  # the judge and the gateways log it; a reader of the state skips it
+                if isinstance(event, ModelVersionEvent):
+                    fold.apply(event)
+    finally:
+        c.close()
+    return fold

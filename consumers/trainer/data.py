@@ -72,6 +72,33 @@ def load_samples(client: Client, db: str, model: str) -> list[Sample]:
     return out
 
 
+def since_parent(
+    samples: list[Sample], parent: Sequence[OffsetRange], replay: int
+) -> tuple[list[Sample], list[Sample]]:
+    """(new, replayed): the samples past the parent's data on each partition (its lineage's last
+    offsets), and at most ``replay`` of the older ones, chosen by request hash (deterministic), so a
+    generation learns from what arrived since its parent without forgetting what came before.
+
+    Samples answered by versions that were later rolled back are kept on purpose: their rewards
+    judge the answers themselves (a broken adapter's garbage is a well-labelled undesirable answer
+    for KTO; GRPO only takes their prompts and answers them anew)."""
+    last = {(r.topic, r.partition): r.last_offset for r in parent}
+    new = [s for s in samples if s.offset > last.get((s.topic, s.partition), -1)]
+    fresh = {s.request_id for s in new}
+    older = sorted(
+        (s for s in samples if s.request_id not in fresh),
+        key=lambda s: hashlib.sha256(s.request_id.encode()).digest(),
+    )
+    return new, older[:replay]
+
+
+def described(ranges: Sequence[OffsetRange]) -> str:
+    """Offset ranges as text for a version's hyperparameters (``topic[p]:first-last (n)``)."""
+    return ", ".join(
+        f"{r.topic}[{r.partition}]:{r.first_offset}-{r.last_offset} ({r.samples})" for r in ranges
+    )
+
+
 def held_out(sample: Sample | Any, percent: int) -> bool:
     """Deterministic: the same request is always on the same side of the split."""
     h = int.from_bytes(hashlib.sha256(sample.request_id.encode()).digest()[:4], "big")

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from consumers.trainer.pairs import Pair
-from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, fit, lora
+from consumers.trainer.steps import Trained, common_args, fit, trainable
 
 
-def train_dpo(base_path: str, pairs: list[Pair], out_dir: Path, cfg: Any) -> Trained:
+def train_dpo(
+    base_path: str, pairs: list[Pair], out_dir: Path, cfg: Any, parent: str | None = None
+) -> Trained:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -21,14 +23,13 @@ def train_dpo(base_path: str, pairs: list[Pair], out_dir: Path, cfg: Any) -> Tra
         }
         for p in pairs
     ]
-    model, tok = base_and_tokenizer(base_path)
+    model, tok, peft = trainable(base_path, cfg, parent)
     args = DPOConfig(
         **common_args(cfg, out_dir),
         per_device_train_batch_size=min(cfg.batch_size, len(rows)),
         beta=cfg.beta,
         max_length=512,
     )
-    peft = lora(cfg)
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.trainer.data import Sample, chat
-from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, fit, lora
+from consumers.trainer.steps import Trained, common_args, fit, trainable
 from infra import rewards
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,16 @@ def correctness_reward(completions: list[Any], reference: list[str], **_: Any) -
     ]
 
 
-def train_grpo(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -> Trained:
+def train_grpo(
+    base_path: str, samples: list[Sample], out_dir: Path, cfg: Any, parent: str | None = None
+) -> Trained:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     rows = [{"prompt": chat(s), "reference": s.reference} for s in samples if s.reference]
     if not rows:
         raise ValueError("GRPO needs prompts with a reference (a checkable answer); none in this data")
-    model, tok = base_and_tokenizer(base_path, left_pad=True)
+    model, tok, peft = trainable(base_path, cfg, parent, left_pad=True)
     args = GRPOConfig(
         **common_args(cfg, out_dir),
         # one step = grpo_prompts prompts x grpo_generations answers each
@@ -49,7 +51,6 @@ def train_grpo(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -
         max_completion_length=cfg.max_new_tokens,
         temperature=1.0,
     )
-    peft = lora(cfg)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[correctness_reward],

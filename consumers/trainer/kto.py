@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from consumers.trainer.data import Sample, chat
-from consumers.trainer.steps import Trained, base_and_tokenizer, common_args, fit, lora
+from consumers.trainer.steps import Trained, common_args, fit, trainable
 
 log = logging.getLogger(__name__)
 
 
-def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) -> Trained:
+def train_kto(
+    base_path: str, samples: list[Sample], out_dir: Path, cfg: Any, parent: str | None = None
+) -> Trained:
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
@@ -31,7 +33,7 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
     # TRL's guidance: keep desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in
     # [1, 4/3]; production feedback is usually lopsided (here ~20 % right answers).
     desirable_weight = max(1.0, n_bad / n_good) if n_good and n_bad else 1.0
-    model, tok = base_and_tokenizer(base_path)
+    model, tok, peft = trainable(base_path, cfg, parent)
     args = KTOConfig(
         **common_args(cfg, out_dir),
         per_device_train_batch_size=min(cfg.batch_size, len(rows)),
@@ -39,7 +41,6 @@ def train_kto(base_path: str, samples: list[Sample], out_dir: Path, cfg: Any) ->
         desirable_weight=desirable_weight,
         max_length=512,
     )
-    peft = lora(cfg)
     trainer = KTOTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
     )

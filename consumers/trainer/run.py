@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumers.trainer.data import Traceable, held_out, lineage, load_samples, split, version_id
+from consumers.trainer.data import (
+    Traceable,
+    described,
+    held_out,
+    lineage,
+    load_samples,
+    since_parent,
+    split,
+    version_id,
+)
 from consumers.trainer.dpo import train_dpo
 from consumers.trainer.gate import decide, evaluate
 from consumers.trainer.grpo import train_grpo
@@ -38,6 +47,7 @@ from infra.settings import (
     RegistrySettings,
     TrainerSettings,
 )
+from infra.versions import BASE, read_fold
 from schemas.events import (
     Event,
     ModelVersionEvent,
@@ -71,13 +81,9 @@ def _send(
     publish_event(kafka, registry, spec, event, suffix)
 
 
-def incumbent_of(client: Any, db: str, model: str) -> str:
-    rows = client.query(
-        f"SELECT version FROM {db}.version_state WHERE model = {{m:String}} AND state = 'promoted' "
-        "ORDER BY updated_at DESC LIMIT 1",
-        parameters={"m": model},
-    ).result_rows
-    return str(rows[0][0]) if rows else "base"
+def incumbent_of(kafka: KafkaSettings, registry: RegistrySettings, cfg: TrainerSettings) -> str:
+    """The serving incumbent, from the one fold of model.versions (infra/versions.py)."""
+    return read_fold(kafka, registry, cfg.topic_suffix).incumbent(cfg.served_name)
 
 
 def choose_method(train: list[Any], pairs: int, cfg: TrainerSettings) -> tuple[str, str]:
@@ -125,13 +131,30 @@ def run_once(
             f"{cfg.min_samples} (RFTLOOP_TRAINER_MIN_SAMPLES)"
         )
     train, held = split(samples, cfg.holdout_percent)
+    fold = read_fold(kafka, registry, cfg.topic_suffix)
+    incumbent = fold.incumbent(cfg.served_name)
+    parent_event = fold.model(cfg.served_name).published.get(incumbent)
+    parent_dir = cfg.adapter_root / incumbent
+    parent = str(parent_dir) if incumbent != BASE and (parent_dir / "adapter_config.json").exists() else None
+    data_note: dict[str, str] = {}
+    if parent_event is not None:
+        new, older = since_parent(train, parent_event.lineage, cfg.replay_samples)
+        if len(new) < cfg.min_new_samples:
+            raise NotEnoughData(
+                f"{len(new)} new training samples since {incumbent}'s data; a continued run needs "
+                f"{cfg.min_new_samples} (RFTLOOP_TRAINER_MIN_NEW_SAMPLES)"
+            )
+        train = new + older
+        data_note = {
+            "data_new": described(lineage(new)),
+            "data_replayed": described(lineage(older)),
+        }
     eval_set = [s for s in held if s.reference][: cfg.max_eval_samples]
     if len(eval_set) < cfg.min_eval_samples:
         raise NotEnoughData(
             f"{len(eval_set)} held-out samples with a reference; the gate needs "
             f"{cfg.min_eval_samples} (RFTLOOP_TRAINER_MIN_EVAL_SAMPLES)"
         )
-    incumbent = incumbent_of(client, clickhouse.database, cfg.served_name)
     all_pairs, skipped_pairs = load_pairs(client, clickhouse.database, cfg.served_name)
     train_pairs = [p for p in all_pairs if not held_out(p, cfg.holdout_percent)]
     method, why = choose_method(train, len(train_pairs), cfg)
@@ -145,6 +168,7 @@ def run_once(
         "lora_rank": cfg.lora_rank,
         "beta": cfg.beta,
         "parent": incumbent,
+        "continued_from": "adapter" if parent else "base",
         **(
             {"grpo_generations": cfg.grpo_generations, "grpo_prompts": cfg.grpo_prompts}
             if method == "grpo"
@@ -166,7 +190,7 @@ def run_once(
         )
     base_path = models.resolve(cfg.base_model, cache_dir)
     run_id = f"run-{version}"
-    hyper = {k: str(v) for k, v in config.items()}
+    hyper = {**{k: str(v) for k, v in config.items()}, **data_note}
 
     def run_event(kind: TrainingRunKind, **end: Any) -> None:
         _send(
@@ -228,17 +252,21 @@ def run_once(
         say(
             f"trainer: {method.upper()} on {len(data)} {'pairs' if method == 'dpo' else 'samples'}, {cfg.max_steps} steps ..."
         )
+        if parent:
+            say(
+                f"trainer: continuing {incumbent}'s adapter ({len(train)} samples: {data_note['data_new'] or '-'} new)"
+            )
         if method == "dpo":
-            trained = train_dpo(base_path, train_pairs, tmp, cfg)
+            trained = train_dpo(base_path, train_pairs, tmp, cfg, parent)
         else:
-            trained = (train_grpo if method == "grpo" else train_kto)(base_path, train, tmp, cfg)
+            trained = (train_grpo if method == "grpo" else train_kto)(base_path, train, tmp, cfg, parent)
         metrics = trained.figures
         write_steps(client, clickhouse.database, version, method, trained.steps)
         failpoints.reached("trainer.after_train")
         say(
             f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."
         )
-        inc_path = str(root / incumbent) if incumbent != "base" and (root / incumbent).exists() else None
+        inc_path = parent
         result = evaluate(
             base_path,
             eval_set,

@@ -71,6 +71,20 @@ def common_args(cfg: Any, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def trainable(base_path: str, cfg: Any, parent: str | None, left_pad: bool = False) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config) for a trainer: a fresh LoRA on the base model, or — when
+    ``parent`` names the incumbent's adapter directory — that adapter, loaded trainable and
+    continued (peft ``is_trainable=True``; the trainer gets no second peft_config). Continued, not
+    merged: the result is again one LoRA on the unchanged base, which vLLM hot-loads like any other,
+    and the reference policy of KTO/DPO/GRPO stays the base model (the adapter disabled)."""
+    model, tok = base_and_tokenizer(base_path, left_pad=left_pad)
+    if parent is None:
+        return model, tok, lora(cfg)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, parent, is_trainable=True), tok, None
+
+
 def lora(cfg: Any) -> Any:
     from peft import LoraConfig
 

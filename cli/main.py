@@ -426,6 +426,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             {
                 "version": result.version,
                 "status": result.status,
+                "parent": result.parent,
+                "method": result.method,
+                "samples": result.samples,
                 "reasons": result.reasons,
                 "figures": result.figures,
             },
@@ -595,7 +598,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
-    return run_demo(keep=args.keep, quick=args.quick)
+    return run_demo(keep=args.keep, quick=args.quick, n_generations=args.generations)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -716,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "the closed loop: serve, reward, train, gate, canary, promote or roll back")
     p.add_argument("--keep", action="store_true", help="leave the stack running")
     p.add_argument("--quick", action="store_true", help="a tiny random model: the pipeline only, fast")
+    p.add_argument("--generations", type=int, default=3, help="training generations to run (default 3)")
     return ap
 
 

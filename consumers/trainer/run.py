@@ -73,6 +73,9 @@ class RunResult:
     status: str
     reasons: list[str]
     figures: dict[str, float]
+    parent: str = BASE
+    method: str = ""
+    samples: int = 0
 
 
 def _send(
@@ -300,7 +303,7 @@ def run_once(
         if not decision.publish:
             shutil.rmtree(tmp, ignore_errors=True)
             announce(VersionEventKind.rejected, TrainingRunStatus.rejected, decision.reasons)
-            return RunResult(version, "rejected", decision.reasons, figures)
+            return RunResult(version, "rejected", decision.reasons, figures, incumbent, method, len(data))
         # The gate's figures travel with the adapter, so a run that dies after the rename is
         # re-announced with them.
         (tmp / RUN_RECORD).write_text(json.dumps({"figures": figures, "reasons": decision.reasons}))
@@ -315,4 +318,4 @@ def run_once(
         adapter_sha256=sha,
     )
     say(f"trainer: published {version} ({target}, sha256 {sha[:12]}…)")
-    return RunResult(version, "published", decision_reasons, figures)
+    return RunResult(version, "published", decision_reasons, figures, incumbent, method, len(data))

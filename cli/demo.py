@@ -194,7 +194,7 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
     procs = Procs(env, local.state_dir / "logs")
     url = f"http://127.0.0.1:{gw_port}"
     try:
-        console.rule("[bold]1. components")
+        console.rule("[bold]components")
         _refuse_foreign_members(kafka, "rftloop-streams")
         procs.start("sink", "sink")
         procs.start("streams", "streams")

@@ -61,5 +61,10 @@ def needed_prompts(sd: float, gain: float, min_gain: float, level: float = 0.95,
     margin = gain - min_gain
     if margin <= 0:
         return 0  # no size can show a gain at or below the required one
+    # a gain of g needs at least a share g of prompts answered differently, so the differences
+    # spread at least sqrt(g (1 - g)) (one answer per prompt): the floor when the observed spread is
+    # smaller, e.g. 0 when both versions answered every prompt alike
+    g = min(abs(gain), 1.0)
+    floor = math.sqrt(g * (1 - g))
     z = NormalDist().inv_cdf(1 - (1 - level) / 2) + NormalDist().inv_cdf(power)
-    return max(1, math.ceil((z * max(sd, 1e-9) / margin) ** 2))
+    return max(1, math.ceil((z * max(sd, floor) / margin) ** 2))

@@ -52,3 +52,5 @@ def test_held_out_size_from_power() -> None:
     # sd 0.5 per prompt, +0.10 to show above 0: (2.80 * 0.5 / 0.1)^2 = 196
     assert needed_prompts(0.5, 0.10, 0.0) == 197  # ceil(196.2)
     assert needed_prompts(0.5, 0.02, 0.02) == 0
+    # no spread seen (both answered alike): at least the discordance a +0.10 gain needs, sd 0.3
+    assert needed_prompts(0.0, 0.10, 0.0) == 71

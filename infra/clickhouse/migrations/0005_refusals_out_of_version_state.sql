@@ -17,6 +17,5 @@ SELECT
     argMaxIf(eval, occurred_at, kind = 'published') AS eval,
     minIf(occurred_at, kind = 'published') AS published_at,
     max(occurred_at) AS updated_at
-FROM {database}.model_versions FINAL
-WHERE decision != 'refused'
+FROM (SELECT * FROM {database}.model_versions FINAL WHERE decision != 'refused')
 GROUP BY model, version;

@@ -598,7 +598,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
-    return run_demo(keep=args.keep, quick=args.quick, n_generations=args.generations)
+    generations = args.generations or (1 if args.quick else 3)
+    return run_demo(keep=args.keep, quick=args.quick, n_generations=generations)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -719,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "the closed loop: serve, reward, train, gate, canary, promote or roll back")
     p.add_argument("--keep", action="store_true", help="leave the stack running")
     p.add_argument("--quick", action="store_true", help="a tiny random model: the pipeline only, fast")
-    p.add_argument("--generations", type=int, default=3, help="training generations to run (default 3)")
+    p.add_argument("--generations", type=int, help="training generations to run (default 3; --quick: 1)")
     return ap
 
 

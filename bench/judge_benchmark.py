@@ -120,7 +120,7 @@ def trial(
         canaries = {c.version: c for c in book.fold.canaries()}
         if "cand" not in canaries:
             break
-        share = canaries["cand"].share
+        share = canaries["cand"].share or 0.0
         start = T0 + timedelta(seconds=10 * k)
         n_c = sum(rng.random() < share for _ in range(RATED_PER_WINDOW))
         n_i = RATED_PER_WINDOW - n_c

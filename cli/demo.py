@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # rated responses of a first look. The injected bad version starts on 5 % (BAD_SHARE), so the
 # exposure figure measures the judge at a small share.
 CANDIDATE_SHARE = "0.2"
-REQUESTS_PER_GENERATION = 160
+REQUESTS_PER_GENERATION = 200
 
 
 class DemoFailed(RuntimeError):
@@ -176,6 +176,11 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         "RFTLOOP_JUDGE_MAX_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MAX_SAMPLES", "400"),
         "RFTLOOP_JUDGE_RAMP_STEPS": os.environ.get("RFTLOOP_JUDGE_RAMP_STEPS", "0.5"),
         "RFTLOOP_TRAINER_MIN_SAMPLES": os.environ.get("RFTLOOP_TRAINER_MIN_SAMPLES", "48"),
+        # The paired gate needs prompts: 31 held out (20 % of a generation's traffic) gave +0.16
+        # [-0.03, +0.36] in a run here, too wide to show anything; 40 % of the growing traffic, all
+        # of it scored, gives it a chance to show a gain of that size by generation 2 or 3.
+        "RFTLOOP_TRAINER_HOLDOUT_PERCENT": os.environ.get("RFTLOOP_TRAINER_HOLDOUT_PERCENT", "40"),
+        "RFTLOOP_TRAINER_MAX_EVAL_SAMPLES": os.environ.get("RFTLOOP_TRAINER_MAX_EVAL_SAMPLES", "400"),
         # the demo's users are served greedily (temperature 0): the gate evaluates as they are served
         "RFTLOOP_TRAINER_EVAL_TEMPERATURE": os.environ.get("RFTLOOP_TRAINER_EVAL_TEMPERATURE", "0"),
         # KTO, not `auto` (which picks GRPO for these checkable questions): on 2 CPU cores a GRPO step

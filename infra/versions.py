@@ -39,7 +39,7 @@ class Canary:
     version: str
     incumbent: str  # the incumbent when it was published
     since: datetime  # when it was published
-    share: float = 0.0
+    share: float | None = None  # None: the event named none (a gateway applies its default)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class VersionFold:
             m.published.setdefault(e.version, e)
             if e.version not in m.canaries and e.version not in m.ended and e.version != m.incumbent:
                 m.canaries[e.version] = Canary(
-                    e.model, e.version, m.incumbent, e.occurred_at, e.traffic_share or 0.0
+                    e.model, e.version, m.incumbent, e.occurred_at, e.traffic_share
                 )
         elif e.kind == VersionEventKind.ramped:
             if e.version in m.canaries and e.traffic_share is not None:
@@ -87,7 +87,10 @@ class VersionFold:
             m.canaries.pop(e.version, None)
             m.ended[e.version] = e.kind
             if m.incumbent == e.version:
-                m.incumbent = e.parent_version if e.parent_version and e.parent_version != e.version else BASE
+                # back to the parent the event names, else the one it was published from
+                published = m.published.get(e.version)
+                parent = e.parent_version or (published.parent_version if published else None)
+                m.incumbent = parent if parent and parent != e.version else BASE
                 m.ended.pop(m.incumbent, None)
         elif e.kind == VersionEventKind.rejected and e.decision == "refused":
             m.refusals.setdefault(e.version, {})[e.actor or e.producer] = "; ".join(e.reasons or [])

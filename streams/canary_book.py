@@ -58,7 +58,7 @@ class CanaryBook:
             candidate,
             self.totals(canary.model, incumbent, canary.since),
             self.cfg,
-            canary.share,
+            canary.share or 0.0,
             (now - canary.since).total_seconds(),
         )
         refusals = self.fold.model(canary.model).refusals.get(canary.version, {})

@@ -274,10 +274,18 @@ class Gateway:
             seed=body.seed,
             lora=lora,
         )
-        state: dict[str, Any] = {"text": [], "tokens": 0, "finish": None, "ttft": None, "error": None}
+        state: dict[str, Any] = {
+            "text": [],
+            "tokens": 0,
+            "finish": None,
+            "ttft": None,
+            "error": None,
+            "engine_s": None,
+        }
 
         def completed() -> InferenceCompleted:
             seconds = time.perf_counter() - t0
+            engine_s = min(seconds, state["engine_s"]) if state["engine_s"] is not None else seconds
             n = int(state["tokens"])
             ok = state["error"] is None
             self.counts[(version, "ok" if ok else "error")] += 1
@@ -295,8 +303,9 @@ class Gateway:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=n,
                 tokens_per_s=n / seconds if n and seconds > 0 else None,
-                cost=self.cost(prompt_tokens, n, seconds),
-                engine_seconds=seconds,
+                # engine time, not wall time: queueing and a slow SSE reader are not the version's cost
+                cost=self.cost(prompt_tokens, n, engine_s),
+                engine_seconds=engine_s,
             )
 
         async def consume() -> AsyncIterator[str]:
@@ -308,6 +317,8 @@ class Gateway:
                     state["tokens"] += c.tokens
                     if c.finish_reason:
                         state["finish"] = c.finish_reason
+                    if c.engine_s is not None:
+                        state["engine_s"] = c.engine_s
                     yield c.text
             except Exception as exc:
                 state["error"] = f"{type(exc).__name__}: {exc}"

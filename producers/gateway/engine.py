@@ -20,6 +20,7 @@ class Chunk:
     tokens: int
     finish_reason: str | None
     prompt_tokens: int
+    engine_s: float | None = None  # scheduled -> last token in the engine core (no queueing), when known
 
 
 def _on_cpu() -> bool:
@@ -104,4 +105,10 @@ class Engine:
         lora_request = LoRARequest(*lora) if lora else None
         async for out in self._engine.generate(prompt, params, request_id, lora_request=lora_request):
             o = out.outputs[0]
-            yield Chunk(o.text, len(o.token_ids), o.finish_reason, len(out.prompt_token_ids or []))
+            m = getattr(out, "metrics", None)  # vLLM's RequestStateStats (engine-core timestamps)
+            engine_s = (
+                m.last_token_ts - m.scheduled_ts
+                if m is not None and m.scheduled_ts and m.last_token_ts
+                else None
+            )
+            yield Chunk(o.text, len(o.token_ids), o.finish_reason, len(out.prompt_token_ids or []), engine_s)

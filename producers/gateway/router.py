@@ -1,12 +1,12 @@
 """Traffic routing between model versions (pure logic).
 
-The routing table maps each live version to a traffic weight. ``base`` (the
-base model, no adapter) is the first incumbent. A published version joins with
-the canary share and the incumbent keeps the rest; a promoted version takes all
-traffic and becomes the incumbent; a rolled-back version gets none. A request
-can pin a version; otherwise it is placed by a stable hash of its user or
-session id (sticky: the same user sees the same version while weights hold),
-or at random without one.
+The routing table maps each loaded version to a traffic weight, derived from the one fold of
+``model.versions`` (``infra.versions``): ``base`` (the base model, no adapter) is the first
+incumbent; a published version serves its canary share (the event's, else
+``RFTLOOP_GATEWAY_CANARY_SHARE``) and the incumbent the rest; a promoted version takes all traffic
+and becomes the incumbent; a rolled-back one gets none, and if it was the incumbent its parent
+serves again. A request can pin a version; otherwise it is placed by a stable hash of its user or
+session id (sticky: the same user sees the same version while weights hold), or at random without one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ import hashlib
 import random
 import threading
 from dataclasses import dataclass
+
+from infra.versions import BASE, VersionFold
+from schemas.events import ModelVersionEvent, VersionEventKind
 
 
 class UnknownVersion(KeyError):
@@ -30,53 +33,56 @@ class Route:
 
 
 class Router:
+    """Weights over the versions this gateway has loaded, derived from the one fold of
+    ``model.versions`` (``infra.versions``), so the gateway, the judge and the trainer agree on who
+    is incumbent and which canaries serve what share — a manual rollback of the incumbent included.
+
+    The incumbent takes what the live canaries leave. A version this gateway could not load gets no
+    traffic here: a canary it refused is skipped; an incumbent it never loaded leaves the last one it
+    could serve in place."""
+
     def __init__(self, canary_share: float = 0.1) -> None:
         self.canary_share = canary_share
-        self.routes: dict[str, Route] = {"base": Route("base", 1.0)}
-        self.incumbent = "base"
+        self.fold = VersionFold()
+        self.routes: dict[str, Route] = {BASE: Route(BASE, 1.0)}
+        self.incumbent = BASE
         self._lock = threading.Lock()
 
-    def publish(self, version: str, adapter_path: str, lora_id: int, share: float | None = None) -> None:
-        share = self.canary_share if share is None else share
+    def add(self, version: str, adapter_path: str, lora_id: int) -> None:
+        """``version``'s adapter is loaded in the engine (its published event was applied first)."""
         with self._lock:
             self.routes[version] = Route(version, 0.0, adapter_path, lora_id)
-            self._set_canary(version, share)
+            self._reweigh()
 
-    def _set_canary(self, version: str, share: float) -> None:
-        others = [
-            r for r in self.routes.values() if r.version not in (version, self.incumbent) and r.weight > 0
-        ]
-        rest = max(0.0, 1.0 - share - sum(r.weight for r in others))
-        self.routes[version].weight = share
-        self.routes[self.incumbent].weight = rest
-
-    def ramp(self, version: str, share: float) -> None:
-        """Raise (or set) a live canary's share; the incumbent gives up the difference."""
+    def apply(self, event: ModelVersionEvent) -> None:
+        """Fold one event of this gateway's model; raises UnknownVersion for a decision on a version
+        this gateway never loaded (the fold keeps it all the same)."""
         with self._lock:
-            if version not in self.routes:
-                raise UnknownVersion(version)
-            if version == self.incumbent or self.routes[version].weight == 0.0:
-                return  # decided meanwhile: a ramp never revives a rolled-back version
-            self._set_canary(version, share)
+            self.fold.apply(event)
+            self._reweigh()
+        decided = event.kind in (
+            VersionEventKind.promoted,
+            VersionEventKind.ramped,
+            VersionEventKind.rolled_back,
+        )
+        if decided and event.version not in self.routes:
+            raise UnknownVersion(event.version)
 
-    def promote(self, version: str) -> None:
-        with self._lock:
-            if version not in self.routes:
-                raise UnknownVersion(version)
-            for r in self.routes.values():
-                r.weight = 0.0
-            self.routes[version].weight = 1.0
-            self.incumbent = version
-
-    def rollback(self, version: str, fallback: str | None = None) -> None:
-        with self._lock:
-            if version not in self.routes:
-                raise UnknownVersion(version)
-            freed = self.routes[version].weight
-            self.routes[version].weight = 0.0
-            if version == self.incumbent:
-                self.incumbent = fallback if fallback in self.routes else "base"
-            self.routes[self.incumbent].weight += freed
+    def _reweigh(self) -> None:
+        models = list(self.fold.models.values())
+        state = models[0] if models else None  # one gateway serves one model (the follower filters)
+        if state is not None and state.incumbent in self.routes:
+            self.incumbent = state.incumbent
+        canaries = {} if state is None else state.canaries
+        for r in self.routes.values():
+            r.weight = 0.0
+        given = 0.0
+        for version, c in canaries.items():
+            if version in self.routes and version != self.incumbent:
+                share = self.canary_share if c.share is None else c.share
+                self.routes[version].weight = share
+                given += share
+        self.routes[self.incumbent].weight = max(0.0, 1.0 - given)
 
     def weights(self) -> dict[str, float]:
         return {v: r.weight for v, r in self.routes.items()}

@@ -115,26 +115,24 @@ class VersionFollower:
                 self._next_lora_id += 1
                 future = asyncio.run_coroutine_threadsafe(self._load(version, lora_id, str(path)), self._loop)
                 future.result(timeout=120)
-                self.router.publish(version, str(path), lora_id, share=event.traffic_share)
+                self.router.apply(event)
+                self.router.add(version, str(path), lora_id)
                 self.loaded_at[version] = time.time()
                 self.refused.pop(version, None)
                 log.info("version %s loaded from %s, traffic %s", version, path, self.router.weights())
-            elif event.kind == VersionEventKind.promoted:
-                self.router.promote(version)
-                log.info("version %s promoted: %s", version, self.router.weights())
-            elif event.kind == VersionEventKind.ramped and event.traffic_share is not None:
-                self.router.ramp(version, event.traffic_share)
-                log.info("version %s ramped: %s", version, self.router.weights())
-            elif event.kind == VersionEventKind.rolled_back:
-                self.router.rollback(version, fallback=event.parent_version)
-                log.info("version %s rolled back: %s", version, self.router.weights())
+            else:
+                self.router.apply(event)
+                log.info("version %s %s: %s", version, event.kind.value, self.router.weights())
             self.applied += 1
         except adapters.AdapterRefused as exc:
+            self.router.apply(event)  # the fold knows it as every reader does; it gets no traffic here
             self.refuse(event, str(exc))
             log.error("version %s refused: %s", version, exc)
         except UnknownVersion:
             log.warning("%s for version %s, which this gateway never loaded", event.kind.value, version)
         except Exception as exc:  # loading failed in the engine: keep serving the others
+            if event.kind == VersionEventKind.published:
+                self.router.apply(event)
             self.refuse(event, f"{type(exc).__name__}: {exc}")
             log.exception("version %s could not be applied", version)
 

@@ -51,16 +51,7 @@ class Gateway:
         return read_topic(self.kafka, topic.name, serde, idle_s=1.5)
 
 
-@contextmanager
-def running_gateway(
-    stack: Any,
-    tmp: Path,
-    env: dict[str, str] | None = None,
-    suffix: str | None = None,
-    extra_topics: tuple[TopicSpec, ...] = (),
-) -> Iterator[Gateway]:
-    """Start `rftloop gateway --model tiny` on fresh `<topic><suffix>` topics; stop it on exit."""
-    suffix = suffix or f"-gw{uuid.uuid4().hex[:6]}"
+def _topics(stack: Any, suffix: str, extra_topics: tuple[TopicSpec, ...]) -> dict[str, Any]:
     reg = registry_mod.client(stack.registry)
     serde = {}
     for spec in (REQUESTED, COMPLETED, FEEDBACK, VERSIONS, *extra_topics):
@@ -68,6 +59,12 @@ def running_gateway(
         ensure_topics(stack.kafka, only=[topic])
         registry_mod.register(reg, topic)
         serde[spec.name] = (topic, TopicSerde(reg, topic))
+    return serde
+
+
+def _start(
+    stack: Any, tmp: Path, suffix: str, env: dict[str, str] | None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     full_env = {
         **os.environ,
@@ -81,8 +78,7 @@ def running_gateway(
         **(env or {}),
     }
     tmp.mkdir(parents=True, exist_ok=True)
-    log = tmp / "gateway.log"
-    with open(log, "wb") as out:
+    with open(tmp / "gateway.log", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "gateway", "--model", "tiny", "--port", str(port)],
             cwd=ROOT,
@@ -91,26 +87,69 @@ def running_gateway(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not start:\n{log.read_text(errors='replace')[-4000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).json().get("versions_caught_up"):
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(1)
-        yield Gateway(url, suffix, serde, tmp / "adapters", log, stack.kafka)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, deadline: float) -> None:
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"gateway did not start:\n{log.read_text(errors='replace')[-4000:]}")
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            if httpx.get(f"{url}/healthz", timeout=2).json().get("versions_caught_up"):
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@contextmanager
+def running_gateways(
+    stack: Any,
+    replicas: list[tuple[Path, dict[str, str]]],
+    suffix: str | None = None,
+    extra_topics: tuple[TopicSpec, ...] = (),
+) -> Iterator[list[Gateway]]:
+    """Start one `rftloop gateway --model tiny` per (tmp dir, env) on the same fresh `<topic><suffix>`
+    topics, all at once (their engines start side by side), and stop them on exit."""
+    suffix = suffix or f"-gw{uuid.uuid4().hex[:6]}"
+    serde = _topics(stack, suffix, extra_topics)
+    started: list[tuple[subprocess.Popen[bytes], str, Path]] = []
+    try:
+        for tmp, env in replicas:
+            proc, url = _start(stack, tmp, suffix, env)
+            started.append((proc, url, tmp))
+        deadline = time.monotonic() + 240 + 60 * (len(replicas) - 1)
+        for proc, url, tmp in started:
+            _wait_ready(proc, url, tmp / "gateway.log", deadline)
+        yield [
+            Gateway(url, suffix, serde, tmp / "adapters", tmp / "gateway.log", stack.kafka)
+            for _, url, tmp in started
+        ]
+    finally:
+        for proc, _, _ in started:
+            _stop(proc)
+
+
+@contextmanager
+def running_gateway(
+    stack: Any,
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    suffix: str | None = None,
+    extra_topics: tuple[TopicSpec, ...] = (),
+) -> Iterator[Gateway]:
+    """Start `rftloop gateway --model tiny` on fresh `<topic><suffix>` topics; stop it on exit."""
+    with running_gateways(stack, [(tmp, env or {})], suffix, extra_topics) as [gw]:
+        yield gw
 
 
 def make_adapter(root: Path, name: str, scale: float | None = None) -> tuple[Path, str]:

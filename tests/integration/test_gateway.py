@@ -67,6 +67,8 @@ def test_openai_client_chats_streams_and_every_call_becomes_events(gateway: Gate
     assert done.prompt_tokens == chat.usage.prompt_tokens
     assert done.latency_ms > 0 and done.ttft_ms is not None and done.ttft_ms <= done.latency_ms
     assert done.cost > 0 and done.tokens_per_s and done.finish_reason == chat.choices[0].finish_reason
+    # cost counts the engine's time on the request (vLLM's scheduled -> last token), not the wall time
+    assert done.engine_seconds is not None and 0 < done.engine_seconds <= done.latency_ms / 1000
     prompt = requested[chat.id].messages[0].content
     assert "bob@example.com" not in prompt and "[EMAIL]" in prompt
     assert "415 555 0100" not in prompt and "4111 1111 1111 1111" not in prompt

@@ -13,7 +13,6 @@ import itertools
 import random
 import time
 from collections import Counter
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from schemas.topics import COMPLETED
-from tests.integration.gateway_support import ADMIN, SERVED, make_adapter, publish, running_gateway
+from tests.integration.gateway_support import ADMIN, SERVED, make_adapter, publish, running_gateways
 
 pytestmark = pytest.mark.reliability
 
@@ -42,24 +41,16 @@ def test_two_replicas_apply_every_version_event_and_hold_the_split(
     stack: Any, unique: str, tmp_path: Path, record_figures: Any
 ) -> None:
     suffix = f"-rep{unique}"
-    with ExitStack() as stack_of:
-        replicas = [
-            stack_of.enter_context(
-                running_gateway(
-                    stack,
-                    tmp_path / name,
-                    {
-                        "RFTLOOP_GATEWAY_INSTANCE": name,
-                        "RFTLOOP_GATEWAY_CANARY_SHARE": str(SHARE),
-                        "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "0",
-                        # one artifact root for both, as with a shared volume
-                        "RFTLOOP_GATEWAY_ADAPTER_ROOT": str(tmp_path / "adapters"),
-                    },
-                    suffix=suffix,
-                )
-            )
-            for name in ("gw-a", "gw-b")
-        ]
+    env = {
+        "RFTLOOP_GATEWAY_CANARY_SHARE": str(SHARE),
+        "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "0",
+        # one artifact root for both, as with a shared volume
+        "RFTLOOP_GATEWAY_ADAPTER_ROOT": str(tmp_path / "adapters"),
+    }
+    names = ("gw-a", "gw-b")
+    with running_gateways(
+        stack, [(tmp_path / name, {**env, "RFTLOOP_GATEWAY_INSTANCE": name}) for name in names], suffix=suffix
+    ) as replicas:
         path, sha = make_adapter(tmp_path / "adapters", "v-rep")
         publish(replicas[0], "v-rep", f"file://{path}", sha, share=None)
         loaded_s = _wait(replicas, lambda h: h["traffic"].get("v-rep") == SHARE)

@@ -1,20 +1,65 @@
-"""The gateway's routing table: canary shares, ramps, promotion and rollback (pure logic)."""
+"""The gateway's routing table: canary shares, ramps, promotion and rollback, from the one fold of
+model.versions (pure logic)."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 
 from producers.gateway.router import Router, UnknownVersion
+from schemas.events import ModelVersionEvent, VersionEventKind
+
+
+def event(
+    kind: VersionEventKind, version: str, share: float | None = None, parent: str | None = None
+) -> ModelVersionEvent:
+    return ModelVersionEvent(
+        event_id=uuid.uuid4(),
+        producer="t",
+        kind=kind,
+        model="m",
+        version=version,
+        traffic_share=share,
+        parent_version=parent,
+        decision=kind.value,
+    )
+
+
+def publish(r: Router, version: str, share: float | None = None, parent: str | None = None) -> None:
+    r.apply(event(VersionEventKind.published, version, share, parent))
+    r.add(version, f"/a/{version}", len(r.routes))
 
 
 def test_a_ramp_moves_traffic_from_the_incumbent_and_never_revives_a_decided_version() -> None:
     r = Router(canary_share=0.05)
-    r.publish("v1", "/a/v1", 1)
+    publish(r, "v1")
     assert r.weights() == {"base": pytest.approx(0.95), "v1": 0.05}
-    r.ramp("v1", 0.25)
+    r.apply(event(VersionEventKind.ramped, "v1", 0.25))
     assert r.weights() == {"base": pytest.approx(0.75), "v1": 0.25}
-    r.rollback("v1")
-    r.ramp("v1", 0.5)  # a late ramp event after the rollback changes nothing
+    r.apply(event(VersionEventKind.rolled_back, "v1", 0.0))
+    r.apply(event(VersionEventKind.ramped, "v1", 0.5))  # a late ramp event after the rollback changes nothing
     assert r.weights() == {"base": 1.0, "v1": 0.0}
     with pytest.raises(UnknownVersion):
-        r.ramp("v9", 0.5)
+        r.apply(event(VersionEventKind.ramped, "v9", 0.5))
+
+
+def test_a_manual_rollback_of_the_incumbent_serves_its_parent_again() -> None:
+    r = Router(canary_share=0.1)
+    publish(r, "v1")
+    r.apply(event(VersionEventKind.promoted, "v1", 1.0))
+    publish(r, "v2", parent="v1")
+    r.apply(event(VersionEventKind.promoted, "v2", 1.0))
+    assert r.incumbent == "v2" and r.weights() == {"base": 0.0, "v1": 0.0, "v2": 1.0}
+    r.apply(event(VersionEventKind.rolled_back, "v2", 0.0))  # the admin API names no parent
+    assert r.incumbent == "v1" and r.weights() == {"base": 0.0, "v1": 1.0, "v2": 0.0}
+    assert r.fold.incumbent("m") == "v1"  # what the judge and the trainer read from the same fold
+
+
+def test_a_version_this_gateway_could_not_load_gets_no_traffic_here() -> None:
+    r = Router(canary_share=0.2)
+    r.apply(event(VersionEventKind.published, "v1"))  # refused: never added
+    assert r.weights() == {"base": 1.0}
+    with pytest.raises(UnknownVersion):
+        r.apply(event(VersionEventKind.promoted, "v1", 1.0))
+    assert r.incumbent == "base" and r.weights() == {"base": 1.0}

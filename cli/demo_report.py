@@ -235,7 +235,7 @@ class Generation:
     figures: dict[str, float] = field(default_factory=dict)  # the gate's
     decision: str = ""
     live: list[bool] = field(default_factory=list)  # the candidate's answers right, live
-    parent_live: list[bool] = field(default_factory=list)  # the parent's during the same canary
+    parent_live: list[bool] = field(default_factory=list)  # the parent's answers right, live, all run
     feedback_to_serving_s: float | None = None
 
     @property

@@ -9,8 +9,10 @@ and after every window decides:
 - roll back at once when the candidate breaks a budget *beyond its uncertainty*: the error-rate
   increase's anytime-valid lower bound above ``max_error_rate_increase``; the candidate's p95
   latency's lower confidence bound above the incumbent's upper bound times ``max_latency_ratio``
-  (p95s from the merged DDSketches, order-statistic bounds); cost per request above
-  ``max_cost_ratio`` (a point comparison: windows carry no per-request cost spread);
+  (p95s from the merged DDSketches, order-statistic bounds); the candidate's cost per request's
+  lower bound above the incumbent's upper bound times ``max_cost_ratio`` (ratio estimator, spread
+  between windows; at least 3 windows a side). Cost is the gateway's engine time on the request
+  (vLLM's scheduled -> last token) plus tokens, not wall time with queueing;
 - test the reward on a confidence sequence of the difference in positive rate
   (``streams.sequential``): valid at every look, so the false-promotion rate of an equal candidate
   stays at ``1 - confidence`` however many windows it looks at. Lower bound above 0 with at least
@@ -54,11 +56,14 @@ class Totals:
     cost: Decimal = Decimal(0)
     latency: DDSketch = field(default_factory=DDSketch)
     votes: list[tuple[int, int]] = field(default_factory=list)  # (positive, rated) per window
+    costs: list[tuple[float, int]] = field(default_factory=list)  # (cost, requests) per window
 
     def add(self, w: MetricsWindow) -> None:
         self.requests += w.requests
         self.errors += w.errors
         self.cost += w.cost_total
+        if w.requests:
+            self.costs.append((float(w.cost_total), w.requests))
         votes = w.thumbs_up + w.thumbs_down
         up = 0
         if votes:
@@ -137,6 +142,19 @@ def p95_bounds(sketch: DDSketch, n: int, z: float) -> tuple[float | None, float 
     return sketch.quantile(max(0.0, 0.95 - half)), sketch.quantile(min(1.0, 0.95 + half))
 
 
+def cost_bounds(t: Totals, z: float, min_windows: int = 3) -> tuple[float | None, float | None]:
+    """Bounds of the cost per request: the ratio estimator sum(cost) / sum(requests) with its
+    spread between windows (windows as clusters: no per-request cost travels in them)."""
+    k = len(t.costs)
+    n = sum(r for _, r in t.costs)
+    if k < min_windows or not n:
+        return None, None
+    ratio = sum(c for c, _ in t.costs) / n
+    var = sum((c - ratio * r) ** 2 for c, r in t.costs) / n**2 * k / (k - 1)
+    half = z * math.sqrt(var)
+    return ratio - half, ratio + half
+
+
 def _budgets(candidate: Totals, incumbent: Totals, cfg: JudgeSettings, alpha: float) -> list[str]:
     """The budgets the candidate breaks beyond their uncertainty (empty: none)."""
     reasons = []
@@ -156,9 +174,13 @@ def _budgets(candidate: Totals, incumbent: Totals, cfg: JudgeSettings, alpha: fl
             f"p95 latency {candidate.latency.quantile(0.95):.0f} ms (at least {c_lo:.0f}) vs "
             f"{incumbent.latency.quantile(0.95):.0f} ms (at most {i_hi:.0f}), budget {cfg.max_latency_ratio:.2f}x"
         )
-    ci, ii = candidate.cost_per_request, incumbent.cost_per_request
-    if ci and ii and ci > ii * cfg.max_cost_ratio:
-        reasons.append(f"cost/request {ci:.6f} vs {ii:.6f} (budget {cfg.max_cost_ratio:.2f}x)")
+    c_lo_cost, _ = cost_bounds(candidate, z)
+    _, i_hi_cost = cost_bounds(incumbent, z)
+    if c_lo_cost and i_hi_cost and c_lo_cost > i_hi_cost * cfg.max_cost_ratio:
+        reasons.append(
+            f"cost/request {candidate.cost_per_request:.6f} (at least {c_lo_cost:.6f}) vs "
+            f"{incumbent.cost_per_request:.6f} (at most {i_hi_cost:.6f}), budget {cfg.max_cost_ratio:.2f}x"
+        )
     return reasons
 
 

@@ -87,8 +87,20 @@ def test_budgets_roll_back_before_any_reward_test() -> None:
     assert slow.kind == VersionEventKind.rolled_back and "p95 latency" in slow.reasons[0]
     failing = judge(totals(window("v1", 90, 10, errors=30)), inc, CFG)
     assert failing.kind == VersionEventKind.rolled_back and "error rate" in failing.reasons[0]
-    pricey = judge(totals(window("v1", 90, 10, cost="0.05")), inc, CFG)
+    inc3 = totals(*[window("base", 40, 60)] * 3)  # cost bounds need 3 windows a side
+    pricey = judge(totals(*[window("v1", 90, 10, cost="0.05")] * 3), inc3, CFG)
     assert pricey.kind == VersionEventKind.rolled_back and "cost/request" in pricey.reasons[0]
+
+
+def test_a_cost_over_budget_on_one_noisy_window_is_not_yet_a_rollback() -> None:
+    """Point cost 2.3x the incumbent's (budget 1.5x), but one window in three carries it: the
+    bound between windows cannot show it yet (the old point comparison rolled back)."""
+    inc3 = totals(*[window("base", 40, 60, cost="1.0")] * 3)
+    noisy = totals(
+        window("v1", 90, 10, cost="1.0"), window("v1", 90, 10, cost="1.0"), window("v1", 90, 10, cost="5.0")
+    )
+    assert noisy.cost_per_request > 1.5 * inc3.cost_per_request
+    assert judge(noisy, inc3, CFG).kind != VersionEventKind.rolled_back
 
 
 def test_a_candidate_holding_up_is_ramped_step_by_step_and_a_worse_one_never() -> None:

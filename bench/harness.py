@@ -156,6 +156,11 @@ def load_results() -> list[dict[str, Any]]:
     return []
 
 
+def _num(v: float) -> str:
+    """1,234.5 for large figures; three significant digits for small ones (a 0.017 share is not 0.0)."""
+    return f"{v:,.1f}" if abs(v) >= 100 or v == int(v) else f"{v:.3g}"
+
+
 def render(results: list[dict[str, Any]]) -> str:
     latest: dict[str, dict[str, Any]] = {}
     for r in results:
@@ -172,10 +177,10 @@ def render(results: list[dict[str, Any]]) -> str:
     for name in sorted(latest):
         r = latest[name]
         met = {True: "yes", False: "**no**", None: "—"}[r["met"]]
-        pv = "—" if r["peer_value"] is None else f"{r['peer_value']:,.1f}"
+        pv = "—" if r["peer_value"] is None else _num(r["peer_value"])
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}×"
         lines.append(
-            f"| `{name}` | {r['value']:,.1f} {r['unit']} | {r['peer']} | {pv} | {ratio} | {r['goal']} | {met} "
+            f"| `{name}` | {_num(r['value'])} {r['unit']} | {r['peer']} | {pv} | {ratio} | {r['goal']} | {met} "
             f"| {r['machine'].split(',')[0]}, {r['at'][:10]} |"
         )
     lines += ["", "## Method", ""]
@@ -214,7 +219,7 @@ def main(names: list[str], list_only: bool = False) -> int:
                 RESULTS.write_text(json.dumps(results, indent=1) + "\n")
                 ratio = f", ratio {rec['ratio']}" if rec["ratio"] is not None else ""
                 print(
-                    f"  {r.name}: {r.value:,.1f} {r.unit} vs {r.peer} {r.peer_value}{ratio} "
+                    f"  {r.name}: {_num(r.value)} {r.unit} vs {r.peer} {r.peer_value}{ratio} "
                     f"(goal {r.goal}: {'met' if rec['met'] else 'NOT met' if rec['met'] is False else 'n/a'})",
                     flush=True,
                 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from consumers.trainer.gate import Figures, decide
@@ -54,3 +56,22 @@ def test_held_out_size_from_power() -> None:
     assert needed_prompts(0.5, 0.02, 0.02) == 0
     # no spread seen (both answered alike): at least the discordance a +0.10 gain needs, sd 0.3
     assert needed_prompts(0.0, 0.10, 0.0) == 71
+
+
+def test_a_trainer_rank_every_gateway_would_refuse_is_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The gate's engine took ranks up to 64 and the gateways 16: a rank-32 candidate passed the gate
+    and waited forever for a gateway. One setting now, checked before anything is read or trained."""
+    from consumers.trainer.run import run_once
+    from infra.settings import ClickHouseSettings, ConfigError, KafkaSettings, RegistrySettings
+
+    monkeypatch.setenv("RFTLOOP_GATEWAY_MAX_LORA_RANK", "16")
+    with pytest.raises(ConfigError, match="RFTLOOP_TRAINER_LORA_RANK=32 is above the gateways'"):
+        run_once(
+            KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+            RegistrySettings(),
+            ClickHouseSettings(url="http://127.0.0.1:1"),
+            TrainerSettings(lora_rank=32),
+            tmp_path,
+        )

@@ -62,10 +62,8 @@ def test_no_decision_until_both_topics_are_replayed(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(judge_mod, "consumer", lambda *a, **k: Consumer())
     ends = {(VERSIONS_T, 0): 1, (METRICS_T, 0): len(windows)}
     monkeypatch.setattr(judge_mod, "assign_from_start", lambda c, topics, retry: dict(ends))
-    judge.versions_topic = judge.versions_topic.__class__(
-        **{**judge.versions_topic.__dict__, "name": VERSIONS_T}
-    )
-    judge.metrics_topic = judge.metrics_topic.__class__(**{**judge.metrics_topic.__dict__, "name": METRICS_T})
+    judge.versions_topic = replace(judge.versions_topic, name=VERSIONS_T)
+    judge.metrics_topic = replace(judge.metrics_topic, name=METRICS_T)
     judge.serde = {k: Serde() for k in judge.serde}  # type: ignore[misc]
     seen: list[int] = []
     monkeypatch.setattr(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from statistics import NormalDist
+from typing import Any
 
 from bench.harness import Context, Result
 from infra.settings import JudgeSettings
@@ -56,25 +57,28 @@ def fixed_z_rule(
     return Verdict(None, ["undecided"], figures)
 
 
-def _window(version: str, start: datetime, up: int, down: int) -> MetricsWindow:
-    return MetricsWindow(
-        event_id=uuid.uuid4(),
-        producer="bench",
-        model="m",
-        version=version,
-        window_start=start,
-        window_end=start + timedelta(seconds=10),
-        window_size_s=10,
-        window_kind=WindowKind.tumbling,
-        requests=up + down,
-        errors=0,
-        error_rate=0.0,
-        prompt_tokens=0,
-        completion_tokens=0,
-        cost_total=Decimal(0),
-        thumbs_up=up,
-        thumbs_down=down,
-    )
+def metrics_window(version: str, start: datetime, up: int, down: int, **extra: Any) -> MetricsWindow:
+    """One closed 10 s tumbling window of model ``m`` with these thumbs (``extra``: other fields);
+    the unit tests build theirs with it too."""
+    fields: dict[str, Any] = {
+        "event_id": uuid.uuid4(),
+        "producer": "bench",
+        "model": "m",
+        "version": version,
+        "window_start": start,
+        "window_end": start + timedelta(seconds=10),
+        "window_size_s": 10,
+        "window_kind": WindowKind.tumbling,
+        "requests": up + down,
+        "errors": 0,
+        "error_rate": 0.0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost_total": Decimal(0),
+        "thumbs_up": up,
+        "thumbs_down": down,
+    }
+    return MetricsWindow(**(fields | extra))
 
 
 def _votes(rng: random.Random, n: int, p: float, cluster: int) -> int:
@@ -126,8 +130,8 @@ def trial(
         n_i = RATED_PER_WINDOW - n_c
         up_c, up_i = _votes(rng, n_c, p_cand, cluster), _votes(rng, n_i, p_inc, cluster)
         rated += n_c
-        book.on_window(_window("cand", start, up_c, n_c - up_c))
-        book.on_window(_window("base", start, up_i, n_i - up_i))
+        book.on_window(metrics_window("cand", start, up_c, n_c - up_c))
+        book.on_window(metrics_window("base", start, up_i, n_i - up_i))
         for event in book.decide(start + timedelta(seconds=10)):
             if event.kind != VersionEventKind.ramped:
                 return Outcome(event.kind, rated, rated, 10.0 * (k + 1))

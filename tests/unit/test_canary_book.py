@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
-from bench.judge_benchmark import fixed_z_rule, run
+from bench.judge_benchmark import fixed_z_rule, metrics_window, run
 from infra.settings import JudgeSettings
 from infra.versions import VersionFold
 from schemas.events import MetricsWindow, ModelVersionEvent, VersionEventKind, WindowKind
@@ -51,27 +50,8 @@ def decided(kind: VersionEventKind, version: str, parent: str | None = None) -> 
 def window(
     version: str, up: int, down: int, k: int = 0, requests: int | None = None, **extra: object
 ) -> MetricsWindow:
-    start = T0 + timedelta(seconds=10 * k)
     n = up + down if requests is None else requests
-    fields: dict[str, object] = dict(
-        event_id=uuid.uuid4(),
-        producer="t",
-        model="m",
-        version=version,
-        window_start=start,
-        window_end=start + timedelta(seconds=10),
-        window_size_s=10,
-        window_kind=WindowKind.tumbling,
-        requests=n,
-        errors=0,
-        error_rate=0.0,
-        prompt_tokens=0,
-        completion_tokens=0,
-        cost_total=Decimal(0),
-        thumbs_up=up,
-        thumbs_down=down,
-    )
-    return MetricsWindow(**(fields | extra))  # type: ignore[arg-type]
+    return metrics_window(version, T0 + timedelta(seconds=10 * k), up, down, requests=n, **extra)
 
 
 def test_a_re_sent_window_counts_once() -> None:

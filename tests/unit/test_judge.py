@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
+from bench.judge_benchmark import metrics_window
 from infra.settings import JudgeSettings
-from schemas.events import MetricsWindow, VersionEventKind, WindowKind
+from schemas.events import MetricsWindow, VersionEventKind
 from streams.sketch import DDSketch
 from streams.verdict import Totals, judge, two_proportion_z
 
@@ -26,24 +26,15 @@ def window(
     sketch = DDSketch()
     for _ in range(requests - errors):
         sketch.add(latency)
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    return MetricsWindow(
-        event_id=uuid.uuid4(),
-        producer="t",
-        model="m",
-        version=version,
-        window_start=start,
-        window_end=start + timedelta(seconds=10),
-        window_size_s=10,
-        window_kind=WindowKind.tumbling,
+    return metrics_window(
+        version,
+        datetime(2026, 1, 1, tzinfo=UTC),
+        up,
+        down,
         requests=requests,
         errors=errors,
         error_rate=errors / requests,
-        prompt_tokens=0,
-        completion_tokens=0,
         cost_total=Decimal(cost),
-        thumbs_up=up,
-        thumbs_down=down,
         latency_sketch=sketch.to_bytes(),
     )
 

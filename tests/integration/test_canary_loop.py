@@ -154,4 +154,7 @@ def test_a_broken_version_is_rolled_back_on_live_traffic_before_it_takes_over(
     assert len(decisions) == 1, decisions
     decision = decisions[0]
     assert decision.actor == "canary-judge" and decision.reasons[0].startswith("worse: positive feedback")
-    assert decision.eval["z"] < 0 and decision.eval["candidate_rated"] >= cfg.min_samples
+    # worse at every look: the confidence sequence's upper bound below 0, after the rollback minimum
+    assert (
+        decision.eval["difference_upper"] < 0 and decision.eval["candidate_rated"] >= cfg.min_rollback_samples
+    )

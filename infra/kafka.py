@@ -344,13 +344,17 @@ def ensure_plain_topic(
 def assign_from_start(c: _Consumer, topics: list[str], retry: Retrier) -> dict[tuple[str, int], int]:
     """Assign every partition of ``topics`` from its first offset (a reader that rebuilds its state
     by replay: no group, nothing committed) and return each non-empty partition's end offset now:
-    the replay has caught up once it has read up to those. Broker trouble is retried (``retry``)."""
+    the replay has caught up once it has read up to those. A topic that does not exist (yet) is
+    empty: its partition 0 is assigned, so records written once it is created are read. Broker
+    trouble is retried (``retry``)."""
     tps: list[TopicPartition] = []
     ends: dict[tuple[str, int], int] = {}
     for topic in topics:
         md = retry.call(f"metadata of {topic}", partial(c.list_topics, topic, timeout=30)).topics.get(topic)
-        parts = list(md.partitions) if md is not None and md.error is None else [0]
-        for p in parts:
+        if md is None or md.error is not None or not md.partitions:
+            tps.append(TopicPartition(topic, 0, OFFSET_BEGINNING))
+            continue
+        for p in md.partitions:
             tp = TopicPartition(topic, p, OFFSET_BEGINNING)
             end = retry.call(f"end offset of {topic}[{p}]", partial(c.get_watermark_offsets, tp, timeout=10))[
                 1

@@ -64,3 +64,16 @@ def test_same_key_lands_on_one_partition(stack, new_topic, unique) -> None:
     c.close()
     assert len(parts) == 1
     assert values == list(range(30))  # order kept within the key
+
+
+def test_a_reader_of_model_versions_starts_on_a_topic_that_does_not_exist_yet(stack, unique) -> None:
+    """The trainer reads the version fold before any version was published (a fresh cluster, or a
+    test suffix nobody created): an empty fold, base incumbent, not an error or an endless retry."""
+    import time
+
+    from infra.versions import read_fold
+
+    t0 = time.monotonic()
+    fold = read_fold(stack.kafka, stack.registry, f"-nobody{unique}")
+    assert fold.incumbent("m") == "base" and not fold.canaries()
+    assert time.monotonic() - t0 < 30

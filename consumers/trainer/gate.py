@@ -6,19 +6,20 @@ exact_match), sampled as users are served (``eval_temperature``, 1.0 like the ga
 *paired* (``consumers.trainer.paired``): publish only when the gain's 95 % interval lies above
 ``min_quality_gain``. Latency = wall time per answer, one request at a time on the first few,
 adapter loaded; cost = completion tokens per answer; both within their budgets. Otherwise the run
-is recorded as rejected with the numbers and reasons. The engine allows LoRA ranks up to the
-gateway's ``RFTLOOP_GATEWAY_MAX_LORA_RANK``, so nothing passes the gate that a gateway refuses.
+is recorded as rejected with the numbers and reasons. The engine (``consumers.trainer.engine``, the
+one the run's GRPO rollouts use) allows LoRA ranks up to the gateway's
+``RFTLOOP_GATEWAY_MAX_LORA_RANK``, so nothing passes the gate that a gateway refuses.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from consumers.trainer.data import Sample, chat
+from consumers.trainer.data import Sample
+from consumers.trainer.engine import Engine
 from consumers.trainer.paired import Gain, paired_gain
 from infra import rewards
 
@@ -44,7 +45,7 @@ class Decision:
 
 
 def evaluate(
-    base_path: str,
+    engine: Engine,
     samples: list[Sample],
     adapters: dict[str, str | None],
     max_new_tokens: int,
@@ -52,40 +53,16 @@ def evaluate(
     *,
     temperature: float = 1.0,
     answers_per_prompt: int = 4,
-    max_lora_rank: int = 16,
 ) -> dict[str, Figures]:
-    """Figures per name in ``adapters`` (None = the base model) with one vLLM engine and LoRA."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
-    import torch
-    from vllm import LLM, SamplingParams
-    from vllm.lora.request import LoRARequest
-
-    cpu = not torch.cuda.is_available()
-    llm = LLM(
-        model=base_path,
-        dtype="float32" if cpu else "auto",
-        enable_lora=True,
-        max_lora_rank=cast(Any, max_lora_rank),  # the gateway's: vLLM types it as a Literal of sizes
-        max_model_len=1024,
-        enforce_eager=cpu,
-    )
-    tok = llm.get_tokenizer()
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature)
+    """Figures per name in ``adapters`` (None = the base model) on the run's vLLM engine."""
     k = answers_per_prompt if temperature > 0 else 1  # greedy answers repeat: one is enough
-    prompts = [
-        cast(str, tok.apply_chat_template(cast(Any, chat(s)), tokenize=False, add_generation_prompt=True))
-        for s in samples
-    ]
+    prompts = [engine.prompt(s) for s in samples]
     out: dict[str, Figures] = {}
-    for lora_id, (name, path) in enumerate(adapters.items(), start=1):
-        lora = LoRARequest(name, lora_id, path) if path else None
-        llm.generate(prompts[:1], params, lora_request=lora, use_tqdm=False)  # load + warm up
+    for name, path in adapters.items():
+        engine.generate(prompts[:1], path, max_new_tokens, temperature, fresh=True)  # load + warm up
         # Quality on every held-out prompt (k answers each) in one batch; latency one request at a
-        # time on a few. The prompt is repeated rather than n=k: vLLM-CPU 0.32 can die on n > 1.
-        batch = [p for p in prompts for _ in range(k)]
-        results = [r.outputs[0] for r in llm.generate(batch, params, lora_request=lora, use_tqdm=False)]
+        # time on a few.
+        results = engine.generate([p for p in prompts for _ in range(k)], path, max_new_tokens, temperature)
         correct, per_prompt = [], []
         for j, sample in enumerate(samples):
             got = [
@@ -99,7 +76,7 @@ def evaluate(
         latencies, timed_tokens = [], []
         for prompt in prompts[:latency_samples]:
             t0 = time.perf_counter()
-            one = llm.generate([prompt], params, lora_request=lora, use_tqdm=False)[0].outputs[0]
+            one = engine.generate([prompt], path, max_new_tokens, temperature)[0]
             latencies.append((time.perf_counter() - t0) * 1000)
             timed_tokens.append(len(one.token_ids))
         total_s = sum(latencies) / 1000
@@ -111,7 +88,6 @@ def evaluate(
             n=len(samples),
             per_prompt=per_prompt,
         )
-    del llm
     return out
 
 

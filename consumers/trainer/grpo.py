@@ -1,18 +1,32 @@
-"""GRPO (TRL GRPOTrainer): the model answers each collected prompt several times and learns from the
-registered reward of each answer relative to its group — reinforcement fine-tuning on checkable tasks.
+"""GRPO (TRL GRPOTrainer) with rollouts from vLLM: the model answers each collected prompt several
+times and learns from the registered reward of each answer relative to its group — reinforcement
+fine-tuning on checkable tasks.
 
 Prompts come from production traffic (the RewardedSamples that carry a reference); the reward is
 `infra.rewards.correctness`, the same scoring the streams' evaluators and the trainer's gate use.
-Generation runs in transformers here (CPU); TRL can hand it to vLLM on a GPU host.
+
+Rollouts come from the run's vLLM engine (``consumers.trainer.engine``) through TRL's
+``rollout_func``: at each step the policy's adapter is saved and the engine loads it under a new
+LoRA id, so every group is sampled from the current policy. ``RFTLOOP_TRAINER_GRPO_ROLLOUTS=
+transformers`` uses TRL's own ``generate`` instead (the peer `rftloop bench grpo` measures).
+
+Where rollouts teach: a group whose answers all score the same has zero advantage and no gradient.
+Before training, ``screen`` samples ``grpo_generations`` answers from the starting policy to each
+of the first ``grpo_screen_prompts`` training prompts at each temperature in ``grpo_temperatures``, keeps the temperature with the most
+prompts whose group has reward variance, and GRPO trains on those prompts only (all prompts when
+fewer than one step's worth have any).
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from consumers.trainer.data import Sample, chat
+from consumers.trainer.engine import Engine
 from consumers.trainer.steps import Trained, common_args, fit, trainable
 from infra import rewards
 
@@ -33,15 +47,112 @@ def correctness_reward(completions: list[Any], reference: list[str], **_: Any) -
     ]
 
 
+@dataclass
+class Screen:
+    """What the screening measured: per temperature, the share of prompts whose group of answers
+    has reward variance, and the mean reward; the chosen temperature and its informative prompts."""
+
+    temperature: float
+    informative: list[Sample]
+    by_temperature: dict[float, tuple[float, float]] = field(default_factory=dict)  # t -> (share, mean)
+
+    def figures(self) -> dict[str, float]:
+        out = {"rollout_temperature": self.temperature, "informative_prompts": float(len(self.informative))}
+        for t, (share, mean) in self.by_temperature.items():
+            out[f"informative_share_t{t:g}"] = share
+            out[f"rollout_reward_t{t:g}"] = mean
+        return out
+
+
+def screen(
+    engine: Engine,
+    samples: list[Sample],
+    adapter: str | None,
+    temperatures: list[float],
+    group: int,
+    max_tokens: int,
+) -> Screen:
+    """Sample a group of answers to every prompt at each temperature; choose the temperature with
+    the most informative groups (ties: the lower temperature, closer to how users are served)."""
+    prompts = [engine.prompt(s) for s in samples]
+    best: Screen | None = None
+    by_t: dict[float, tuple[float, float]] = {}
+    for t in sorted(temperatures):
+        answers = engine.generate([p for p in prompts for _ in range(group)], adapter, max_tokens, t)
+        informative, scores = [], []
+        for i, sample in enumerate(samples):
+            got = [
+                rewards.correctness(
+                    rewards.EvalInput(prompt="", completion=a.text, reference=sample.reference)
+                )
+                for a in answers[i * group : (i + 1) * group]
+            ]
+            scores += got
+            if len(set(got)) > 1:
+                informative.append(sample)
+        by_t[t] = (len(informative) / len(samples), statistics.fmean(scores))
+        if best is None or len(informative) > len(best.informative):
+            best = Screen(t, informative)
+    assert best is not None
+    best.by_temperature = by_t
+    return best
+
+
+def vllm_rollouts(engine: Engine, policy_dir: Path, max_tokens: int, temperature: float) -> Any:
+    """TRL ``rollout_func``: one answer per prompt it is given (TRL's sampler already repeats each
+    prompt ``num_generations`` times), from the current policy's adapter loaded into vLLM."""
+    state = {"step": -1, "path": None}
+
+    def rollout(prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+        if trainer.state.global_step != state["step"]:  # the policy changed: load it anew
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(policy_dir))
+            state["step"] = trainer.state.global_step
+            fresh = True
+        else:
+            fresh = False
+        texts = [engine.prompt(p) if isinstance(p, list) else str(p) for p in prompts]
+        answers = engine.generate(texts, str(policy_dir), max_tokens, temperature, fresh=fresh)
+        return {
+            "prompt_ids": [a.prompt_ids for a in answers],
+            "completion_ids": [a.token_ids for a in answers],
+            "logprobs": [a.logprobs for a in answers],
+        }
+
+    return rollout
+
+
 def train_grpo(
-    base_path: str, samples: list[Sample], out_dir: Path, cfg: Any, parent: str | None = None
+    base_path: str,
+    samples: list[Sample],
+    out_dir: Path,
+    cfg: Any,
+    parent: str | None = None,
+    engine: Engine | None = None,
 ) -> Trained:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    rows = [{"prompt": chat(s), "reference": s.reference} for s in samples if s.reference]
-    if not rows:
+    checkable = [s for s in samples if s.reference]
+    if not checkable:
         raise ValueError("GRPO needs prompts with a reference (a checkable answer); none in this data")
+    extra: dict[str, float] = {}
+    temperature = cfg.grpo_temperatures[0]
+    chosen = checkable
+    if engine is not None and cfg.grpo_rollouts == "vllm":
+        found = screen(
+            engine,
+            checkable[: cfg.grpo_screen_prompts],
+            parent,
+            cfg.grpo_temperatures,
+            cfg.grpo_generations,
+            cfg.max_new_tokens,
+        )
+        temperature = found.temperature
+        extra = found.figures()
+        if len(found.informative) >= cfg.grpo_prompts:
+            chosen = found.informative
+        log.info("GRPO screening: %s", extra)
+    rows = [{"prompt": chat(s), "reference": s.reference} for s in chosen]
     model, tok, peft = trainable(base_path, cfg, parent, left_pad=True)
     args = GRPOConfig(
         **common_args(cfg, out_dir),
@@ -49,8 +160,15 @@ def train_grpo(
         per_device_train_batch_size=cfg.grpo_prompts * cfg.grpo_generations,
         num_generations=cfg.grpo_generations,
         max_completion_length=cfg.max_new_tokens,
-        temperature=1.0,
+        temperature=temperature,
     )
+    rollout = None
+    if cfg.grpo_rollouts == "vllm":
+        if engine is None:
+            raise ValueError("RFTLOOP_TRAINER_GRPO_ROLLOUTS=vllm needs the run's vLLM engine")
+        rollout = vllm_rollouts(
+            engine, out_dir.with_name(out_dir.name + ".policy"), cfg.max_new_tokens, temperature
+        )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[correctness_reward],
@@ -58,5 +176,6 @@ def train_grpo(
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         peft_config=peft,
+        rollout_func=rollout,
     )
-    return fit(trainer, out_dir, len(rows))
+    return fit(trainer, out_dir, len(rows), **extra)

@@ -1,4 +1,4 @@
-"""One training run, end to end: buffer -> split -> KTO -> gate on vLLM -> publish or reject.
+"""One training run, end to end: buffer -> split -> GRPO/KTO/DPO (continuing the incumbent) -> gate on vLLM -> publish or reject.
 
 Crash safety: the adapter is written to a temporary directory and renamed into
 ``<adapter_root>/<version>`` only when the gate passes, then the event is
@@ -30,6 +30,7 @@ from consumers.trainer.data import (
     version_id,
 )
 from consumers.trainer.dpo import train_dpo
+from consumers.trainer.engine import Engine
 from consumers.trainer.gate import decide, evaluate
 from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
@@ -173,7 +174,12 @@ def run_once(
         "parent": incumbent,
         "continued_from": "adapter" if parent else "base",
         **(
-            {"grpo_generations": cfg.grpo_generations, "grpo_prompts": cfg.grpo_prompts}
+            {
+                "grpo_generations": cfg.grpo_generations,
+                "grpo_prompts": cfg.grpo_prompts,
+                "grpo_rollouts": cfg.grpo_rollouts,
+                "grpo_temperatures": ",".join(f"{t:g}" for t in cfg.grpo_temperatures),
+            }
             if method == "grpo"
             else {}
         ),
@@ -259,26 +265,44 @@ def run_once(
             say(
                 f"trainer: continuing {incumbent}'s adapter ({len(train)} samples: {data_note['data_new'] or '-'} new)"
             )
-        if method == "dpo":
-            trained = train_dpo(base_path, train_pairs, tmp, cfg, parent)
-        else:
-            trained = (train_grpo if method == "grpo" else train_kto)(base_path, train, tmp, cfg, parent)
-        metrics = trained.figures
-        write_steps(client, clickhouse.database, version, method, trained.steps)
-        failpoints.reached("trainer.after_train")
-        say(
-            f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."
-        )
-        inc_path = parent
-        result = evaluate(
-            base_path,
-            eval_set,
-            {"incumbent": inc_path, "candidate": str(tmp)},
-            cfg.max_new_tokens,
-            temperature=cfg.eval_temperature,
-            answers_per_prompt=cfg.eval_answers_per_prompt,
-            max_lora_rank=serving_rank,
-        )
+        # GRPO samples its rollouts from the engine the gate then uses; the other methods start it
+        # after training (it is not held in memory while they train).
+        engine = None
+        if method == "grpo" and cfg.grpo_rollouts == "vllm":
+            say("trainer: starting the run's vLLM engine (GRPO rollouts, then the gate) ...")
+            engine = Engine(base_path, max_lora_rank=serving_rank)
+        try:
+            if method == "dpo":
+                trained = train_dpo(base_path, train_pairs, tmp, cfg, parent)
+            elif method == "grpo":
+                trained = train_grpo(base_path, train, tmp, cfg, parent, engine)
+            else:
+                trained = train_kto(base_path, train, tmp, cfg, parent)
+            shutil.rmtree(tmp.with_name(tmp.name + ".policy"), ignore_errors=True)
+            metrics = trained.figures
+            write_steps(client, clickhouse.database, version, method, trained.steps)
+            failpoints.reached("trainer.after_train")
+            if method == "grpo" and "rollout_temperature" in metrics:
+                say(
+                    f"trainer: GRPO rollouts at temperature {metrics['rollout_temperature']:g} "
+                    f"({metrics['informative_prompts']:.0f} prompts whose answers differ in reward), "
+                    f"{metrics['step_seconds']:.1f} s per step"
+                )
+            say(
+                f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."
+            )
+            engine = engine or Engine(base_path, max_lora_rank=serving_rank)
+            result = evaluate(
+                engine,
+                eval_set,
+                {"incumbent": parent, "candidate": str(tmp)},
+                cfg.max_new_tokens,
+                temperature=cfg.eval_temperature,
+                answers_per_prompt=cfg.eval_answers_per_prompt,
+            )
+        finally:
+            if engine is not None:
+                engine.close()
         cand, inc = result["candidate"], result["incumbent"]
         decision, gain = decide(cand, inc, cfg)
         needed = needed_prompts(gain.sd, cfg.target_quality_gain, cfg.min_quality_gain)

@@ -229,8 +229,16 @@ class GatewaySettings(BaseSettings):
     rate_limit_burst: int = Field(100, ge=0, description="requests a key may send at once")
     cors_origins: str = Field("", description="comma-separated browser origins allowed; empty = CORS closed")
     event_buffer: int = Field(100_000, ge=100, description="events held while Kafka is unreachable")
-    redact: bool = Field(True, description="redact emails, phones, card numbers in events")
+    redact: bool = Field(
+        True, description="redact personal data and secrets in events (producers/sdk/redaction.py)"
+    )
     redact_patterns: str = Field("", description="extra regexes to redact, separated by ;;")
+    redact_disabled: str = Field(
+        "", description="built-in detectors switched off, comma-separated: secret,email,iban,card,ssn,ip,phone"
+    )
+    redact_phone_regions: str = Field(
+        "US", description="regions whose national phone numbers are found (comma-separated; +CC numbers always)"
+    )
     canary_share: float = Field(0.1, ge=0, le=1, description="traffic share of a newly published version")
     adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="adapters are loaded only from here")
     max_loras: int = Field(4, ge=1)
@@ -264,8 +272,9 @@ class TrainerSettings(BaseSettings):
     )
     grpo_screen_prompts: int = Field(
         64,
-        ge=1,
-        description="GRPO: training prompts screened for reward variance (the first by request hash)",
+        ge=0,
+        description="GRPO: training prompts screened for reward variance (the first by request hash; "
+        "0: no screening)",
     )
     grpo_temperatures: list[float] = Field(
         [0.5, 0.8],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,8 @@ def train_grpo(
     extra: dict[str, float] = {}
     temperature = cfg.grpo_temperatures[0]
     chosen = checkable
-    if engine is not None and cfg.grpo_rollouts == "vllm":
+    if engine is not None and cfg.grpo_rollouts == "vllm" and cfg.grpo_screen_prompts:
+        t0 = time.monotonic()
         found = screen(
             engine,
             checkable[: cfg.grpo_screen_prompts],
@@ -148,7 +150,7 @@ def train_grpo(
             cfg.max_new_tokens,
         )
         temperature = found.temperature
-        extra = found.figures()
+        extra = {**found.figures(), "screen_seconds": time.monotonic() - t0}
         if len(found.informative) >= cfg.grpo_prompts:
             chosen = found.informative
         log.info("GRPO screening: %s", extra)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -258,9 +259,10 @@ def run_once(
         for stale in root.glob(f".{version}.tmp*"):  # left by a run that died before its rename
             shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".{version}.tmp{os.getpid()}"
-        say(
-            f"trainer: {method.upper()} on {len(data)} {'pairs' if method == 'dpo' else 'samples'}, {cfg.max_steps} steps ..."
+        unit = {"dpo": "pairs", "grpo": "samples' prompts (screened for reward variance first)"}.get(
+            method, "samples"
         )
+        say(f"trainer: {method.upper()} on {len(data)} {unit}, {cfg.max_steps} steps ...")
         if parent:
             say(
                 f"trainer: continuing {incumbent}'s adapter ({len(train)} samples: {data_note['data_new'] or '-'} new)"
@@ -285,13 +287,14 @@ def run_once(
             if method == "grpo" and "rollout_temperature" in metrics:
                 say(
                     f"trainer: GRPO rollouts at temperature {metrics['rollout_temperature']:g} "
-                    f"({metrics['informative_prompts']:.0f} prompts whose answers differ in reward), "
-                    f"{metrics['step_seconds']:.1f} s per step"
+                    f"({metrics['informative_prompts']:.0f} prompts whose answers differ in reward; "
+                    f"screened in {metrics.get('screen_seconds', 0):.0f} s), {metrics['step_seconds']:.1f} s per step"
                 )
             say(
                 f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."
             )
             engine = engine or Engine(base_path, max_lora_rank=serving_rank)
+            gate_t0 = time.monotonic()
             result = evaluate(
                 engine,
                 eval_set,
@@ -300,6 +303,7 @@ def run_once(
                 temperature=cfg.eval_temperature,
                 answers_per_prompt=cfg.eval_answers_per_prompt,
             )
+            gate_s = time.monotonic() - gate_t0
         finally:
             if engine is not None:
                 engine.close()
@@ -307,7 +311,7 @@ def run_once(
         decision, gain = decide(cand, inc, cfg)
         needed = needed_prompts(gain.sd, cfg.target_quality_gain, cfg.min_quality_gain)
         say(
-            f"trainer: gain {gain}; {needed} prompts would show a {cfg.target_quality_gain:+.2f} gain "
+            f"trainer: gated in {gate_s:.0f} s; gain {gain}; {needed} prompts would show a {cfg.target_quality_gain:+.2f} gain "
             f"with 80 % power (held out: {gain.n})"
         )
         figures = {
@@ -321,6 +325,7 @@ def run_once(
             "eval_prompts": float(gain.n),
             "eval_prompts_needed": float(needed),
             "eval_temperature": cfg.eval_temperature,
+            "gate_seconds": gate_s,
         }
         decision_reasons = decision.reasons
         say("trainer: " + "; ".join(decision.reasons))

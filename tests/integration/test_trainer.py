@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,10 @@ def test_trainer_daemon_runs_on_its_new_sample_trigger(
     decided = [e for e in read_topic(stack.kafka, versions_topic.name, versions_serde)]
     assert len(decided) == 1 and decided[0].kind in ("published", "rejected")
     assert decided[0].method == "grpo" and decided[0].hyperparameters["grpo_generations"] == "4"
+    # its rollouts came from the run's vLLM engine, at a temperature the screening chose
+    assert decided[0].hyperparameters["grpo_rollouts"] == "vllm"
+    assert re.search(r"GRPO rollouts at temperature (0\.5|0\.8) \(\d+ prompts whose answers differ", out.stdout)
+    assert decided[0].eval["rollout_temperature"] in (0.5, 0.8) and "informative_share_t0.5" in decided[0].eval
     # TRL's per-step log is in ClickHouse: the group's mean reward and the loss of step 1
     steps = client.query(
         "SELECT metric, value FROM training_steps WHERE version = {v:String} AND step = 1",

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import httpx
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from infra import rewards
 
@@ -70,14 +70,26 @@ class Workload:
             futures = []
             for job in jobs:
                 futures.append(pool.submit(self.one, *job))
-            for f in futures:
-                f.result()
-                self.sent += 1
-                progress.advance(task)
-                if until is not None and until():
-                    for rest in futures:
-                        rest.cancel()
-                    progress.update(
-                        task, total=progress.tasks[task].completed, description=label + " (decided)"
-                    )
-                    break
+            try:
+                self._collect(futures, progress, task, label, until)
+            except BaseException:  # Ctrl-C, SIGTERM: drop the queued requests, do not send them all
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+    def _collect(
+        self,
+        futures: list[concurrent.futures.Future[None]],
+        progress: Progress,
+        task: TaskID,
+        label: str,
+        until: Callable[[], bool] | None,
+    ) -> None:
+        for f in futures:
+            f.result()
+            self.sent += 1
+            progress.advance(task)
+            if until is not None and until():
+                for rest in futures:
+                    rest.cancel()
+                progress.update(task, total=progress.tasks[task].completed, description=label + " (decided)")
+                break

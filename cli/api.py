@@ -3,6 +3,8 @@
 GET /api/metrics?since=15m&model=M   one row per (model, version)
 GET /api/series?since=1h&step=60&model=M   per (model, version, step): traffic, errors, latency, cost, reward
 GET /api/versions   each version's state, and the timeline of version events with reasons
+GET /api/generations?model=M   the version tree: each published version, its parent, the gate's
+    held-out accuracy against its parent's (gain interval), latency against its parent, state, live figures
 GET /   the live dashboard (charts per version; reads the endpoints above every 5 s)
 GET /healthz   ClickHouse reachable
 Bad parameters get a 400 with the reason.
@@ -72,6 +74,10 @@ def create_app(settings: ClickHouseSettings) -> FastAPI:
             ]
 
         return {"state": rows(state), "timeline": rows(timeline)}
+
+    @app.get("/api/generations")
+    def generations(model: str = "") -> dict[str, Any]:
+        return {"model": model or None, "versions": queries.generations(client(), settings.database, model)}
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:

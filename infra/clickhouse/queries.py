@@ -128,3 +128,47 @@ def reward_series(
 ) -> list[dict[str, Any]]:
     """Per (model, version, step): how many responses were rewarded and their mean reward."""
     return _rows(client, REWARD_SERIES, db, {"since": since_s, "step": step_s, "model": model})
+
+
+GENERATIONS = """
+WITH published AS (
+    SELECT model, version,
+           argMax(parent_version, occurred_at) AS parent,
+           argMax(method, occurred_at) AS method,
+           argMax(eval, occurred_at) AS eval,
+           min(occurred_at) AS published_at
+    FROM {db}.model_versions FINAL
+    WHERE kind = 'published' AND ({model:String} = '' OR model = {model:String})
+    GROUP BY model, version),
+  live AS (
+    SELECT model, version, count() AS requests, quantileIf(0.5)(latency_ms, status = 'ok') AS latency_p50_ms
+    FROM {db}.inference_completed FINAL
+    WHERE ({model:String} = '' OR model = {model:String})
+    GROUP BY model, version),
+  rewarded AS (
+    SELECT model, version, count() AS rewarded, avg(reward) AS reward_mean
+    FROM {db}.latest_samples
+    WHERE ({model:String} = '' OR model = {model:String})
+    GROUP BY model, version)
+SELECT p.model AS model, p.version AS version, p.parent AS parent, p.method AS method,
+       p.published_at AS published_at,
+       p.eval['candidate_accuracy'] AS accuracy, p.eval['incumbent_accuracy'] AS parent_accuracy,
+       p.eval['gain_lower'] AS gain_lower, p.eval['gain_upper'] AS gain_upper,
+       if(p.eval['incumbent_latency_ms'] > 0, p.eval['candidate_latency_ms'] / p.eval['incumbent_latency_ms'], NULL)
+           AS latency_vs_parent,
+       s.state AS state, l.requests AS requests, l.latency_p50_ms AS live_latency_p50_ms,
+       r.rewarded AS rewarded, r.reward_mean AS live_reward_mean
+FROM published AS p
+LEFT JOIN {db}.version_state AS s ON s.model = p.model AND s.version = p.version
+LEFT JOIN live AS l ON l.model = p.model AND l.version = p.version
+LEFT JOIN rewarded AS r ON r.model = p.model AND r.version = p.version
+ORDER BY model, published_at
+SETTINGS join_use_nulls = 1
+"""
+
+
+def generations(client: Client, db: str, model: str = "") -> list[dict[str, Any]]:
+    """Every published version with its parent (the version tree), the gate's held-out accuracy
+    against its parent's with the gain's interval, its latency against its parent's, its state now
+    and what it served live (requests, median latency, mean reward)."""
+    return _rows(client, GENERATIONS, db, {"model": model})

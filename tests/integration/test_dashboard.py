@@ -61,9 +61,31 @@ def test_dashboard_draws_every_chart_with_data(stack: Any, ch_database: str, tmp
             kind=VersionEventKind.published,
             model="m",
             version="v1",
+            parent_version="base",
+            method="kto",
             decision="canary",
             reasons=["gate passed"],
+            eval={"candidate_accuracy": 0.45, "incumbent_accuracy": 0.3},
             occurred_at=utc(now - 400),
+        ),
+        ModelVersionEvent(
+            producer="trainer",
+            kind=VersionEventKind.published,
+            model="m",
+            version="v2",
+            parent_version="v1",
+            method="grpo",
+            decision="canary",
+            reasons=["gate passed"],
+            eval={
+                "candidate_accuracy": 0.6,
+                "incumbent_accuracy": 0.45,
+                "gain_lower": 0.05,
+                "gain_upper": 0.25,
+                "candidate_latency_ms": 105.0,
+                "incumbent_latency_ms": 100.0,
+            },
+            occurred_at=utc(now - 200),
         ),
         ModelVersionEvent(
             producer="judge",
@@ -131,3 +153,12 @@ def test_dashboard_draws_every_chart_with_data(stack: Any, ch_database: str, tmp
         assert len(re.findall(r"<circle", svg.group())) >= 4
     assert "rolled_back" in dom and "worse: positive feedback 0.2 vs 0.6" in dom
     assert re.search(r"<td[^>]*>v1</td><td>60</td>", dom)
+    # the version tree: base -> v1 (kto) -> v2 (grpo), v2 one level deeper, with the gate's figures
+    table = re.search(r'<table id="generations">.*?</table>', dom, re.S)
+    assert table, "no generations table"
+    gens = re.findall(
+        r'<tr class="generation" data-version="([^"]+)" data-parent="([^"]+)"><td>([^<]*)', table.group()
+    )
+    assert [(v, p) for v, p, _ in gens] == [("v1", "base"), ("v2", "v1")], gens
+    assert gens[1][2].count("&nbsp;") > gens[0][2].count("&nbsp;")
+    assert "0.450 → 0.600 [0.050, 0.250]" in table.group() and "1.05×" in table.group()

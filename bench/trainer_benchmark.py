@@ -2,7 +2,9 @@
 
 Both run the trainer's own functions (`consumers/trainer/kto.py`, `grpo.py`) on synthetic
 arithmetic samples shaped like the demo's (prompt, completion, signed reward, reference).
-There is no peer to run beside them here; they are reported, with the configuration.
+GRPO is measured twice in one run, same data and configuration: rollouts from the trainer's vLLM
+engine (ours, `consumers/trainer/engine.py`) and from TRL's transformers `generate` (the peer).
+KTO has no peer to run beside it here; it is reported, with the configuration.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def _samples(n: int) -> list[Any]:
 
 
 def training(ctx: Context) -> list[Result]:
+    from consumers.trainer.engine import Engine
     from consumers.trainer.grpo import train_grpo
     from consumers.trainer.kto import train_kto
     from infra.models import resolve
@@ -48,12 +51,25 @@ def training(ctx: Context) -> list[Result]:
 
     base = resolve("smollm2", LocalStackSettings().cache_dir)
     kto_cfg = TrainerSettings(method="kto", max_steps=6, batch_size=8)
-    grpo_cfg = TrainerSettings(
-        method="grpo", max_steps=3, grpo_prompts=2, grpo_generations=4, max_new_tokens=16
-    )
+    shape: dict[str, Any] = {
+        "method": "grpo",
+        "max_steps": 4,
+        "grpo_prompts": 2,
+        "grpo_generations": 4,
+        "max_new_tokens": 16,
+        "grpo_temperatures": [1.0],
+        "grpo_screen_prompts": 0,  # the same prompts for both: no screening
+    }
+    grpo_cfg = TrainerSettings(**shape, grpo_rollouts="vllm")
+    peer_cfg = TrainerSettings(**shape, grpo_rollouts="transformers")
     with tempfile.TemporaryDirectory(prefix="rftloop-bench-train-") as tmp:
         kto = train_kto(base, _samples(96), Path(tmp) / "kto", kto_cfg).figures
-        grpo = train_grpo(base, _samples(32), Path(tmp) / "grpo", grpo_cfg).figures
+        peer = train_grpo(base, _samples(32), Path(tmp) / "grpo-generate", peer_cfg).figures
+        engine = Engine(base)
+        try:
+            grpo = train_grpo(base, _samples(32), Path(tmp) / "grpo-vllm", grpo_cfg, None, engine).figures
+        finally:
+            engine.close()
     return [
         Result(
             name="trainer.kto_samples_per_s",
@@ -72,16 +88,18 @@ def training(ctx: Context) -> list[Result]:
             name="trainer.grpo_step_s",
             value=grpo["step_seconds"],
             unit="s/step",
-            peer="(report)",
-            peer_value=None,
-            goal="report",
+            peer="same GRPO step, rollouts by TRL's transformers generate",
+            peer_value=peer["step_seconds"],
+            goal="report (ratio: generate / vLLM)",
             higher_is_better=False,
             method=(
-                "TRL GRPOTrainer + peft LoRA r16 on SmolLM2-135M-Instruct fp32, CPU, generation by "
-                f"transformers (no vLLM on CPU here): {grpo_cfg.grpo_prompts} prompts x "
-                f"{grpo_cfg.grpo_generations} answers x {grpo_cfg.max_new_tokens} new tokens per step, "
-                f"reward = infra.rewards.correctness; mean of {grpo_cfg.max_steps} steps "
-                f"({grpo['train_seconds']:.1f} s)"
+                "TRL GRPOTrainer + peft LoRA r16 on SmolLM2-135M-Instruct fp32, CPU, in one run on the same 32 "
+                f"synthetic prompts: {grpo_cfg.grpo_prompts} prompts x {grpo_cfg.grpo_generations} answers x "
+                f"<= {grpo_cfg.max_new_tokens} new tokens per step at temperature 1.0, reward = "
+                "infra.rewards.correctness, no screening; ours: rollouts from an in-process vLLM engine "
+                "(LoRA, the policy's adapter saved and re-loaded each step, TRL rollout_func); peer: TRL's "
+                f"own transformers generate. Mean over {grpo_cfg.max_steps} steps of trainer.train() wall time "
+                f"(ours {grpo['train_seconds']:.1f} s, peer {peer['train_seconds']:.1f} s); engine start excluded"
             ),
         ),
     ]

@@ -126,6 +126,7 @@ def registry() -> dict[str, Benchmark]:
         gateway_benchmark,
         infra_benchmarks,
         judge_benchmark,
+        privacy_benchmark,
         scale_benchmark,
         serde_benchmark,
         sink_benchmark,
@@ -147,6 +148,7 @@ def registry() -> dict[str, Benchmark]:
         "gateway": gateway_benchmark.gateway,
         "trainer": trainer_benchmark.training,
         "judge": judge_benchmark.judge_figures,
+        "privacy": privacy_benchmark.redaction,
     }
 
 

@@ -131,7 +131,12 @@ class Gateway:
         self.instance = settings.instance or f"{socket.gethostname()}:{settings.port}"
         self.producer = f"{PRODUCER}@{self.instance}"
         self.router = Router(settings.canary_share)
-        redactor = Redactor(settings.redact, [p for p in settings.redact_patterns.split(";;") if p])
+        redactor = Redactor(
+            settings.redact,
+            [p for p in settings.redact_patterns.split(";;") if p],
+            disabled=[d.strip() for d in settings.redact_disabled.split(",") if d.strip()],
+            phone_regions=[r.strip() for r in settings.redact_phone_regions.split(",") if r.strip()],
+        )
         self.events = InferenceLogger(
             producer=self.producer,
             kafka=kafka,

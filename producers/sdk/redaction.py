@@ -1,44 +1,236 @@
-"""Redaction of personal data before a prompt or completion leaves the process as an event.
+"""Redaction of personal data and secrets before a prompt or completion leaves the process as an event.
 
-On by default. Built-in patterns: e-mail addresses, phone numbers, payment card
-numbers (13-19 digits, optionally grouped); add your own regexes. Matches become
-``[EMAIL]``, ``[PHONE]``, ``[CARD]`` or ``[REDACTED]``.
+On by default, the same ``Redactor`` in the gateway and the SDK. Each detector finds *candidates*
+and keeps only those a well-kept validator accepts, so look-alike task content (``123456 plus
+654321``, ``2023-2024``, ``3.14159265358979``, an ISBN, an order number) is left alone:
+
+=========  ==========  =====================================================================
+name       label       what it takes
+=========  ==========  =====================================================================
+email      [EMAIL]     ``local@domain.tld`` (a regex: no validator in the stack; an address
+                       has no checksum to check)
+phone      [PHONE]     ``phonenumbers.PhoneNumberMatcher`` at ``Leniency.VALID``: numbers valid
+                       in the numbering plan of their ``+`` country code or of ``phone_regions``
+card       [CARD]      13-19 digits (spaces or dashes between) with a card network's prefix that
+                       pass the Luhn check (``stdnum.luhn``)
+iban       [IBAN]      ``stdnum.iban`` (country format and the mod-97 check digits)
+ssn        [SSN]       ``ddd-dd-dddd`` that ``stdnum.us.ssn`` accepts (no 000/666/9xx area, ...)
+ip         [IP]        IPv4 and IPv6 addresses that ``ipaddress`` parses (IPv6: 4+ hex digits,
+                       not inside a word, so ``std::cout`` stays)
+secret     [SECRET]    detect-secrets' regex detectors (AWS key ids, GitHub/GitLab/Slack/Stripe/
+                       npm/PyPI/SendGrid/Twilio/... tokens, JWTs, private keys, basic auth in
+                       URLs) plus current OpenAI keys (``sk-proj-...``: detect-secrets 1.5 only
+                       knows the legacy format) and GitHub fine-grained tokens (``github_pat_``)
+=========  ==========  =====================================================================
+
+Switch detectors off by name (``disabled``), add your own: a regex (labelled ``[REDACTED]``) or any
+``Detector`` (a name, a label and a function from text to ``(start, end)`` spans). Overlapping
+finds are merged into one redaction. Cost, measured here on one core: ~35 µs for a one-line prompt,
+~0.2 ms for 400 characters (the phone matcher runs only where 7+ digits stand together; the secret
+detectors are one alternation, one pass).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
-BUILTIN: dict[str, str] = {
-    "[EMAIL]": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
-    "[CARD]": r"\b(?:\d[ -]?){12,18}\d\b",
-    "[PHONE]": r"(?<![\w])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{3,4}[ .-]?\d{3,4}(?:[ .-]?\d{2,4})?(?![\w])",
-}
+Span = tuple[int, int]
 
 
 class BadPattern(ValueError):
     """A redaction regex that does not compile."""
 
 
+class UnknownDetector(ValueError):
+    """A detector name that is not built in."""
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    label: str
+    find: Callable[[str], Iterable[Span]]
+
+
+_PHONE_LIKE = re.compile(r"\d(?:[\s().+/-]{0,3}\d){6,}")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_CARD = re.compile(r"(?<![\d.,-])\d(?:[ -]?\d){12,18}(?![\d-]|[.,]\d)")
+# Issuer prefixes (IIN ranges) of the networks: Visa, Mastercard, Amex, Discover, Diners, JCB,
+# UnionPay, Maestro. A Luhn-valid number that starts otherwise is more likely an id than a card.
+_CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[068]|35|6011|64[4-9]|65|62|5[06-9]|6[37])")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_EXTRA_SECRETS = (
+    re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}"),
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"),
+)
+
+
+def _regex(rx: re.Pattern[str]) -> Callable[[str], list[Span]]:
+    return lambda text: [m.span() for m in rx.finditer(text)]
+
+
+def _phones(regions: Sequence[str]) -> Callable[[str], list[Span]]:
+    import phonenumbers
+
+    def find(text: str) -> list[Span]:
+        spans: list[Span] = []
+        if not _PHONE_LIKE.search(text):  # 7+ digits in one run: the matcher is slow, skip the rest
+            return spans
+        for region in regions:
+            for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+                spans.append((m.start, m.end))
+        return spans
+
+    return find
+
+
+def _cards(text: str) -> list[Span]:
+    from stdnum import luhn
+
+    out = []
+    for m in _CARD.finditer(text):
+        digits = re.sub(r"[ -]", "", m.group())
+        if 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn.is_valid(digits):
+            out.append(m.span())
+    return out
+
+
+def _ibans(text: str) -> list[Span]:
+    from stdnum import iban
+
+    return [m.span() for m in _IBAN.finditer(text) if iban.is_valid(m.group())]
+
+
+def _ssns(text: str) -> list[Span]:
+    from stdnum.us import ssn
+
+    return [m.span() for m in _SSN.finditer(text) if ssn.is_valid(m.group())]
+
+
+def _ips(text: str) -> list[Span]:
+    out = []
+    for rx in (_IPV4, _IPV6):
+        for m in rx.finditer(text):
+            try:
+                ipaddress.ip_address(m.group())
+            except ValueError:
+                continue
+            if rx is _IPV6 and sum(c not in ":" for c in m.group()) < 4:
+                continue  # "a::b", "::1": too short to be anyone's address
+            out.append(m.span())
+    return out
+
+
+# detect-secrets' detectors of token *formats*. Left out: its keyword, entropy and
+# "<vendor> ... key = ..." context heuristics (Keyword, HighEntropy, Cloudant, IbmCloudIam, IbmCosHmac,
+# Softlayer), which flag ordinary words and hashes and cost most of the time, and IPPublic (``ip``).
+_SECRET_DETECTORS = (
+    "aws.AWSKeyDetector",
+    "artifactory.ArtifactoryDetector",
+    "azure_storage_key.AzureStorageKeyDetector",
+    "basic_auth.BasicAuthDetector",
+    "discord.DiscordBotTokenDetector",
+    "github_token.GitHubTokenDetector",
+    "gitlab_token.GitLabTokenDetector",
+    "jwt.JwtTokenDetector",
+    "mailchimp.MailchimpDetector",
+    "npm.NpmDetector",
+    "openai.OpenAIDetector",
+    "private_key.PrivateKeyDetector",
+    "pypi_token.PypiTokenDetector",
+    "sendgrid.SendGridDetector",
+    "slack.SlackDetector",
+    "square_oauth.SquareOAuthDetector",
+    "stripe.StripeDetector",
+    "telegram_token.TelegramBotTokenDetector",
+    "twilio.TwilioKeyDetector",
+)
+
+
+@cache
+def _secret_regex() -> re.Pattern[str]:
+    """One alternation of those detectors' denylists and ours (one pass over the text)."""
+    import importlib
+
+    patterns: list[re.Pattern[str]] = []
+    for path in _SECRET_DETECTORS:
+        module, cls = path.rsplit(".", 1)
+        patterns += list(getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), cls).denylist)
+    patterns += _EXTRA_SECRETS
+    return re.compile(
+        "|".join(f"(?{'i' if p.flags & re.IGNORECASE else ''}:{p.pattern})" for p in patterns)
+    )
+
+
+def _secrets(text: str) -> list[Span]:
+    return [m.span() for m in _secret_regex().finditer(text)]
+
+
+def builtin(phone_regions: Sequence[str] = ("US",)) -> list[Detector]:
+    """The built-in detectors, in the order they are listed above."""
+    return [
+        Detector("secret", "[SECRET]", _secrets),
+        Detector("email", "[EMAIL]", _regex(_EMAIL)),
+        Detector("iban", "[IBAN]", _ibans),
+        Detector("card", "[CARD]", _cards),
+        Detector("ssn", "[SSN]", _ssns),
+        Detector("ip", "[IP]", _ips),
+        Detector("phone", "[PHONE]", _phones(phone_regions)),
+    ]
+
+
+BUILTIN_NAMES = ("secret", "email", "iban", "card", "ssn", "ip", "phone")
+
+
 @dataclass
 class Redactor:
     enabled: bool = True
-    extra: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # regexes, labelled [REDACTED]
+    disabled: Sequence[str] = ()  # built-in detector names switched off
+    phone_regions: Sequence[str] = ("US",)
+    custom: Sequence[Detector] = ()
 
     def __post_init__(self) -> None:
-        self._rules: list[tuple[re.Pattern[str], str]] = []
-        for label, pattern in BUILTIN.items():
-            self._rules.append((re.compile(pattern), label))
+        unknown = sorted(set(self.disabled) - set(BUILTIN_NAMES))
+        if unknown:
+            raise UnknownDetector(f"redaction detector(s) {unknown}: built in are {list(BUILTIN_NAMES)}")
+        self.detectors = [d for d in builtin(self.phone_regions) if d.name not in self.disabled]
         for pattern in self.extra:
             try:
-                self._rules.append((re.compile(pattern), "[REDACTED]"))
+                rx = re.compile(pattern)
             except re.error as exc:
                 raise BadPattern(f"redaction pattern {pattern!r}: {exc}") from exc
+            self.detectors.append(Detector(f"pattern:{pattern}", "[REDACTED]", _regex(rx)))
+        self.detectors += list(self.custom)
+
+    def findings(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, label) of each redaction, overlaps merged (the earlier detector's label)."""
+        found = sorted(
+            ((s, e, d.label, i) for i, d in enumerate(self.detectors) for s, e in d.find(text) if e > s),
+            key=lambda f: (f[0], f[3], -f[1]),
+        )
+        merged: list[tuple[int, int, str]] = []
+        for start, end, label, _ in found:
+            if merged and start < merged[-1][1]:
+                s0, e0, l0 = merged[-1]
+                merged[-1] = (s0, max(e0, end), l0)
+            else:
+                merged.append((start, end, label))
+        return merged
 
     def __call__(self, text: str) -> str:
         if not self.enabled or not text:
             return text
-        for rx, label in self._rules:
-            text = rx.sub(label, text)
-        return text
+        out, last = [], 0
+        for start, end, label in self.findings(text):
+            out += [text[last:start], label]
+            last = end
+        out.append(text[last:])
+        return "".join(out)

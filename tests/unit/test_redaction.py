@@ -1,0 +1,57 @@
+"""Redaction (producers/sdk/redaction.py) on the labelled corpus, its switches, and the task data
+it must leave alone: the arithmetic evaluator scores a redacted right answer as right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra import rewards
+from producers.sdk.redaction import BadPattern, Detector, Redactor, UnknownDetector
+from producers.sdk.redaction_score import score
+
+pytestmark = pytest.mark.unit
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "redaction_corpus.json"
+
+
+def test_corpus_recall_and_precision_meet_the_goal() -> None:
+    s = score(Redactor(), CORPUS)
+    assert s.items >= 30 and s.redactions >= s.items
+    assert s.recall >= 0.95, s.missed
+    assert s.precision >= 0.95 and not s.changed_clean, s.changed_clean
+
+
+def test_each_kind_gets_its_label() -> None:
+    r = Redactor()
+    text = (
+        "mail jane@example.com, call (415) 555-2671, card 4111 1111 1111 1111, IBAN GB82WEST12345698765432, "
+        "ssn 536-90-4321, host 203.0.113.7, key AKIAIOSFODNN7EXAMPLE"
+    )
+    assert r(text) == "mail [EMAIL], call [PHONE], card [CARD], IBAN [IBAN], ssn [SSN], host [IP], key [SECRET]"
+
+
+def test_task_content_is_left_alone_and_scores_as_before() -> None:
+    r = Redactor()
+    for answer, reference in (("The answer is 777777", "777777"), ("1234567890123", "1234567890123")):
+        assert r(answer) == answer
+        item = rewards.EvalInput(prompt="What is 123456 plus 654321?", completion=r(answer), reference=reference)
+        assert rewards.number_match(item) == 1.0
+    assert r("What is 123456 plus 654321? Answer: 777777") == "What is 123456 plus 654321? Answer: 777777"
+
+
+def test_detectors_switch_off_and_custom_ones_add() -> None:
+    assert Redactor(disabled=["phone"])("call (415) 555-2671") == "call (415) 555-2671"
+    assert Redactor(enabled=False)("jane@example.com") == "jane@example.com"
+    ticket = Detector("ticket", "[TICKET]", lambda t: [(t.index("T-"), t.index("T-") + 6)] if "T-" in t else [])
+    assert Redactor(custom=[ticket])("see T-1234 now") == "see [TICKET] now"
+    assert Redactor(extra=[r"\bproject-\w+"])("in project-orion") == "in [REDACTED]"
+    with pytest.raises(UnknownDetector, match="'phones'"):
+        Redactor(disabled=["phones"])
+    with pytest.raises(BadPattern, match=r"redaction pattern .\(unclosed"):
+        Redactor(extra=["(unclosed"])
+
+
+def test_overlapping_finds_become_one_redaction() -> None:
+    # an e-mail whose local part looks like a phone number: one [EMAIL], not "[PHONE]@..."
+    assert Redactor()("write 4155552671@example.com") == "write [EMAIL]"

@@ -167,6 +167,8 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
     env = {
         **os.environ,
         "RFTLOOP_GATEWAY_API_KEYS": KEY,
+        # the simulated users' app knows each question's answer: a trusted producer of ground truth
+        "RFTLOOP_GATEWAY_TRUSTED_KEYS": KEY,
         "RFTLOOP_GATEWAY_CANARY_SHARE": os.environ.get("RFTLOOP_GATEWAY_CANARY_SHARE", CANDIDATE_SHARE),
         "RFTLOOP_GATEWAY_SERVED_NAME": served_name,
         "RFTLOOP_TRAINER_SERVED_NAME": served_name,

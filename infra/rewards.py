@@ -146,23 +146,53 @@ def number_match(item: EvalInput) -> float | None:
 
 @evaluator("json_valid")
 def json_valid(item: EvalInput) -> float | None:
-    """For requests that ask for JSON (param response_format=json): 1 if it parses, else 0."""
-    if item.params.get("response_format") != "json":
+    """For requests that asked for JSON (the gateway records the request's real ``response_format``
+    as param ``request.response_format``): 1 if the completion parses and, for ``json_schema``,
+    validates against the request's schema (jsonschema), else 0."""
+    raw = item.params.get("request.response_format")
+    try:
+        fmt = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
         return None
     try:
-        json.loads(item.completion)
+        value = json.loads(item.completion)
     except ValueError:
         return 0.0
+    schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
+    if schema is None:
+        return 1.0 if fmt["type"] == "json_schema" or isinstance(value, dict) else 0.0
+    import jsonschema
+
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError:
+        return 0.0
+    except jsonschema.SchemaError:
+        return None  # the request's own schema is broken: nothing to score against
     return 1.0
+
+
+REGEX_TIMEOUT_S = 0.05
 
 
 @evaluator("regex")
 def regex_match(item: EvalInput) -> float | None:
-    """For requests with param ``expect_regex``: 1 if the completion matches it, else 0."""
+    """For requests with param ``expect_regex``: 1 if the completion matches it, else 0.
+
+    Run with the ``regex`` module's ``timeout``: a catastrophic pattern ((a|aa)+$ on a long answer)
+    is abandoned after 50 ms and scores nothing, instead of freezing the stream worker (which would
+    replay the same record after every restart). A pattern that does not compile scores nothing."""
     pattern = item.params.get("expect_regex")
     if not pattern:
         return None
-    return 1.0 if re.search(pattern, item.completion) else 0.0
+    import regex
+
+    try:
+        return 1.0 if regex.search(pattern, item.completion, timeout=REGEX_TIMEOUT_S) else 0.0
+    except (TimeoutError, regex.error):
+        return None
 
 
 @evaluator("length_budget")

@@ -227,6 +227,28 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     rate_limit_rps: float = Field(50, ge=0, description="requests per second per API key (0 = no limit)")
     rate_limit_burst: int = Field(100, ge=0, description="requests a key may send at once")
+    trusted_keys: SecretStr = Field(
+        SecretStr(""),
+        description="comma-separated keys that may rate any request and send ground truth "
+        "(metadata.reference, metadata.expect_regex): evaluators, labelling tools",
+    )
+    feedback_rate_limit_rps: float = Field(
+        20, ge=0, description="feedback posts per second per key (0 = none)"
+    )
+    feedback_rate_limit_burst: int = Field(200, ge=0, description="feedback posts a key may send at once")
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP collector base URL (http://host:4318) for GenAI spans and metrics; empty = off",
+    )
+    otlp_metrics_interval_s: int = Field(10, ge=1, description="OTLP metrics export interval")
+    compact_json: bool = Field(
+        True,
+        description="structured outputs (response_format, forced tools) as compact JSON, no free whitespace "
+        "(vLLM xgrammar disable_any_whitespace); small models otherwise pad JSON with whitespace",
+    )
+    tool_call_parser: str = Field(
+        "hermes", description="vLLM tool-call parser for the served model (vllm serve --tool-call-parser)"
+    )
     cors_origins: str = Field("", description="comma-separated browser origins allowed; empty = CORS closed")
     event_buffer: int = Field(100_000, ge=100, description="events held while Kafka is unreachable")
     redact: bool = Field(
@@ -234,10 +256,12 @@ class GatewaySettings(BaseSettings):
     )
     redact_patterns: str = Field("", description="extra regexes to redact, separated by ;;")
     redact_disabled: str = Field(
-        "", description="built-in detectors switched off, comma-separated: secret,email,iban,card,ssn,ip,phone"
+        "",
+        description="built-in detectors switched off, comma-separated: secret,email,iban,card,ssn,ip,phone",
     )
     redact_phone_regions: str = Field(
-        "US", description="regions whose national phone numbers are found (comma-separated; +CC numbers always)"
+        "US",
+        description="regions whose national phone numbers are found (comma-separated; +CC numbers always)",
     )
     canary_share: float = Field(0.1, ge=0, le=1, description="traffic share of a newly published version")
     adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="adapters are loaded only from here")

@@ -3,8 +3,9 @@
 Feedback names a request by its id. A gateway that remembered "request id -> version" in memory
 attributed feedback only when the same process served the request: behind a load balancer, or
 after a restart, it sent version ``unknown`` and the judge never saw it. Instead the version travels
-inside the id the client already holds: ``chatcmpl-<uuid>.<version, base64url>.<tag>``, where
-``tag`` is an HMAC-SHA256 of the rest under a key every replica shares (``RFTLOOP_GATEWAY_REQUEST_ID_KEY``,
+inside the id the client already holds: ``chatcmpl-<uuid>.<version, base64url>.<key id>.<tag>``,
+where ``key id`` names the API key that made the request (so feedback on it is taken only from that
+key, or from a trusted rater) and ``tag`` is an HMAC-SHA256 of the rest under a key every replica shares (``RFTLOOP_GATEWAY_REQUEST_ID_KEY``,
 else derived from the API keys), so a client cannot credit feedback to a version that did not serve
 it by making up an id. Any replica, restarted or not, reads the version back from the id alone.
 
@@ -37,17 +38,26 @@ class RequestIds:
     def _tag(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:TAG_BYTES])
 
-    def new(self, prefix: str, version: str) -> str:
-        body = f"{prefix}-{uuid.uuid4().hex}.{_b64(version.encode())}"
+    def new(self, prefix: str, version: str, key_id: str = "") -> str:
+        """A fresh id for a request served by ``version`` for the API key named ``key_id``."""
+        body = f"{prefix}-{uuid.uuid4().hex}.{_b64(version.encode())}.{_b64(key_id.encode())}"
         return f"{body}.{self._tag(body)}"
 
-    def version_of(self, request_id: str) -> str | None:
-        """The version that served ``request_id``; None for an id this key did not sign (another
+    def read(self, request_id: str) -> tuple[str, str] | None:
+        """(version, key id) of ``request_id``; None for an id this key did not sign (another
         key, a made-up or an SDK id)."""
         body, _, tag = request_id.rpartition(".")
         if not body or "." not in body or not hmac.compare_digest(tag, self._tag(body)):
             return None
+        parts = body.split(".")
         try:
-            return _unb64(body.rsplit(".", 1)[1]).decode()
-        except (ValueError, UnicodeDecodeError):
+            version = _unb64(parts[1]).decode()
+            key_id = _unb64(parts[2]).decode() if len(parts) > 2 else ""
+        except (ValueError, UnicodeDecodeError, IndexError):
             return None
+        return version, key_id
+
+    def version_of(self, request_id: str) -> str | None:
+        """The version that served ``request_id``, or None (see ``read``)."""
+        got = self.read(request_id)
+        return got[0] if got else None

@@ -87,11 +87,23 @@ class Router:
     def weights(self) -> dict[str, float]:
         return {v: r.weight for v, r in self.routes.items()}
 
+    def ended(self, version: str) -> VersionEventKind | None:
+        """rolled_back / rejected when ``version`` must no longer serve (a replaced incumbent may)."""
+        for state in self.fold.models.values():
+            kind = state.ended.get(version)
+            if kind in (VersionEventKind.rolled_back, VersionEventKind.rejected):
+                return kind
+        return None
+
+    def live(self) -> dict[str, float]:
+        """The versions serving traffic now (the incumbent and its canaries), with their shares."""
+        return {v: w for v, w in self.weights().items() if w > 0 or v == self.incumbent}
+
     def choose(self, sticky_key: str | None = None, pinned: str | None = None) -> Route:
         with self._lock:
             if pinned is not None:
                 route = self.routes.get(pinned)
-                if route is None:
+                if route is None or self.ended(pinned) is not None:
                     raise UnknownVersion(pinned)
                 return route
             live = sorted((r for r in self.routes.values() if r.weight > 0), key=lambda r: r.version)

@@ -230,7 +230,10 @@ class FeedbackClient(_Client):
         user_id: str | None = None,
         source: str = "user",
         evaluator: str | None = None,
+        event_id: uuid.UUID | None = None,
     ) -> None:
+        """Queue one FeedbackSubmitted. ``event_id`` makes a repeated vote the same event (the
+        streams count it once); by default every call is a new event."""
         try:
             fk, fs = FeedbackKind(kind), FeedbackSource(source)
         except ValueError as exc:
@@ -242,6 +245,7 @@ class FeedbackClient(_Client):
         if fk == FeedbackKind.preference and not other_request_id:
             raise LoggerMisuse("a preference needs other_request_id (the response it is compared with)")
         event = FeedbackSubmitted(
+            **({"event_id": event_id} if event_id is not None else {}),
             producer=self.producer_name,
             request_id=request_id,
             model=model,

@@ -29,6 +29,7 @@ from tests.integration.streams_support import read_topic
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = "smollm2-135m-instruct"
 KEY, ADMIN = "test-key", "test-admin"
+OTHER, TRUSTED = "other-app-key", "evaluator-key"  # a second application; a trusted rater
 
 
 @dataclass
@@ -40,11 +41,11 @@ class Gateway:
     log: Path
     kafka: Any
 
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    def client(self, key: str = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120)
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    def http(self, key: str = KEY) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
     def events(self, spec: Any) -> list[Any]:
         topic, serde = self.serde[spec.name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,17 +14,35 @@ from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
 from tests.integration.gateway_support import (
     ADMIN,
     KEY,
+    OTHER,
     SERVED,
+    TRUSTED,
     Gateway,
     make_adapter,
     publish,
     running_gateway,
 )
+from tests.integration.otlp_receiver import Received, otlp_receiver
 
 
 @pytest.fixture(scope="session")
-def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = {"RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "5", "RFTLOOP_GATEWAY_RATE_LIMIT_BURST": "60"}
+def otlp() -> Iterator[tuple[str, Received]]:
+    with otlp_receiver() as got:
+        yield got
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    stack: Any, tmp_path_factory: pytest.TempPathFactory, otlp: tuple[str, Received]
+) -> Iterator[Gateway]:
+    env = {
+        "RFTLOOP_GATEWAY_OTLP_ENDPOINT": otlp[0],
+        "RFTLOOP_GATEWAY_OTLP_METRICS_INTERVAL_S": "1",
+        "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "5",
+        "RFTLOOP_GATEWAY_RATE_LIMIT_BURST": "60",
+        "RFTLOOP_GATEWAY_API_KEYS": f"{KEY},{OTHER}",
+        "RFTLOOP_GATEWAY_TRUSTED_KEYS": TRUSTED,
+    }
     with running_gateway(stack, tmp_path_factory.mktemp("gateway"), env) as gw:
         yield gw
 
@@ -203,6 +222,12 @@ def test_published_adapter_is_served_without_restart_and_bad_ones_are_refused(ga
     while time.monotonic() < deadline and http.get("/healthz").json()["traffic"].get("v-good") != 0.0:
         time.sleep(0.1)
     assert http.get("/healthz").json()["incumbent"] == "base"
+    pinned = http.post(
+        "/v1/chat/completions",
+        json={"model": f"{SERVED}:v-good", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert pinned.status_code == 404 and "rolled back" in pinned.json()["error"]["message"]
+    assert f"{SERVED}:v-good" not in [m["id"] for m in http.get("/v1/models").json()["data"]]
 
 
 def test_feedback_endpoint_emits_feedback_and_nothing_was_dropped(gateway: Gateway) -> None:
@@ -234,8 +259,174 @@ def test_feedback_endpoint_emits_feedback_and_nothing_was_dropped(gateway: Gatew
     assert health["status"] == "ok"
     assert health["events"]["dropped"] == 0 and health["events"]["failed"] == 0
     metrics = http.get("/metrics").text
-    assert 'rftloop_gateway_requests_total{version="base",status="ok"}' in metrics
-    assert "rftloop_gateway_events_dropped_total 0" in metrics
+    assert 'rftloop_gateway_requests_total{endpoint="chat",status="ok",version="base"}' in metrics
+    assert "rftloop_gateway_events_dropped_total 0.0" in metrics
+    assert 'rftloop_gateway_latency_seconds_bucket{le="0.05",version="base"}' in metrics
+    assert "rftloop_gateway_ttft_seconds_count" in metrics
+
+
+def test_the_openai_surface_behaves_as_openai_documents_it(gateway: Gateway) -> None:
+    """n, stop, logprobs, json_schema, a forced tool and include_usage, through the stock client."""
+    client = gateway.client()
+    msgs: Any = [{"role": "user", "content": "Say something."}]
+    two = client.chat.completions.create(model=SERVED, messages=msgs, max_tokens=4, n=2)
+    assert [c.index for c in two.choices] == [0, 1]
+    plain = client.chat.completions.create(model=SERVED, messages=msgs, max_tokens=12, temperature=0)
+    text = plain.choices[0].message.content or ""
+    cut = text[len(text) // 2 :].strip()[:3]
+    assert cut, text
+    stopped = client.chat.completions.create(
+        model=SERVED, messages=msgs, max_tokens=12, temperature=0, stop=[cut]
+    )
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == text[: text.index(cut)]
+    lp = client.chat.completions.create(
+        model=SERVED, messages=msgs, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = lp.choices[0].logprobs.content if lp.choices[0].logprobs else None
+    assert content and len(content) == lp.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    schema = {"type": "string", "enum": ["yes", "no"]}
+    js = client.chat.completions.create(
+        model=SERVED,
+        messages=msgs,
+        max_tokens=20,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
+    assert json.loads(js.choices[0].message.content or "") in ("yes", "no")
+    params = {
+        "type": "object",
+        "properties": {"q": {"type": "string", "enum": ["weather", "time"]}},
+        "required": ["q"],
+        "additionalProperties": False,
+    }
+    # not strict: as in OpenAI's API the call is forced, its arguments are the model's (a random model's
+    # here); with "strict": true vLLM also pins them to the schema, which this random model pads with
+    # whitespace until max_tokens
+    tool: Any = {"type": "function", "function": {"name": "lookup", "parameters": params}}
+    called = client.chat.completions.create(
+        model=SERVED,
+        messages=msgs,
+        max_tokens=60,
+        temperature=0,
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "lookup"}},
+    )
+    calls = called.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "lookup"  # type: ignore[union-attr]
+    assert isinstance(calls[0].function.arguments, str)  # type: ignore[union-attr]
+    chunks = list(
+        client.chat.completions.create(
+            model=SERVED, messages=msgs, max_tokens=5, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and not chunks[-1].choices and usage[0].completion_tokens >= 1
+    no_usage = list(client.chat.completions.create(model=SERVED, messages=msgs, max_tokens=5, stream=True))
+    assert all(c.usage is None for c in no_usage)  # not asked for, not sent
+    # the events record what was asked and what was answered
+    requested = {e.request_id: e for e in gateway.events(REQUESTED)}
+    assert requested[js.id].params["request.response_format"] == json.dumps(
+        {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    )
+    assert json.loads(requested[called.id].params["request.tools"])[0]["function"]["name"] == "lookup"
+    assert requested[two.id].params["request.n"] == "2"
+    completed = {e.request_id: e for e in gateway.events(COMPLETED)}
+    assert json.loads(completed[called.id].completion)[0]["name"] == "lookup"
+    assert completed[chunks[0].id].completion_tokens == usage[0].completion_tokens
+
+
+REFUSED: list[tuple[str, dict[str, Any], str]] = [
+    ("an unknown field", {"best_of": 2}, "best_of"),
+    ("a vLLM-internal field", {"kv_transfer_params": {}}, "kv_transfer_params"),
+    ("audio output", {"modalities": ["audio"]}, "modalities"),
+    ("seed with n > 1 on the CPU engine", {"n": 8, "seed": 1}, "seed"),
+]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("name,extra,param", REFUSED, ids=[r[0] for r in REFUSED])
+def test_what_the_gateway_cannot_honour_is_refused_by_name_and_the_engine_survives(
+    gateway: Gateway, name: str, extra: dict[str, Any], param: str
+) -> None:
+    http = gateway.http()
+    body = {"model": SERVED, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    r = http.post("/v1/chat/completions", json=body | extra)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and param in r.json()["error"]["message"]
+    after = http.post("/v1/chat/completions", json=body | {"n": 2})  # the engine still serves
+    assert after.status_code == 200 and len(after.json()["choices"]) == 2
+
+
+def test_feedback_and_ground_truth_only_from_keys_allowed_to_send_them(gateway: Gateway) -> None:
+    mine, other, evaluator = gateway.http(), gateway.http(OTHER), gateway.http(TRUSTED)
+    ask = {"model": SERVED, "max_tokens": 2, "messages": [{"role": "user", "content": "2+2?"}]}
+    rid = mine.post("/v1/chat/completions", json=ask).json()["id"]
+    vote = {"request_id": rid, "kind": "thumbs", "value": -1}
+    refused = other.post("/v1/feedback", json=vote)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_your_request"
+    first = mine.post("/v1/feedback", json=vote)
+    again = mine.post("/v1/feedback", json=vote)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["event_id"] == again.json()["event_id"]  # one rater, one vote
+    assert evaluator.post("/v1/feedback", json=vote | {"value": 1}).status_code == 202
+    events = [e for e in gateway.events(FEEDBACK) if e.request_id == rid]
+    assert len({e.event_id for e in events}) == 2 and len(events) == 3  # the repeat is the same event
+    truth = ask | {"metadata": {"reference": "4"}}
+    untrusted = mine.post("/v1/chat/completions", json=truth)
+    assert untrusted.status_code == 403 and untrusted.json()["error"]["param"] == "metadata.reference"
+    assert evaluator.post("/v1/chat/completions", json=truth).status_code == 200
+    spoof = mine.post("/v1/chat/completions", json=ask | {"metadata": {"request.n": "9"}})
+    assert spoof.status_code == 400
+
+
+def test_a_w3c_traceparent_becomes_the_events_trace_id(gateway: Gateway) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    r = gateway.http().post(
+        "/v1/completions",
+        json={"model": SERVED, "prompt": "Once", "max_tokens": 2},
+        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    assert r.status_code == 200 and r.json()["id"].startswith("cmpl-")
+    events = [e for e in gateway.events(COMPLETED) if e.request_id == r.json()["id"]]
+    assert [e.trace_id for e in events] == [trace]
+    assert [e.trace_id for e in gateway.events(REQUESTED) if e.request_id == r.json()["id"]] == [trace]
+
+
+def test_requests_are_exported_as_opentelemetry_genai_spans_and_metrics(
+    gateway: Gateway, otlp: tuple[str, Received]
+) -> None:
+    _, got = otlp
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    r = gateway.http().post(
+        "/v1/chat/completions",
+        json={"model": SERVED, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"traceparent": f"00-{trace}-b7ad6b7169203331-01"},
+    )
+    assert r.status_code == 200
+    deadline = time.monotonic() + 30
+    span = None
+    while time.monotonic() < deadline and span is None:
+        with got.lock:
+            span = next((s for s in got.spans if s.trace_id.hex() == trace), None)
+        time.sleep(0.5)
+    assert span is not None, "no span with the caller's trace id reached the collector"
+    assert span.parent_span_id.hex() == "b7ad6b7169203331" and span.name == f"chat {SERVED}"
+    attrs = {a.key: a.value for a in span.attributes}
+    assert attrs["gen_ai.operation.name"].string_value == "chat"
+    assert attrs["gen_ai.request.model"].string_value == SERVED
+    assert attrs["gen_ai.response.model"].string_value == r.json()["model"]
+    assert attrs["gen_ai.response.id"].string_value == r.json()["id"]
+    assert attrs["gen_ai.usage.input_tokens"].int_value == r.json()["usage"]["prompt_tokens"]
+    assert attrs["gen_ai.usage.output_tokens"].int_value == r.json()["usage"]["completion_tokens"]
+    wanted = {
+        "gen_ai.server.request.duration",
+        "gen_ai.server.time_to_first_token",
+        "gen_ai.client.token.usage",
+    }
+    while time.monotonic() < deadline and not wanted <= got.metrics:
+        time.sleep(0.5)
+    assert wanted <= got.metrics, got.metrics
 
 
 @pytest.mark.reliability

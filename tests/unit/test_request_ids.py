@@ -17,7 +17,14 @@ def test_a_made_up_or_foreign_id_names_no_version() -> None:
     rid = ids.new("chatcmpl", "v1")
     body, _, _tag = rid.rpartition(".")
     assert ids.version_of(body + ".AAAAAAAAAAAA") is None  # forged tag
-    prefix, _, _ = body.rpartition(".")
-    assert ids.version_of(f"{prefix}.djI.{_tag}") is None  # another version, same tag
+    head, version, key = body.split(".")
+    assert ids.version_of(f"{head}.djI.{key}.{_tag}") is None  # another version, same tag
+    assert ids.read(f"{head}.{version}.a2V5Mg.{_tag}") is None  # another key, same tag
     assert RequestIds(b"other").version_of(rid) is None
     assert ids.version_of("sdk-request-42") is None and ids.version_of("") is None
+
+
+def test_the_id_names_the_key_that_made_the_request() -> None:
+    ids = RequestIds(b"shared")
+    assert ids.read(ids.new("cmpl", "v2", "k-1f2e")) == ("v2", "k-1f2e")
+    assert ids.read(ids.new("cmpl", "base")) == ("base", "")

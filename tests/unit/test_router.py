@@ -63,3 +63,17 @@ def test_a_version_this_gateway_could_not_load_gets_no_traffic_here() -> None:
     with pytest.raises(UnknownVersion):
         r.apply(event(VersionEventKind.promoted, "v1", 1.0))
     assert r.incumbent == "base" and r.weights() == {"base": 1.0}
+
+
+def test_a_rolled_back_version_is_not_served_even_when_pinned_nor_listed_as_live() -> None:
+    r = Router(canary_share=0.1)
+    publish(r, "v1")
+    publish(r, "v2")
+    assert r.choose(pinned="v1").version == "v1" and set(r.live()) == {"base", "v1", "v2"}
+    r.apply(event(VersionEventKind.rolled_back, "v1", 0.0))
+    with pytest.raises(UnknownVersion):
+        r.choose(pinned="v1")
+    assert r.ended("v1") == VersionEventKind.rolled_back and set(r.live()) == {"base", "v2"}
+    r.apply(event(VersionEventKind.promoted, "v2", 1.0))
+    assert r.live() == {"v2": 1.0}
+    assert r.choose(pinned="base").version == "base"  # a replaced incumbent may still be pinned

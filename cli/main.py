@@ -229,7 +229,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     from infra.clickhouse.migrate import migrate
 
     ch = _clickhouse()
-    applied = migrate(connect(ch, database="default"), ch.database, ch.cluster)
+    applied = migrate(connect(ch, database="default"), ch.database, ch.cluster, ttls=ch.ttl_days)
     for a in applied:
         print(f"migration {a.version}: applied ({a.statements} statements)")
     print(f"database {ch.database}: {len(applied)} migration(s) applied, schema up to date")

@@ -129,6 +129,11 @@ class ClickHouseSettings(BaseSettings):
     username: str = "default"
     password: SecretStr = SecretStr("")
     cluster: str | None = Field(None, description="ON CLUSTER name for replicated DDL")
+    ttl_days: dict[str, int] = Field(
+        default_factory=dict,
+        description='per-table TTL overrides in days, JSON ({"inference_requested": 30}; 0 = keep); '
+        "default: each table keeps rows as long as its topic keeps events",
+    )
 
     @field_validator("url")
     @classmethod

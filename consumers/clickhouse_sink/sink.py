@@ -119,6 +119,7 @@ class ClickHouseSink:
             connect(self._ch_settings, database="default"),
             self._ch_settings.database,
             self._ch_settings.cluster,
+            ttls=self._ch_settings.ttl_days,  # tables keep rows as long as their topics keep events
         )
         c = consumer(self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000})
         dlq = producer(self._kafka, **{"delivery.timeout.ms": 0})  # 0: retried until delivered

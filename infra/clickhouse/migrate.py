@@ -33,8 +33,12 @@ def migration_files() -> list[Path]:
     return sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))
 
 
-def migrate(client: Client, database: str, cluster: str | None = None) -> list[Applied]:
-    """Apply pending migrations; with `cluster`, in their cluster form (`infra/clickhouse/cluster.py`)."""
+def migrate(
+    client: Client, database: str, cluster: str | None = None, ttls: dict[str, int] | None = None
+) -> list[Applied]:
+    """Apply pending migrations; with `cluster`, in their cluster form (`infra/clickhouse/cluster.py`).
+    With ``ttls`` (``RFTLOOP_CLICKHOUSE_TTL_DAYS``: overrides of the topic-matching defaults), set
+    every event table's TTL (`infra/clickhouse/retention.py`)."""
     on = f" ON CLUSTER {cluster}" if cluster else ""
     engine = (
         f"ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{database}/schema_migrations', '{{replica}}')"
@@ -60,4 +64,8 @@ def migrate(client: Client, database: str, cluster: str | None = None) -> list[A
             client.command(stmt)
         client.insert(f"{database}.schema_migrations", [[version]], column_names=["version"])
         applied.append(Applied(version, len(todo)))
+    if ttls is not None:
+        from infra.clickhouse.retention import apply_ttls, ttl_days
+
+        apply_ttls(client, database, ttl_days(ttls), cluster)
     return applied

@@ -73,3 +73,36 @@ def test_errors_are_clickhouse_errors(stack) -> None:
     c = connect(stack.clickhouse, database="default")
     with pytest.raises(DatabaseError, match="code: 62"):
         c.query("SELEC 1")
+
+
+def test_tables_keep_rows_only_as_long_as_their_topics_keep_events(stack, ch_database) -> None:
+    import datetime as dt
+
+    from infra.clickhouse.migrate import migrate
+    from infra.clickhouse.tables import event_table
+    from schemas.events import Endpoint, InferenceRequested
+    from schemas.topics import REQUESTED
+
+    c = connect(stack.clickhouse, database=ch_database)
+    migrate(c, ch_database, ttls={})
+    create = c.command(f"SHOW CREATE TABLE {ch_database}.inference_requested")
+    assert "TTL toDateTime(occurred_at) + toIntervalDay(7)" in str(create)
+    assert " TTL " not in str(c.command(f"SHOW CREATE TABLE {ch_database}.model_versions"))
+    table = event_table(REQUESTED)
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        table.row(
+            InferenceRequested(
+                producer="t", request_id=rid, model="m", endpoint=Endpoint.chat, prompt="p", occurred_at=at
+            ).to_avro(),
+            0,
+            i,
+        )
+        for i, (rid, at) in enumerate([("old", now - dt.timedelta(days=10)), ("new", now)])
+    ]
+    c.insert(f"{ch_database}.inference_requested", rows, column_names=table.column_names)
+    c.command(f"OPTIMIZE TABLE {ch_database}.inference_requested FINAL")
+    left = c.query(f"SELECT request_id FROM {ch_database}.inference_requested").result_rows
+    assert left == [("new",)]
+    migrate(c, ch_database, ttls={"inference_requested": 0})  # keep forever: the TTL is removed
+    assert " TTL " not in str(c.command(f"SHOW CREATE TABLE {ch_database}.inference_requested"))

@@ -45,7 +45,7 @@ def sink_rows(ctx: Context) -> list[Result]:
     t = threading.Thread(target=sink.run, daemon=True)
     t0 = time.perf_counter()
     t.start()
-    while sink.stats.inserted < N and time.perf_counter() - t0 < 300:
+    while sink.stats.committed < N and time.perf_counter() - t0 < 300:  # rows in and offsets committed
         time.sleep(0.005)
     done = time.monotonic()
     startup_s = (sink.stats.first_message_at or done) - (done - (time.perf_counter() - t0))

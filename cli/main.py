@@ -744,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rftloop: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseUnreachable
         from confluent_kafka import KafkaException
 
         from infra.clickhouse.queries import BadDuration
@@ -756,6 +757,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if isinstance(exc, ServiceError) else 2
         if isinstance(exc, FatalKafkaError):
             print(f"rftloop: stopped on a Kafka error that retrying cannot mend: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, ClickHouseUnreachable):
+            url = _clickhouse().url
+            print(
+                f"rftloop: cannot reach ClickHouse at {url} (RFTLOOP_CLICKHOUSE_URL): "
+                f"{str(exc).splitlines()[0][:300]}; is it running (`rftloop status`)?",
+                file=sys.stderr,
+            )
             return 1
         if isinstance(exc, KafkaException):
             servers = KafkaSettings().bootstrap_servers

@@ -71,6 +71,7 @@ def _listed(partitions: list[TopicPartition]) -> str:
 class SinkStats:
     consumed: int = 0
     inserted: int = 0
+    committed: int = 0  # records whose offsets are committed (rows in, dead letters delivered)
     dead_lettered: int = 0
     batches: int = 0
     insert_failures: int = 0
@@ -136,6 +137,7 @@ class ClickHouseSink:
                     raise RuntimeError("stopped with dead letters undelivered; batch not committed")
             try:
                 self.kafka_retry.call("offset commit", lambda: _commit(c))
+                self.stats.committed += len(pending)
             except Stopped:
                 log.warning(
                     "sink: stopped before the commit went through; the batch will be re-read (deduplicated)"

@@ -366,6 +366,7 @@ class Gateway:
         try:
             result = await self.serving.serve(vreq, chat)
         except (VLLMClientError, ValueError) as exc:  # vLLM's request checks: the request is wrong
+            self.telemetry.refused(span, 400, str(exc))
             param = getattr(exc, "parameter", None)
             raise ApiError(400, str(exc), param=param, code="invalid_request") from None
         except Exception as exc:  # the engine failed (EngineDeadError, ...): recorded, then a 503
@@ -376,6 +377,7 @@ class Gateway:
         error = getattr(result, "error", None)
         if error is not None and not hasattr(result, "choices"):  # vLLM's ErrorResponse
             if int(error.code) < 500:
+                self.telemetry.refused(span, int(error.code), error.message)
                 raise ApiError(int(error.code), error.message, "invalid_request_error", None, error.param)
             out.error = error.message
             finish()

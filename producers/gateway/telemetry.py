@@ -134,6 +134,16 @@ class Telemetry:
         self.tokens.record(input_tokens, attrs | {ga.GEN_AI_TOKEN_TYPE: "input"})
         self.tokens.record(output_tokens, attrs | {ga.GEN_AI_TOKEN_TYPE: "output"})
 
+    def refused(self, span: Any, status: int, message: str) -> None:
+        """End the span of a request vLLM refused (4xx): an error span, no GenAI metrics."""
+        if not self.enabled or span is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_attribute("error.type", str(status))
+        span.set_status(Status(StatusCode.ERROR, message[:200]))
+        span.end()
+
     def close(self) -> None:
         if self.enabled:
             self._traces.shutdown()

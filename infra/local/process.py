@@ -23,8 +23,31 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+_PORTS = (20000, 32767)  # below Linux's ephemeral range (32768-60999): outbound connections never take them
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now, for a service about to bind it.
+
+    Not the OS's ``bind(0)`` pick: that comes from the ephemeral range, where any outbound
+    connection (a Kafka client reconnecting, say) can take the port before the service binds it;
+    a 3-broker start failed that way under load ("Address already in use"). A port is also never
+    handed out twice by one process, so several picked before any bind stay distinct."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(*_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # the whole range busy: let the OS pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -88,7 +88,11 @@ def running_stack(state_dir: Path, brokers: int = 1) -> Iterator[Stack]:
     from infra.local.services import bootstrap_servers, replication
 
     local = make_local_settings(state_dir, brokers)
-    local_stack.up(local, say=lambda m: None)
+    try:
+        local_stack.up(local, say=lambda m: None)
+    except BaseException:  # one service failed to start: stop the ones that did, or they outlive the run
+        local_stack.down(local, say=lambda m: None)
+        raise
     rf, isr = replication(brokers)
     s = Stack(
         local=local,

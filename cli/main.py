@@ -704,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
     p = add("versions", cmd_versions, "model versions with their state, gate figures and reasons")
     p.add_argument("--json", action="store_true")
+    from cli.forget import add_parser as add_forget
+
+    add_forget(sub)
 
     p = add("judge", cmd_judge, "run the canary judge: promote or roll back candidates from live windows")
     p.add_argument("--max-seconds", type=float, default=None)
@@ -748,11 +751,12 @@ def main(argv: list[str] | None = None) -> int:
         from confluent_kafka import KafkaException
 
         from infra.clickhouse.queries import BadDuration
+        from infra.erasure import ErasureError
         from infra.local.process import ServiceError
         from infra.retry import FatalKafkaError, kafka_error
         from streams.windows import WindowSpecError
 
-        if isinstance(exc, ServiceError | BadDuration | WindowSpecError):
+        if isinstance(exc, ServiceError | BadDuration | WindowSpecError | ErasureError):
             print(f"rftloop: {exc}", file=sys.stderr)
             return 1 if isinstance(exc, ServiceError) else 2
         if isinstance(exc, FatalKafkaError):

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.events import TaintPolicy
+
 DEFAULT_CACHE = Path(os.environ.get("RFTLOOP_CACHE", Path.home() / ".cache" / "rftloop"))
 
 
@@ -426,6 +428,20 @@ class JudgeSettings(BaseSettings):
 
     def steps(self) -> list[float]:
         return [float(x) for x in self.ramp_steps.split(",") if x.strip()]
+
+
+class PrivacySettings(BaseSettings):
+    """Erasure (`rftloop forget`, POST /admin/forget): what happens to versions trained on the data."""
+
+    model_config = SettingsConfigDict(env_prefix="RFTLOOP_PRIVACY_", extra="ignore")
+
+    tainted_policy: TaintPolicy = Field(
+        TaintPolicy.retire,
+        description="retire: roll back at once every version trained on an erased person's data "
+        "(the safe default); retrain: mark them tainted, keep them serving until a version trained "
+        "without the data (from their clean ancestor) replaces them",
+    )
+    topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
 
 
 class LocalStackSettings(BaseSettings):

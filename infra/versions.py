@@ -11,7 +11,11 @@ so a decision means the same thing everywhere — a manual rollback of the incum
 - ``rolled_back``: the version stops serving; if it was the incumbent, its parent takes over;
 - ``rejected``: the gate refused it; it never served. A ``rejected`` event with decision
   ``refused`` is one gateway's report that it could not load the adapter (actor ``gateway:<name>``):
-  recorded in ``refusals``, it ends nothing (other replicas may serve it).
+  recorded in ``refusals``, it ends nothing (other replicas may serve it);
+- ``tainted``: the version (or an ancestor: a generation continues its parent's adapter) was
+  trained on data of a person since erased (``infra/erasure.py``). Recorded in ``tainted``; it ends
+  nothing by itself (policy ``retire`` follows it with a ``rolled_back``), and a new training run
+  starts from the nearest untainted ancestor (``clean_ancestor``), never from a tainted adapter.
 """
 
 from __future__ import annotations
@@ -49,6 +53,39 @@ class ModelState:
     ended: dict[str, VersionEventKind] = field(default_factory=dict)  # rolled back / rejected / replaced
     refusals: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> gateway -> reason
     published: dict[str, ModelVersionEvent] = field(default_factory=dict)  # lineage, adapter, eval
+    tainted: dict[str, list[str]] = field(default_factory=dict)  # version -> reasons (erasures)
+
+    def parent(self, version: str) -> str:
+        published = self.published.get(version)
+        return (published.parent_version if published else None) or BASE
+
+    def clean_ancestor(self, version: str) -> str:
+        """``version`` itself if untainted, else its nearest untainted ancestor (``base`` at worst)."""
+        seen = set()
+        while version != BASE and version in self.tainted and version not in seen:
+            seen.add(version)
+            version = self.parent(version)
+        return version if version not in self.tainted else BASE
+
+    def trained_on(self, positions: set[tuple[str, int, int]]) -> list[str]:
+        """Versions whose lineage covers any of ``positions`` (topic, partition, offset), and every
+        descendant of one (its adapter continued the tainted weights), in publish order.
+
+        A lineage keeps offset ranges, not each sample, so a position inside a range counts: this
+        may name a version that held the sample out for its gate, never miss one that trained on it."""
+        by_tp: dict[tuple[str, int], list[int]] = {}
+        for topic, partition, offset in positions:
+            by_tp.setdefault((topic, partition), []).append(offset)
+        out: list[str] = []
+        for version, event in self.published.items():  # dicts keep publish order: parents first
+            direct = any(
+                r.first_offset <= o <= r.last_offset
+                for r in event.lineage
+                for o in by_tp.get((r.topic, r.partition), ())
+            )
+            if direct or self.parent(version) in out:
+                out.append(version)
+        return out
 
 
 class VersionFold:
@@ -96,6 +133,9 @@ class VersionFold:
             m.refusals.setdefault(e.version, {})[e.actor or e.producer] = "; ".join(e.reasons or [])
         elif e.kind == VersionEventKind.rejected:
             m.ended[e.version] = e.kind
+        elif e.kind == VersionEventKind.tainted:
+            reasons = m.tainted.setdefault(e.version, [])
+            reasons += [r for r in e.reasons if r not in reasons]
 
 
 def read_fold(kafka: KafkaSettings, registry: RegistrySettings, topic_suffix: str = "") -> VersionFold:

@@ -56,6 +56,12 @@ class VersionEventKind(StrEnum):
     rolled_back = "rolled_back"
     rejected = "rejected"
     ramped = "ramped"
+    tainted = "tainted"
+
+
+class TaintPolicy(StrEnum):
+    retire = "retire"
+    retrain = "retrain"
 
 
 class TrainingRunKind(StrEnum):
@@ -249,6 +255,27 @@ class TrainingRunEvent(Event):
     error: str | None = None
 
 
+class SamplePosition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    topic: str
+    partition: int
+    offset: int
+
+
+class UserErased(Event):
+    avro_name: ClassVar[str] = "UserErased"
+    user_id: str
+    actor: str
+    reason: str | None = None
+    policy: TaintPolicy = TaintPolicy.retire
+    requests: int = 0
+    deleted: dict[str, int] = Field(default_factory=dict)
+    samples: list[SamplePosition] = Field(default_factory=list)
+    tainted_versions: list[str] = Field(default_factory=list)
+    retired_versions: list[str] = Field(default_factory=list)
+    kafka_held_until: datetime | None = None
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     InferenceRequested,
     InferenceCompleted,
@@ -257,4 +284,5 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     MetricsWindow,
     ModelVersionEvent,
     TrainingRunEvent,
+    UserErased,
 )

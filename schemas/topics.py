@@ -20,6 +20,7 @@ from schemas.events import (
     ModelVersionEvent,
     RewardedSample,
     TrainingRunEvent,
+    UserErased,
 )
 
 AVRO_DIR = Path(__file__).resolve().parent / "avro"
@@ -117,7 +118,28 @@ TRAINING = TopicSpec(
     {"retention.ms": str(90 * DAY_MS)},
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (REQUESTED, COMPLETED, FEEDBACK, REWARDED, METRICS, VERSIONS, TRAINING)
+# The standing list of erased people: compacted (one record per user, never expired), read by every
+# training run to keep their samples out even while copies of their events sit in Kafka's retention.
+ERASURES = TopicSpec(
+    "privacy.erasures",
+    UserErased,
+    "user_id",
+    "Erasure requests carried out (`rftloop forget`); compacted, the trainer's exclusion list.",
+    {"cleanup.policy": "compact"},
+    compacted=True,
+    partitions=1,
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    REQUESTED,
+    COMPLETED,
+    FEEDBACK,
+    REWARDED,
+    METRICS,
+    VERSIONS,
+    TRAINING,
+    ERASURES,
+)
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in ALL_TOPICS}
 DLQ_CONFIG = {"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"}
 

@@ -1,7 +1,8 @@
 """Training data from the durable buffer (ClickHouse, written by the sink), split deterministically.
 
 One row per request (its latest RewardedSample), never a request twice in a
-run; opted-out requests never became samples. Each sample keeps where it came
+run; opted-out requests never became samples, and an erased person's samples are left out even when
+a copy came back (``infra/erasure.py``). Each sample keeps where it came
 from (topic, partition, offset) for the version's lineage.
 """
 
@@ -16,9 +17,11 @@ from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 
+from infra.erasure import not_erased
 from schemas.events import OffsetRange
 
-SAMPLES = """
+SAMPLES = (
+    """
 SELECT request_id,
        argMax(event_id, occurred_at) AS event_id,
        argMax(prompt, occurred_at) AS prompt,
@@ -30,10 +33,13 @@ SELECT request_id,
        argMax(_partition, occurred_at) AS partition,
        argMax(_offset, occurred_at) AS offset
 FROM {db}.rewarded_samples FINAL
-WHERE model = {model:String}
+WHERE model = {model:String} AND """
+    + not_erased("{db}")
+    + """
 GROUP BY request_id
 ORDER BY request_id
 """
+)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ A FeedbackSubmitted of kind `preference` on request A with `other_request_id` B 
 was preferred over B's (value > 0) or not (value < 0). Prompts come from InferenceRequested, the
 responses from InferenceCompleted — all from ClickHouse (the sink's durable copy of the topics).
 A pair is used only when both requests asked the same thing, both succeeded, and neither opted out
-of training; the latest judgement of a pair wins.
+of training, and neither requester nor rater has been erased (``infra/erasure.py``); the latest
+judgement of a pair wins.
 """
 
 from __future__ import annotations
@@ -13,21 +14,34 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-PREFERENCES = """
+from infra.erasure import not_erased
+
+_KEPT = not_erased("{db}")
+
+PREFERENCES = (
+    """
 SELECT request_id, other_request_id, argMax(value, occurred_at) AS preferred,
        toString(argMax(event_id, occurred_at)) AS event_id,
        argMax(_topic, occurred_at) AS topic, argMax(_partition, occurred_at) AS partition,
        argMax(_offset, occurred_at) AS offset
 FROM {db}.feedback_submitted FINAL
-WHERE kind = 'preference' AND model = {model:String} AND other_request_id IS NOT NULL
+WHERE kind = 'preference' AND model = {model:String} AND other_request_id IS NOT NULL AND """
+    + _KEPT
+    + """
 GROUP BY request_id, other_request_id
 HAVING preferred IS NOT NULL AND preferred != 0
 ORDER BY request_id, other_request_id
 """
-REQUESTS = """
+)
+REQUESTS = (
+    """
 SELECT request_id, any(prompt) AS prompt, any(messages) AS messages, max(training_opt_out) AS opt_out
-FROM {db}.inference_requested FINAL WHERE request_id IN {ids:Array(String)} GROUP BY request_id
+FROM {db}.inference_requested FINAL WHERE request_id IN {ids:Array(String)} AND """
+    + _KEPT
+    + """
+GROUP BY request_id
 """
+)
 COMPLETIONS = """
 SELECT request_id, argMax(completion, occurred_at) AS completion
 FROM {db}.inference_completed FINAL WHERE request_id IN {ids:Array(String)} AND status = 'ok'

@@ -137,7 +137,11 @@ def run_once(
         )
     train, held = split(samples, cfg.holdout_percent)
     fold = read_fold(kafka, registry, cfg.topic_suffix)
-    incumbent = fold.incumbent(cfg.served_name)
+    serving = fold.incumbent(cfg.served_name)
+    # never continue a tainted adapter (trained on an erased person's data): its clean ancestor
+    incumbent = fold.model(cfg.served_name).clean_ancestor(serving)
+    if incumbent != serving:
+        say(f"trainer: incumbent {serving} is tainted by an erasure; continuing {incumbent} instead")
     parent_event = fold.model(cfg.served_name).published.get(incumbent)
     parent_dir = cfg.adapter_root / incumbent
     parent = str(parent_dir) if incumbent != BASE and (parent_dir / "adapter_config.json").exists() else None

@@ -29,6 +29,7 @@ TABLE_NAMES = {  # by event (Avro record name)
     "MetricsWindow": "metrics_windows",
     "ModelVersionEvent": "model_versions",
     "TrainingRunEvent": "training_runs",
+    "UserErased": "user_erasures",
 }
 
 

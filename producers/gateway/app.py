@@ -3,7 +3,7 @@ Prometheus metrics and the admin API, over ``gateway.Gateway``.
 
 POST /v1/chat/completions, POST /v1/completions (``stream=true`` = SSE), GET /v1/models,
 POST /v1/feedback, GET /healthz, GET /metrics (prometheus_client),
-POST /admin/versions/{version}/promote|rollback (admin key).
+POST /admin/versions/{version}/promote|rollback, POST /admin/forget (admin key; ``admin.py``).
 
 A request names the model as ``<served_name>`` (routed) or ``<served_name>:<version>``
 (pinned). Every request emits InferenceRequested and InferenceCompleted (errors too)
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infra.settings import GatewaySettings, KafkaSettings, RegistrySettings
+from producers.gateway.admin import add_admin_routes
 from producers.gateway.api import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
@@ -38,7 +39,7 @@ from producers.gateway.gateway import Gateway
 from producers.gateway.metrics import CONTENT_TYPE
 from producers.gateway.serving import Serving
 from producers.gateway.versions import VersionFollower
-from schemas.events import Endpoint, VersionEventKind
+from schemas.events import Endpoint
 
 log = logging.getLogger(__name__)
 FEEDBACK_IDS = uuid.UUID("0b6c3f5e-8a4d-4f7e-9d61-2f1c9a7e5b30")  # namespace of votes' event ids
@@ -288,15 +289,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def metrics() -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.post("/admin/versions/{version}/{action}")
-    async def admin(version: str, action: str, request: Request) -> Any:
-        gateway.keys.check(request, admin=True)
-        kinds = {"promote": VersionEventKind.promoted, "rollback": VersionEventKind.rolled_back}
-        if action not in kinds:
-            raise ApiError(404, f"unknown action {action!r}: promote or rollback")
-        await asyncio.to_thread(gateway.version_event, version, kinds[action], f"manual {action} (admin API)")
-        return JSONResponse({"version": version, "action": action, "published": True}, status_code=202)
-
+    add_admin_routes(app, gateway, parse)
     return app
 
 

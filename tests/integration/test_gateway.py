@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
+from schemas.topics import COMPLETED, ERASURES, FEEDBACK, REQUESTED
 from tests.integration.gateway_support import (
     ADMIN,
     KEY,
@@ -32,10 +33,22 @@ def otlp() -> Iterator[tuple[str, Received]]:
 
 
 @pytest.fixture(scope="session")
+def gateway_db(stack: Any) -> str:
+    """The gateway's ClickHouse database (what POST /admin/forget erases from), migrated."""
+    from infra.clickhouse.client import connect
+    from infra.clickhouse.migrate import migrate
+
+    name = f"gateway_{uuid.uuid4().hex[:8]}"
+    migrate(connect(stack.clickhouse, database="default"), name)
+    return name
+
+
+@pytest.fixture(scope="session")
 def gateway(
-    stack: Any, tmp_path_factory: pytest.TempPathFactory, otlp: tuple[str, Received]
+    stack: Any, tmp_path_factory: pytest.TempPathFactory, otlp: tuple[str, Received], gateway_db: str
 ) -> Iterator[Gateway]:
     env = {
+        "RFTLOOP_CLICKHOUSE_DATABASE": gateway_db,
         "RFTLOOP_GATEWAY_OTLP_ENDPOINT": otlp[0],
         "RFTLOOP_GATEWAY_OTLP_METRICS_INTERVAL_S": "1",
         "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "5",
@@ -43,7 +56,7 @@ def gateway(
         "RFTLOOP_GATEWAY_API_KEYS": f"{KEY},{OTHER}",
         "RFTLOOP_GATEWAY_TRUSTED_KEYS": TRUSTED,
     }
-    with running_gateway(stack, tmp_path_factory.mktemp("gateway"), env) as gw:
+    with running_gateway(stack, tmp_path_factory.mktemp("gateway"), env, extra_topics=(ERASURES,)) as gw:
         yield gw
 
 
@@ -453,3 +466,50 @@ def test_cors_is_closed_by_default(gateway: Gateway) -> None:
     assert "access-control-allow-origin" not in preflight.headers
     r = gateway.http().get("/v1/models", headers={"Origin": "https://evil.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_the_admin_api_erases_a_user_with_the_admin_key_only(
+    gateway: Gateway, stack: Any, gateway_db: str
+) -> None:
+    from infra.clickhouse.client import connect
+    from infra.clickhouse.tables import event_table
+    from schemas.events import Endpoint, InferenceRequested
+
+    client = connect(stack.clickhouse, database=gateway_db)
+    table = event_table(REQUESTED)
+    rows = [
+        table.row(
+            InferenceRequested(
+                producer="t",
+                request_id=f"e{i}",
+                model=SERVED,
+                endpoint=Endpoint.chat,
+                prompt="hi",
+                user_id=user,
+            ).to_avro(),
+            0,
+            i,
+        )
+        for i, user in enumerate(["dana", "dana", "erik"])
+    ]
+    client.insert(table.name, rows, column_names=table.column_names)
+    http = gateway.http()
+    assert http.post("/admin/forget", json={"user": "dana"}).status_code == 401  # an application key
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    missing = http.post("/admin/forget", json={}, headers=admin)
+    assert missing.status_code == 400 and "user" in missing.json()["error"]["message"]
+    unknown = http.post("/admin/forget", json={"user": "dana", "users": ["x"]}, headers=admin)
+    assert unknown.status_code == 400 and "users" in unknown.json()["error"]["message"]
+    bad = http.post("/admin/forget", json={"user": "dana", "policy": "ignore"}, headers=admin)
+    assert bad.status_code == 400 and "policy" in bad.json()["error"]["message"]
+    r = http.post("/admin/forget", json={"user": "dana", "reason": "ticket 9"}, headers=admin)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["erasure"]["deleted"]["inference_requested"] == 2 and body["erasure"]["requests"] == 2
+    assert body["erasure"]["actor"].startswith("admin-api:") and any(
+        "dana" in line for line in body["report"]
+    )
+    left = client.query(f"SELECT user_id FROM {table.name} FINAL ORDER BY user_id").result_rows
+    assert left == [("erik",)]
+    (event,) = [e for e in gateway.events(ERASURES) if e.user_id == "dana"]
+    assert event.reason == "ticket 9" and event.deleted["inference_requested"] == 2

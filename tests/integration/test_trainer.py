@@ -1,4 +1,5 @@
-"""`rftloop train --now` on the real pieces: ClickHouse buffer, TRL KTO, the vLLM gate, model.versions."""
+"""`rftloop train --now` on the real pieces: ClickHouse buffer, TRL KTO, the vLLM gate, model.versions;
+and `rftloop forget` between two runs (the version trained on the person retired, the next run without them)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from consumers.trainer.data import held_out
 from infra import adapters
 from infra.clickhouse.client import connect
 from infra.clickhouse.migrate import migrate
 from infra.clickhouse.tables import event_table
 from schemas.events import FeedbackSource, RewardedSample, RewardSource
-from schemas.topics import REWARDED, TRAINING, VERSIONS
+from schemas.topics import ERASURES, REWARDED, TRAINING, VERSIONS
 from tests.integration.streams_support import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +33,7 @@ def test_train_gate_publish_replay_and_reject(
 ) -> None:
     versions_topic, versions_serde = event_topic(VERSIONS)
     training_topic, training_serde = event_topic(TRAINING)
+    event_topic(ERASURES)
     client = connect(stack.clickhouse, database=ch_database)
     migrate(client, ch_database)
     table = event_table(REWARDED)
@@ -48,6 +52,7 @@ def test_train_gate_publish_replay_and_reject(
             reward_sources=[
                 RewardSource(source=FeedbackSource.user, kind="thumbs", value=1.0 if good else -1.0)
             ],
+            user_id=f"u{i % 8}",
         )
         rows.append(table.row(sample.to_avro(), i % 3, 1000 + i))
     client.insert(table.name, rows, column_names=table.column_names)
@@ -124,8 +129,27 @@ def test_train_gate_publish_replay_and_reject(
     ]
     assert {e.event_id for e in replays} == {event.event_id}
 
+    # u1 asks to be forgotten: the published version trained on u1's samples is marked and retired,
+    # and the next run trains on everything but u1's samples
+    erased = subprocess.run(
+        [sys.executable, "-m", "cli.main", "forget", "--user", "u1", "--reason", "erasure request 1"],
+        cwd=ROOT,
+        env={**env, "RFTLOOP_PRIVACY_TOPIC_SUFFIX": f"-{unique}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert f"versions trained on them (lineage or ancestor): {version}" in erased.stdout
+    assert f"rolled back now (policy retire): {version}" in erased.stdout
+    assert "deleted      6 row(s) from rewarded_samples" in erased.stdout
+    u1_trained = sum(
+        1 for i in range(48) if i % 8 == 1 and not held_out(SimpleNamespace(request_id=f"r{i}"), 20)
+    )
+
     rejected, _ = train(RFTLOOP_TRAINER_MIN_QUALITY_GAIN="0.5", RFTLOOP_TRAINER_MAX_STEPS="3")
     assert rejected["status"] == "rejected" and rejected["version"] != version
+    assert rejected["figures"]["train_samples"] == first["figures"]["train_samples"] - u1_trained
     assert any(r.startswith("quality:") for r in rejected["reasons"])
     assert not (root / rejected["version"]).exists()
     runs = read_topic(stack.kafka, training_topic.name, training_serde)
@@ -150,7 +174,8 @@ def test_train_gate_publish_replay_and_reject(
     )
     assert out.returncode == 0, out.stderr
     listed = {r["version"]: r for r in json.loads(out.stdout)}
-    assert listed[version]["state"] == "published" and listed[version]["method"] == "kto"
+    assert listed[version]["state"] == "rolled_back" and listed[version]["method"] == "kto"
+    assert "since erased" in " ".join(listed[version]["reasons"])
     assert listed[rejected["version"]]["state"] == "rejected"
     assert listed[version]["acc"] == first["figures"]["candidate_accuracy"]
     table_out = subprocess.run(
@@ -227,8 +252,12 @@ def test_trainer_daemon_runs_on_its_new_sample_trigger(
     assert decided[0].method == "grpo" and decided[0].hyperparameters["grpo_generations"] == "4"
     # its rollouts came from the run's vLLM engine, at a temperature the screening chose
     assert decided[0].hyperparameters["grpo_rollouts"] == "vllm"
-    assert re.search(r"GRPO rollouts at temperature (0\.5|0\.8) \(\d+ prompts whose answers differ", out.stdout)
-    assert decided[0].eval["rollout_temperature"] in (0.5, 0.8) and "informative_share_t0.5" in decided[0].eval
+    assert re.search(
+        r"GRPO rollouts at temperature (0\.5|0\.8) \(\d+ prompts whose answers differ", out.stdout
+    )
+    assert (
+        decided[0].eval["rollout_temperature"] in (0.5, 0.8) and "informative_share_t0.5" in decided[0].eval
+    )
     # TRL's per-step log is in ClickHouse: the group's mean reward and the loss of step 1
     steps = client.query(
         "SELECT metric, value FROM training_steps WHERE version = {v:String} AND step = 1",

@@ -12,7 +12,7 @@ reward functions, held-out scoring) must agree on what a reward is.
 - Evaluators are plain Python callables ``(EvalInput) -> float | None``
   registered by name with ``@evaluator("name")``; ``None`` means "does not
   apply" (e.g. exact match without a reference). Built-ins: ``exact_match``,
-  ``number_match``, ``json_valid``, ``regex``, ``length_budget``. Your own:
+  ``number_match``, ``json_valid``, ``regex``, ``tool_call``, ``length_budget``. Your own:
   put them in a module and name it in ``RFTLOOP_STREAMS_EVALUATOR_MODULES``.
 """
 
@@ -172,6 +172,45 @@ def json_valid(item: EvalInput) -> float | None:
     except jsonschema.SchemaError:
         return None  # the request's own schema is broken: nothing to score against
     return 1.0
+
+
+def _calls(value: object) -> list[tuple[str, object]] | None:
+    """[(name, arguments as JSON)] from a tool call or a list of them; None if it is not one."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for call in items:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return None
+        args = call.get("arguments", {})
+        if isinstance(args, str):  # the model's text: JSON, or not
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                args = ("unparsed", args)
+        out.append((call["name"], args))
+    return out or None
+
+
+@evaluator("tool_call")
+def tool_call(item: EvalInput) -> float | None:
+    """For requests that offered tools (param ``request.tools``) whose reference is the expected call:
+    ``{"name": N, "arguments": {...}}`` or a list of them. 1 if the answer made the same calls, in
+    order, with arguments equal as JSON (the gateway records a tool-call answer as
+    ``[{"name", "arguments"}]``, the arguments as the model's text), else 0 (a text answer, a wrong
+    function, wrong or unparseable arguments). A reference that is not a tool call: None."""
+    if not item.params.get("request.tools") or not item.reference:
+        return None
+    try:
+        want = _calls(json.loads(item.reference))
+    except ValueError:
+        return None
+    if want is None:
+        return None
+    try:
+        got = _calls(json.loads(item.completion))
+    except ValueError:
+        return 0.0
+    return 1.0 if got == want else 0.0
 
 
 REGEX_TIMEOUT_S = 0.05

@@ -178,7 +178,9 @@ class StreamsSettings(BaseSettings):
         description="a worker that stops heartbeating is out of the group after this "
         "(failover time); unset = faust's 60 s",
     )
-    evaluators: str = Field("number_match,json_valid,regex", description="registered evaluators to run")
+    evaluators: str = Field(
+        "number_match,json_valid,regex,tool_call", description="registered evaluators to run"
+    )
     evaluator_modules: str = Field("", description="comma-separated modules that register evaluators")
     agents: str = Field("join,metrics", description="what this worker runs: join, metrics, or both")
     batch_size: int = Field(2000, ge=1, description="events per batch of the join and of stage 1")

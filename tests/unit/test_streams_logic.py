@@ -286,6 +286,35 @@ def test_json_valid_scores_against_the_requests_real_response_format() -> None:
     assert score('{"a": 1}', {"response_format": "json"}) is None  # client metadata is not the request
 
 
+def test_tool_call_scores_the_call_made_against_the_reference_call() -> None:
+    tools = {"request.tools": json.dumps([{"type": "function", "function": {"name": "weather"}}])}
+    want = json.dumps({"name": "weather", "arguments": {"city": "Paris"}})
+
+    def score(completion: str, reference: str | None = want, params: dict[str, str] = tools) -> float | None:
+        item = rewards.EvalInput(prompt="", completion=completion, reference=reference, params=params)
+        return rewards.get("tool_call")(item)
+
+    # what the gateway records for a tool-call answer: the calls, arguments as the model's JSON text
+    assert score(json.dumps([{"name": "weather", "arguments": '{"city": "Paris"}'}])) == 1.0
+    assert score(json.dumps([{"name": "weather", "arguments": '{"city": "Rome"}'}])) == 0.0
+    assert score(json.dumps([{"name": "clock", "arguments": '{"city": "Paris"}'}])) == 0.0
+    assert score(json.dumps([{"name": "weather", "arguments": '{"city": '}])) == 0.0  # cut off
+    assert score("It is sunny in Paris.") == 0.0  # answered in text where a call was expected
+    two = json.dumps([{"name": "weather", "arguments": {"city": "Paris"}}, {"name": "clock"}])
+    assert (
+        score(
+            json.dumps(
+                [{"name": "weather", "arguments": '{"city":"Paris"}'}, {"name": "clock", "arguments": ""}]
+            ),
+            two,
+        )
+        == 1.0
+    )
+    assert score(json.dumps([{"name": "weather", "arguments": "{}"}]), reference="42") is None  # not a call
+    assert score(json.dumps([{"name": "weather", "arguments": "{}"}]), params={}) is None  # no tools offered
+    assert "tool_call" in rewards.resolve(["tool_call"])
+
+
 def test_a_catastrophic_regex_is_abandoned_not_left_to_freeze_the_worker() -> None:
     import time
 

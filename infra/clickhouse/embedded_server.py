@@ -54,8 +54,11 @@ _PROTOCOL_PARAMS = {
     "buffer_size",
     "client_protocol_version",
 }
+# INSERT INTO t [(cols)] [SETTINGS ...] FORMAT f: the SETTINGS clause goes after FROM INFILE in the
+# rewrite (ClickHouse's grammar: INSERT INTO t FROM INFILE 'f' [SETTINGS ...] FORMAT f)
 _INSERT_RE = re.compile(
-    rb"^\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*$", re.IGNORECASE | re.DOTALL
+    rb"^\s*(INSERT\s+INTO\s+.+?)(\s+SETTINGS\s+.+?)?\s+FORMAT\s+([A-Za-z0-9_]+)\s*$",
+    re.IGNORECASE | re.DOTALL,
 )
 _CODE_RE = re.compile(r"Code:\s*(\d+)")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -361,7 +364,10 @@ class Handler(BaseHTTPRequestHandler):
         if not written:
             os.unlink(path)
             raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
-        stmt_sql = f"{m.group(1).decode()} FROM INFILE {_quote_literal(path)} FORMAT {m.group(2).decode()}"
+        settings = (m.group(2) or b"").decode()
+        stmt_sql = (
+            f"{m.group(1).decode()} FROM INFILE {_quote_literal(path)}{settings} FORMAT {m.group(3).decode()}"
+        )
         return stmt_sql, path
 
 

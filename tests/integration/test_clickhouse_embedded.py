@@ -48,6 +48,22 @@ def test_compressed_inserts(stack, ch_database, compress) -> None:
     ]
 
 
+def test_an_insert_with_a_settings_clause(stack, ch_database) -> None:
+    """ClickHouse puts an insert's SETTINGS before FORMAT; the front's FROM INFILE rewrite keeps them valid."""
+    base = stack.clickhouse.url
+    c = connect(stack.clickhouse, database=ch_database)
+    c.command("CREATE TABLE st (id UInt32, s String) ENGINE=MergeTree ORDER BY id")
+    sql = f"INSERT INTO {ch_database}.st SETTINGS input_format_skip_unknown_fields = 1 FORMAT JSONEachRow"
+    body = b'{"id": 1, "s": "a", "extra": 5}\n{"id": 2, "s": "b"}\n'
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{base}/?query={urllib.parse.quote(sql)}", data=body)
+    ) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/", data=sql.encode() + b"\n" + body)) as r:
+        assert r.status == 200  # the statement on the body's first line
+    assert c.query("SELECT id, s FROM st ORDER BY id").result_rows == [(1, "a"), (1, "a"), (2, "b"), (2, "b")]
+
+
 def test_plain_http_and_formats(stack) -> None:
     base = stack.clickhouse.url
     with urllib.request.urlopen(f"{base}/?query=SELECT+1") as r:

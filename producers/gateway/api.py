@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.events import FeedbackKind
 
@@ -51,6 +51,15 @@ class ApiError(Exception):
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def invalid(exc: ValidationError) -> ApiError:
+    """A 400 naming the first field a pydantic model (ours or vLLM's) refused."""
+    first = exc.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"])
+    return ApiError(
+        400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None, code="invalid_request"
+    )
 
 
 def check_fields(data: dict[str, Any], allowed: set[str]) -> None:

@@ -34,6 +34,7 @@ from producers.gateway.api import (
     ApiError,
     FeedbackRequest,
     error_body,
+    invalid,
 )
 from producers.gateway.gateway import Gateway
 from producers.gateway.metrics import CONTENT_TYPE
@@ -175,9 +176,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise ApiError(400, f"{loc}: {first['msg']}", param=loc or None, code="invalid_request") from None
+            raise invalid(exc) from None
 
     @app.post("/v1/chat/completions", openapi_extra=_body("ChatRequest"))
     async def chat(request: Request) -> Any:

@@ -2,8 +2,9 @@
 layer, and record what was asked and answered as InferenceRequested + InferenceCompleted.
 
 The response is vLLM's, unchanged but for the usage chunk a stream did not ask for (the gateway
-always asks vLLM for it, to count tokens exactly). Events are submitted to the SDK's background
-sender when the response ends, so producing never blocks a response.
+always asks vLLM for it, to count tokens exactly). The events are built (redacted, the chat template
+rendered) and produced by the SDK's background sender when the response ends (``events.py``), so
+neither delays a response.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -32,10 +32,13 @@ from producers.gateway.api import (
     REQUEST_PREFIX,
     ApiError,
     check_fields,
+    invalid,
     rftloop_fields,
     text_of,
 )
 from producers.gateway.auth import Caller, Keys
+from producers.gateway.events import Outcome, Request, Served
+from producers.gateway.events import build as build_events
 from producers.gateway.metrics import Metrics
 from producers.gateway.request_ids import RequestIds
 from producers.gateway.router import Router, UnknownVersion
@@ -45,15 +48,11 @@ from producers.gateway.versions import VersionFollower
 from producers.sdk.logger import FeedbackClient, InferenceLogger
 from producers.sdk.redaction import Redactor
 from schemas.events import (
-    ChatMessage,
-    CompletionStatus,
     Endpoint,
-    InferenceCompleted,
-    InferenceRequested,
     ModelVersionEvent,
     VersionEventKind,
 )
-from schemas.topics import COMPLETED, REQUESTED, VERSIONS
+from schemas.topics import VERSIONS
 
 log = logging.getLogger(__name__)
 PRODUCER = "rftloop-gateway"
@@ -65,52 +64,6 @@ def trace_id(traceparent: str | None) -> str | None:
     """The trace id of a W3C ``traceparent`` header (None when absent, malformed or all zeros)."""
     m = _TRACEPARENT.match((traceparent or "").strip().lower())
     return m.group(1) if m and m.group(1) != "0" * 32 else None
-
-
-@dataclass
-class Outcome:
-    """What the user saw of one request (choice 0), filled as the response is produced."""
-
-    text: list[str] = field(default_factory=list)
-    tools: dict[int, dict[str, str]] = field(default_factory=dict)
-    finish: str | None = None
-    ttft_s: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    engine_s: float | None = None
-    error: str | None = None
-
-    def completion(self) -> str:
-        text = "".join(self.text)
-        if not text and self.tools:  # a tool call: its name and arguments are the answer
-            calls = [{"name": t["name"], "arguments": t["arguments"]} for _, t in sorted(self.tools.items())]
-            return json.dumps(calls)
-        return text
-
-    def take_metrics(self, metrics: dict[str, Any] | None) -> None:
-        """vLLM's per-request timings: engine time = scheduled -> last token (no queueing)."""
-        m = metrics or {}
-        ttft, gen = m.get("time_to_first_token_ms"), m.get("generation_time_ms")
-        if ttft is not None:
-            self.engine_s = (ttft + (gen or 0.0)) / 1000
-            if self.ttft_s is None:
-                self.ttft_s = ((m.get("queue_time_ms") or 0.0) + ttft) / 1000
-
-    def take_choice(self, choice: dict[str, Any], chat: bool) -> None:
-        piece: dict[str, Any] = (
-            (choice.get("delta") or choice.get("message") or {}) if chat else {"content": choice.get("text")}
-        )
-        if piece.get("content"):
-            self.text.append(str(piece["content"]))
-        for call in piece.get("tool_calls") or []:
-            slot = self.tools.setdefault(
-                int(call.get("index", len(self.tools))), {"name": "", "arguments": ""}
-            )
-            fn = call.get("function") or {}
-            slot["name"] += fn.get("name") or ""
-            slot["arguments"] += fn.get("arguments") or ""
-        if choice.get("finish_reason"):
-            self.finish = choice["finish_reason"]
 
 
 def _number(value: Any, default: Any, kind: type) -> Any:
@@ -272,44 +225,28 @@ class Gateway:
         try:
             vreq = self.serving.request(data, chat)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise ApiError(
-                400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None
-            ) from None
+            raise invalid(exc) from None
         except VLLMClientError as exc:  # vLLM's cross-field checks (top_logprobs without logprobs, ...)
             raise ApiError(
                 400, str(exc), param=getattr(exc, "parameter", None), code="invalid_request"
             ) from None
         params = dict(metadata)
         params.update({REQUEST_PREFIX + k: json.dumps(data[k]) for k in RECORDED if data.get(k) is not None})
-        if chat:
-            messages = [
-                ChatMessage(role=str(m.get("role", "")), content=self.redact(text_of(m.get("content"))))
-                for m in data["messages"]
-            ]
-            try:
-                prompt = self.serving.chat_prompt([{"role": m.role, "content": m.content} for m in messages])
-            except Exception:  # a template that cannot render these roles: the events keep the messages
-                prompt = "\n".join(m.content for m in messages)
-        else:
-            messages, prompt = [], self.redact(data["prompt"])
-        common: dict[str, Any] = dict(
-            producer=self.producer,
-            request_id=rid,
-            model=self.settings.served_name,
-            version=version,
-            adapter=route.adapter_path,
-            user_id=vreq.user,
-            session_id=session,
-            training_opt_out=opt_out,
-            trace_id=trace_id(traceparent),
-        )
-        requested = InferenceRequested(
-            **common,
+        request = Request(
+            common=dict(
+                producer=self.producer,
+                request_id=rid,
+                model=self.settings.served_name,
+                version=version,
+                adapter=route.adapter_path,
+                user_id=vreq.user,
+                session_id=session,
+                training_opt_out=opt_out,
+                trace_id=trace_id(traceparent),
+            ),
             endpoint=endpoint,
-            prompt=prompt,
-            messages=messages,
+            messages=data["messages"] if chat else [],
+            prompt="" if chat else data["prompt"],
             max_tokens=_number(data.get("max_completion_tokens") or data.get("max_tokens"), 0, int),
             temperature=_number(vreq.temperature, 1.0, float),
             top_p=_number(vreq.top_p, 1.0, float),
@@ -319,9 +256,9 @@ class Gateway:
         asked = Asked(
             "chat" if chat else "text_completion",
             self.settings.served_name,
-            requested.max_tokens or 0,
-            requested.temperature if requested.temperature is not None else 1.0,
-            requested.top_p if requested.top_p is not None else 1.0,
+            request.max_tokens,
+            request.temperature,
+            request.top_p,
             int(vreq.n or 1),
         )
         span = self.telemetry.start(asked, traceparent)
@@ -331,8 +268,9 @@ class Gateway:
             seconds = time.perf_counter() - t0
             engine_s = min(seconds, out.engine_s) if out.engine_s is not None else seconds
             n = out.completion_tokens
-            ok = out.error is None
-            self.metrics.served(version, endpoint.value, ok, seconds, out.ttft_s, out.prompt_tokens, n)
+            self.metrics.served(
+                version, endpoint.value, out.error is None, seconds, out.ttft_s, out.prompt_tokens, n
+            )
             self.telemetry.finish(
                 span,
                 asked,
@@ -345,23 +283,11 @@ class Gateway:
                 ttft_s=out.ttft_s,
                 error=out.error,
             )
-            done = InferenceCompleted(
-                **common,
-                status=CompletionStatus.ok if ok else CompletionStatus.error,
-                error_kind=None if ok else "engine",
-                error_message=out.error,
-                completion=self.redact(out.completion()),
-                finish_reason=out.finish,
-                latency_ms=seconds * 1000,
-                ttft_ms=out.ttft_s * 1000 if out.ttft_s is not None else None,
-                prompt_tokens=out.prompt_tokens,
-                completion_tokens=n,
-                tokens_per_s=n / seconds if n and seconds > 0 else None,
-                # engine time, not wall time: queueing and a slow SSE reader are not the version's cost
-                cost=self.cost(out.prompt_tokens, n, engine_s),
-                engine_seconds=engine_s,
+            served = Served(seconds, engine_s, self.cost(out.prompt_tokens, n, engine_s))
+            # redaction, the chat template and the events are built on the sender thread (events.py)
+            self.events.submit_built(
+                lambda: build_events(self.redact, self.serving.chat_prompt, request, out, served)
             )
-            self.events.submit_events((REQUESTED, requested), (COMPLETED, done))
 
         try:
             result = await self.serving.serve(vreq, chat)

@@ -19,7 +19,7 @@ from typing import Any
 
 from infra.settings import KafkaSettings, RegistrySettings
 from producers.sdk.redaction import Redactor
-from producers.sdk.sender import EventSender
+from producers.sdk.sender import Build, EventSender
 from schemas.events import (
     CompletionStatus,
     Endpoint,
@@ -73,8 +73,14 @@ class _Client:
         return self._sender.health()
 
     def submit_events(self, *events: tuple[TopicSpec, Event]) -> bool:
-        """Queue ready-made events (the gateway builds its own)."""
+        """Queue ready-made events."""
         return self._sender.submit(lambda: list(events))
+
+    def submit_built(self, build: Build) -> bool:
+        """Queue ``build``, called on the sender thread (the gateway builds and redacts its events
+        there, off the request path); an exception in it loses that call's events only, counted
+        in ``stats.encode_errors``."""
+        return self._sender.submit(build)
 
     def flush(self, timeout_s: float = 30) -> bool:
         return self._sender.flush(timeout_s)

@@ -6,12 +6,17 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: browser venv test test-unit test-integration reliability lint demo up down status bench lock clean
+.PHONY: browser venv test test-all test-unit test-integration reliability lint demo up down status bench lock clean
 
 venv:
 	@bash infra/scripts/ensure_venv.sh
 
+# Everything but the `slow` fault variants (they run in `make reliability` and `make test-all`),
+# to keep `make test` inside CI's 25 minutes on 2 cores.
 test: venv browser
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: venv browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: venv
@@ -20,8 +25,8 @@ test-unit: venv
 test-integration: venv
 	$(PY) -m pytest -q -m "integration or e2e" $(PYTEST_ARGS)
 
-# The fault and bad-input scenarios (also part of `make test`), with their figures written to
-# RELIABILITY.md's table.
+# The fault and bad-input scenarios (part of `make test`, the `slow` variants only here and in
+# `make test-all`), with their figures written to RELIABILITY.md's table.
 reliability: venv
 	rm -f .rftloop/reliability.jsonl && mkdir -p .rftloop
 	RFTLOOP_RELIABILITY_OUT=$(CURDIR)/.rftloop/reliability.jsonl $(PY) -m pytest -q -m reliability $(PYTEST_ARGS)

@@ -41,7 +41,11 @@ def test_a_broken_version_is_rolled_back_on_live_traffic_before_it_takes_over(
     stack: Any, unique: str, tmp_path: Path, record_figures: Any
 ) -> None:
     suffix = f"-loop{unique}"
-    env = {"RFTLOOP_GATEWAY_CANARY_SHARE": str(CANARY_SHARE), "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "0"}
+    env = {
+        "RFTLOOP_GATEWAY_CANARY_SHARE": str(CANARY_SHARE),
+        "RFTLOOP_GATEWAY_RATE_LIMIT_RPS": "0",
+        "RFTLOOP_GATEWAY_FEEDBACK_RATE_LIMIT_RPS": "0",  # the judge is under test here, not the limits
+    }
     with running_gateway(stack, tmp_path, env, suffix=suffix, extra_topics=(REWARDED, METRICS)) as gw:
         http = gw.http()
         incumbent = http.get("/healthz").json()["incumbent"]

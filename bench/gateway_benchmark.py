@@ -240,16 +240,31 @@ def gateway(ctx: Context) -> list[Result]:
         _stop(proc)
         log.close()
 
-    # -- peer 1: stock `vllm serve`, same engine arguments, same client, prompts and concurrency
+    # -- peer 1: stock `vllm serve`, same engine arguments, same client, prompts and concurrency;
+    # then the other design, the same `vllm serve` behind a pass-through proxy (bench/passthrough_proxy.py)
+    from infra.local.process import free_port
+
     proc, url, log = _start_vllm_serve(ctx)
     try:
         asyncio.run(_stream_all(url, prompts[:CONCURRENCY]))  # warm-up
         bare_wall, bare_tokens, _ = asyncio.run(_stream_all(url, prompts))
+        port = free_port()
+        proxy_cmd = [sys.executable, "-m", "bench.passthrough_proxy", "--upstream", url, "--port", str(port)]
+        proxy, proxy_url, proxy_log = _spawn(
+            ctx, proxy_cmd, dict(os.environ), "proxy.log", port, "/v1/models"
+        )
+        try:
+            asyncio.run(_stream_all(proxy_url, prompts[:CONCURRENCY]))  # warm-up
+            proxy_wall, _, _ = asyncio.run(_stream_all(proxy_url, prompts))
+        finally:
+            _stop(proxy)
+            proxy_log.close()
     finally:
         _stop(proc)
         log.close()
-    bare_rps = REQUESTS / bare_wall
+    bare_rps, proxy_rps = REQUESTS / bare_wall, REQUESTS / proxy_wall
     print(f"bench: vllm serve {bare_rps:.2f} req/s, {bare_tokens / bare_wall:.1f} tok/s", flush=True)
+    print(f"bench: vllm serve behind a pass-through proxy {proxy_rps:.2f} req/s", flush=True)
     path = str(prepare_smollm2(ctx.stack["local"].cache_dir))
 
     # -- peer 2: transformers generate, one request at a time (a naive server), 8 of the prompts
@@ -288,6 +303,18 @@ def gateway(ctx: Context) -> list[Result]:
             method=method + f"; the same streaming HTTP client (include_usage) against each: ours = the "
             f"gateway ({gw_tps:.1f} tok/s), peer = `python -m vllm.entrypoints.openai.api_server` "
             f"({bare_tokens / bare_wall:.1f} tok/s), one after the other in this run",
+        ),
+        Result(
+            name="gateway.proxy_design_vs_bare_vllm",
+            value=proxy_rps,
+            unit="completions/s",
+            peer="vLLM's own OpenAI server alone (the same run's peer above)",
+            peer_value=bare_rps,
+            goal="(reported: the design not chosen)",
+            method=method + "; the same client against `vllm serve` behind bench/passthrough_proxy.py "
+            "(forwards and streams back, nothing else: a lower bound on the router-in-front design's "
+            f"cost), right after the bare run; the in-process gateway did {gw_rps:.2f} completions/s in "
+            "this run",
         ),
         Result(
             name="gateway.vs_hf_generate",

@@ -47,4 +47,4 @@ def test_every_migration_has_a_cluster_form_that_parses_with_the_same_columns(st
                 drops += 1
             else:
                 views += 1
-    assert tables == 8 and views == 5 and alters == 7 and drops == 1
+    assert tables == 9 and views == 5 and alters == 7 and drops == 1

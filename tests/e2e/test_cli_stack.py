@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from infra.local.process import free_port
+from schemas.topics import ALL_TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,12 +46,13 @@ def test_up_status_down_round_trip(tmp_path: Path) -> None:
     try:
         up = _rftloop(env, "up")
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "topics: 14 created" in up.stdout
+        topics = 2 * len(ALL_TOPICS)  # each event topic and its dead-letter topic
+        assert f"topics: {topics} created" in up.stdout
         assert "schema llm.inference.completed-value: registered" in up.stdout
 
         again = _rftloop(env, "up")  # a second up is harmless
         assert again.returncode == 0, again.stderr
-        assert "already running" in again.stdout and "topics: 0 created, 14 ok" in again.stdout
+        assert "already running" in again.stdout and f"topics: 0 created, {topics} ok" in again.stdout
         assert "unchanged" in again.stdout
 
         st = _rftloop(env, "status", "--json")

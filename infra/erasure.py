@@ -30,6 +30,7 @@ topic's ``retention.ms`` plus ``segment.ms``, the longest a segment can stay ope
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Callable
@@ -295,7 +296,13 @@ def forget(
                 parameters=p_ids,
                 settings={"mutations_sync": 2},
             )
-    for e in marks + retires:
+    decisions = marks + retires
+    for earlier, after in itertools.pairwise(decisions):
+        # strictly later, so a reader that orders by time (the version_state view's argMax) agrees
+        # with the topic's order: built in the same millisecond, `tainted` and `rolled_back` tied
+        if after.occurred_at <= earlier.occurred_at:
+            after.occurred_at = earlier.occurred_at + timedelta(milliseconds=1)
+    for e in decisions:
         say(f"{'marking' if e.kind == VersionEventKind.tainted else 'rolling back'} {e.version}")
         _publish(kafka, registry, VERSIONS, topic_suffix, e)
     _publish(kafka, registry, ERASURES, topic_suffix, event)

@@ -155,11 +155,26 @@ class TransactionalProducer(TrackedProducer):
 
     def commit(self, offsets: list[TopicPartition], group: Any, timeout_s: float = 60) -> None:
         """Commit the records produced since ``begin`` and the input ``offsets`` as one transaction."""
-        retrying(lambda: self._p.send_offsets_to_transaction(offsets, group, timeout_s), timeout_s)
+        if offsets:
+            retrying(lambda: self._p.send_offsets_to_transaction(offsets, group, timeout_s), timeout_s)
         retrying(lambda: self._p.commit_transaction(timeout_s), timeout_s)
 
     def abort(self, timeout_s: float = 60) -> None:
         self._p.abort_transaction(timeout_s)
+
+    def fatal_cause(self, err: KafkaError) -> KafkaError:
+        """What put the producer in its fatal state. A call made in that state (produce) fails with
+        only ``_FATAL``; librdkafka keeps the cause (a fence, say) and answers any transaction call
+        with it, so one is made to read it. ``err`` itself when it already names a cause."""
+        if err.code() != KafkaError._FATAL:
+            return err
+        try:
+            self._p.begin_transaction()
+        except KafkaException as exc:
+            cause = exc.args[0]
+            return cause if isinstance(cause, KafkaError) and cause.fatal() else err
+        self._p.abort_transaction(5)  # not fatal after all: leave no transaction open
+        return err
 
 
 def retrying(call: Callable[[], None], within_s: float) -> None:

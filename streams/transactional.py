@@ -14,6 +14,7 @@ comes back has its open batch aborted by the broker after ``RFTLOOP_STREAMS_TRAN
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import socket
@@ -37,6 +38,26 @@ _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PR
 
 class WorkerFenced(RuntimeError):
     """Another worker started with this worker's transactional id and took over its batches."""
+
+
+def fenced(err: KafkaError | None, p: TransactionalProducer | None) -> bool:
+    """Whether ``err`` says that a newer producer took this transactional id (asking the producer
+    for the cause behind a bare ``_FATAL``). Such a producer must never be replaced under the same
+    id: the replacement would fence the newer worker in turn, and the two would take the id from
+    each other (a livelock CI saw as no windows at all)."""
+    if err is None:
+        return False
+    if p is not None and err.code() == KafkaError._FATAL:
+        with contextlib.suppress(KafkaException):  # the producer could not say: judge by err alone
+            err = p.fatal_cause(err)
+    return err.code() in _FENCED
+
+
+def _fenced_error(transactional_id: str) -> WorkerFenced:
+    return WorkerFenced(
+        f"transactional id {transactional_id} was taken over by a newer worker: "
+        "give each worker its own RFTLOOP_STREAMS_INSTANCE_ID (or data dir)"
+    )
 
 
 def instance_id(settings: StreamsSettings) -> str:
@@ -139,6 +160,7 @@ class TransactionalStage:
         restarts = 0
         while not stop.is_set():
             committed_before = self.committed_batches
+            p: TransactionalProducer | None = None
             try:
                 p = transactional_producer(
                     self.kafka, self.transactional_id, self.settings.transaction_timeout_s
@@ -147,6 +169,8 @@ class TransactionalStage:
                 self._consume(p, stop)
             except KafkaException as exc:
                 err = kafka_error(exc)
+                if fenced(err if isinstance(err, KafkaError) else None, p):
+                    raise _fenced_error(self.transactional_id) from exc
                 if self.committed_batches > committed_before:
                     restarts = 0
                 self.aborted()
@@ -220,11 +244,8 @@ class TransactionalStage:
             p.commit(next_offsets(batch), c.consumer_group_metadata(), timeout_s=step_s)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            if err.code() in _FENCED:
-                raise WorkerFenced(
-                    f"transactional id {self.transactional_id} was taken over by a newer worker: "
-                    "give each worker its own RFTLOOP_STREAMS_INSTANCE_ID (or data dir)"
-                ) from exc
+            if fenced(err, p):
+                raise _fenced_error(self.transactional_id) from exc
             if err.fatal() or not err.txn_requires_abort():
                 raise
             log.warning("%s: batch of %d aborted, processing it again: %s", self.name, len(batch), err)

@@ -77,3 +77,34 @@ def test_a_reader_of_model_versions_starts_on_a_topic_that_does_not_exist_yet(st
     fold = read_fold(stack.kafka, stack.registry, f"-nobody{unique}")
     assert fold.incumbent("m") == "base" and not fold.canaries()
     assert time.monotonic() - t0 < 30
+
+
+def test_a_fenced_transactional_producer_is_known_as_fenced_whichever_call_fails(
+    stack, new_topic, unique
+) -> None:
+    """Two producers with one transactional id: the newer fences the older. Whatever call of the
+    older fails (a produce after the fence says only _FATAL), the stage must see a fence, not a
+    fault to repair by replacing the producer, which would fence the newer one in turn."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from infra.kafka import transactional_producer
+    from streams.transactional import fenced
+
+    topic = new_topic(partitions=1)
+    old = transactional_producer(stack.kafka, f"tx-{unique}")
+    old.begin()
+    old.produce(topic, b"first", key="k")
+    assert old.flush(10) == 0
+    newer = transactional_producer(stack.kafka, f"tx-{unique}")  # init_transactions fences the older
+    failures: list[KafkaError] = []
+    for call in (lambda: old.commit([], None, timeout_s=5), lambda: old.produce(topic, b"late", key="k")):
+        try:
+            call()
+        except KafkaException as exc:
+            failures.append(exc.args[0])
+    assert len(failures) == 2, f"the fenced producer still works: {failures}"
+    assert all(fenced(err, old) for err in failures), failures
+    assert not fenced(KafkaError(KafkaError._TIMED_OUT), old)
+    newer.begin()  # the newer one was not disturbed
+    newer.produce(topic, b"second", key="k")
+    newer.commit([], None, timeout_s=10)

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from infra import registry as registry_mod
 from infra.clickhouse.client import connect
@@ -49,8 +48,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
 
 
-def _partitions(a: AdminClient, topic: str) -> dict[int, Any]:
-    return dict(a.list_topics(topic, timeout=10).topics[topic].partitions)
+def _partitions(stack: Stack, topic: str, within_s: float = 60) -> dict[int, Any]:
+    """The topic's partitions (leader, replicas, ISR) as the cluster reports them now. A fresh admin
+    client per try, retried while a metadata request times out: one that still waits on the killed
+    broker failed with _TIMED_OUT on a loaded CI machine (the cluster itself was fine)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return dict(admin(stack.kafka).list_topics(topic, timeout=10).topics[topic].partitions)
+        except KafkaException:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _coordinator(stack: Stack, group: str, timeout_s: float = 60) -> int | None:
@@ -69,9 +78,17 @@ def _coordinator(stack: Stack, group: str, timeout_s: float = 60) -> int | None:
     return None
 
 
-def _committed_lag(stack: Stack, group: str, topic: str) -> int:
+def _committed_lag(stack: Stack, group: str, topic: str) -> int | None:
+    """Records of ``topic`` the group has not committed yet (None: the cluster did not answer in time)."""
+    try:
+        return _lag(stack, group, topic)
+    except KafkaException:
+        return None
+
+
+def _lag(stack: Stack, group: str, topic: str) -> int:
     a = admin(stack.kafka)
-    parts = [TopicPartition(topic, p) for p in _partitions(a, topic)]
+    parts = [TopicPartition(topic, p) for p in _partitions(stack, topic)]
     committed = a.list_consumer_group_offsets(
         [ConsumerGroupTopicPartitions(group, parts)], request_timeout=10
     )[group].result()
@@ -90,8 +107,7 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
     cluster: Stack, tmp_path: Path, record_figures: Any, request: pytest.FixtureRequest
 ) -> None:
     topic = COMPLETED.name
-    a = admin(cluster.kafka)
-    for p in _partitions(a, topic).values():
+    for p in _partitions(cluster, topic).values():
         assert len(p.replicas) == 3 and len(p.isrs) == 3, p
     env = {**os.environ, **cluster.env(), "RFTLOOP_CLICKHOUSE_DATABASE": "cluster"}
     sink_cmd = [sys.executable, "-m", "cli.main", "sink", "--group", GROUP, "--batch-seconds", "0.5"]
@@ -143,14 +159,14 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
     try:
         victim = _coordinator(cluster, GROUP)  # the sink group's coordinator: its leaders and the group move
         assert victim is not None, (tmp_path / "sink.log").read_text(errors="replace")[-3000:]
-        led = [p.id for p in _partitions(a, topic).values() if p.leader == victim]
+        led = [p.id for p in _partitions(cluster, topic).values() if p.leader == victim]
         broker = services.kafka(cluster.local, victim)
         time.sleep(3)
         broker.kill()
         down_at = time.time()
         moved_s = None
         while time.time() - down_at < 30:
-            parts = _partitions(a, topic)
+            parts = _partitions(cluster, topic)
             if all(p.leader not in (victim, -1) for p in parts.values()):
                 moved_s = time.time() - down_at
                 break
@@ -160,7 +176,7 @@ def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
         broker.start()  # returns when the broker answers and is registered again
         caught_up_s = None
         while time.time() - up_at < 90:
-            if all(len(p.isrs) == 3 for p in _partitions(a, topic).values()):
+            if all(len(p.isrs) == 3 for p in _partitions(cluster, topic).values()):
                 caught_up_s = time.time() - up_at
                 break
             time.sleep(0.2)

@@ -344,8 +344,14 @@ def test_a_second_worker_with_the_same_instance_id_stops_the_first(
             assert a.wait(90) != 0, "the fenced worker kept running"
             assert "RFTLOOP_STREAMS_INSTANCE_ID" in log_a.read_text(errors="replace")
             mtopic, mserde = streams_topics[METRICS.name]
-            windows = windows_until(stack, mtopic.name, mserde, {"v1": 300}, timeout_s=90)
-            assert b.poll() is None
+            try:
+                windows = windows_until(stack, mtopic.name, mserde, {"v1": 300}, timeout_s=120)
+            except AssertionError as exc:
+                tail = "\n".join(log_b.read_text(errors="replace").splitlines()[-40:])
+                raise AssertionError(
+                    f"{exc}; worker B ({'running' if b.poll() is None else b.poll()}):\n{tail}"
+                ) from exc
+            assert b.poll() is None, "the newer worker stopped too"
     assert sum(w.requests for w in windows if w.window_kind == "tumbling") == 300
 
 

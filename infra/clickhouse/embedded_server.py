@@ -10,6 +10,13 @@ client speak: GET/POST with ``query=``, ``database=``, ``default_format=``,
 through a temp file, never through a decoded SQL string), ``/ping``, and errors
 as ``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``.
 
+One table must not brick the engine. chdb cannot run the Kafka table engine (it has no server
+to run the engine's background consumers: ``CREATE`` fails with ``Shutdown was called`` but leaves
+the table's metadata behind, and every later start fails). So the front refuses that DDL before it
+reaches the engine, and a table that fails to load at startup is detached the way ClickHouse's own
+``DETACH TABLE ... PERMANENTLY`` does (its metadata file renamed to ``.sql.detached``), recorded in
+``detached_tables.json`` in the data dir (``rftloop status`` shows it) and the engine started again.
+
 Run it with ``python -m infra.clickhouse.embedded_server --path DIR --port N``.
 """
 
@@ -75,6 +82,14 @@ _STATUS_BY_CODE = {
     516: 401,  # AUTHENTICATION_FAILED
 }
 _MAX_BODY = 1 << 31
+# CREATE / ATTACH of a table on an engine chdb cannot run (see the module doc)
+_UNRUNNABLE_ENGINE = re.compile(
+    r"^\s*(?:CREATE|ATTACH)\b[^;]*?\bTABLE\b[^;]*?\bENGINE\s*=\s*(Kafka)\b", re.IGNORECASE | re.DOTALL
+)
+# what chdb prints (to stderr, not in the exception) when a table fails to load at startup
+_LOAD_FAILED = re.compile(r"Load job 'startup table ([^'.]+)\.([^']+)' failed: (.+?)(?:,\. \(ASYNC_LOAD|\n|$)")
+DETACHED_REPORT = "detached_tables.json"
+_MAX_DETACHED = 20
 
 
 class QueryFailed(Exception):
@@ -87,10 +102,8 @@ class Engine:
     """One chdb session; queries are serialized (chdb is one engine per process)."""
 
     def __init__(self, path: str) -> None:
-        from chdb import session
-
         os.makedirs(path, exist_ok=True)
-        self._session = session.Session(path)
+        self._session = _open_session(path)
         self._lock = threading.Lock()
         self.version = self._run("SELECT version()", "TabSeparated").decode().strip()
         self.tmpdir = tempfile.mkdtemp(prefix="rftloop-ch-", dir=_fast_tmp())
@@ -118,6 +131,15 @@ class Engine:
         params: dict[str, str],
         settings: dict[str, str],
     ) -> tuple[bytes, dict[str, Any]]:
+        refused = _UNRUNNABLE_ENGINE.match(sql)
+        if refused:
+            raise QueryFailed(
+                48,  # NOT_IMPLEMENTED
+                f"Code: 48. DB::Exception: the {refused.group(1)} table engine cannot run in the embedded "
+                "ClickHouse (chdb runs no background consumers; the table would stop the next start). "
+                "Ingest with `rftloop sink`, or point RFTLOOP_CLICKHOUSE_URL at a ClickHouse server. "
+                "(NOT_IMPLEMENTED)",
+            )
         with self._lock:
             started = time.perf_counter()
             if database:
@@ -138,6 +160,81 @@ class Engine:
                     self._run("USE default", "TabSeparated")
             elapsed = time.perf_counter() - started
         return out, {"elapsed_ns": str(int(elapsed * 1e9))}
+
+
+def _open_session(path: str) -> Any:
+    """A chdb session on ``path``; a table that fails to load is detached (and recorded) and the
+    session opened again, so one broken table never keeps the engine from starting."""
+    from chdb import session
+
+    for _ in range(_MAX_DETACHED):
+        with tempfile.TemporaryFile() as captured:
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)  # chdb names the failing table on stderr only
+            try:
+                return session.Session(path)
+            except Exception as exc:
+                failure = exc
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                printed = captured.read().decode(errors="replace")
+                if printed:
+                    os.write(2, printed.encode())
+        m = _LOAD_FAILED.search(printed)
+        if m is None:
+            raise RuntimeError(f"{failure}; {printed.strip()[-500:]}") from failure
+        detach_broken(path, m.group(1), m.group(2), m.group(3).strip())
+    raise RuntimeError(f"more than {_MAX_DETACHED} tables failed to load from {path}")
+
+
+def _file_name(name: str) -> str:
+    """ClickHouse's escapeForFileName: every byte but [A-Za-z0-9_] as %XX."""
+    return "".join(
+        chr(b) if chr(b).isascii() and (chr(b).isalnum() or b == 0x5F) else f"%{b:02X}" for b in name.encode()
+    )
+
+
+def detach_broken(path: str, database: str, table: str, reason: str) -> None:
+    """Detach ``database.table`` permanently (ClickHouse's ``.sql.detached``) and record why."""
+    meta = os.path.join(path, "metadata", _file_name(database), f"{_file_name(table)}.sql")
+    if not os.path.exists(meta):
+        raise RuntimeError(f"table {database}.{table} failed to load ({reason}), and {meta} is not there")
+    os.replace(meta, meta + ".detached")
+    report = os.path.join(path, DETACHED_REPORT)
+    entries = detached_tables(path)
+    entries.append(
+        {
+            "table": f"{database}.{table}",
+            "reason": reason,
+            "detached_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "metadata": meta + ".detached",
+        }
+    )
+    with open(report + ".tmp", "w") as f:
+        json.dump(entries, f, indent=1)
+    os.replace(report + ".tmp", report)
+    log.error(
+        "table %s.%s failed to load (%s): detached (its metadata is now %s.detached; fix the cause, "
+        "then ATTACH TABLE %s.%s)",
+        database,
+        table,
+        reason,
+        meta,
+        database,
+        table,
+    )
+
+
+def detached_tables(path: str) -> list[dict[str, str]]:
+    """What the engine detached at startup in data dir ``path`` (still detached ones only)."""
+    try:
+        with open(os.path.join(path, DETACHED_REPORT)) as f:
+            entries: list[dict[str, str]] = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [e for e in entries if os.path.exists(e.get("metadata", ""))]
 
 
 def _fast_tmp() -> str | None:

@@ -93,6 +93,7 @@ class ManagedProcess:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     start_timeout_s: float = 120.0
+    notes: Callable[[], str | None] = lambda: None  # what status adds while it runs (a warning)
 
     @property
     def pid_file(self) -> Path:
@@ -119,7 +120,8 @@ class ManagedProcess:
         reason = self.probe()
         if reason:
             return False, f"pid {pid} running but not answering on port {self.port}: {reason}"
-        return True, f"pid {pid}, port {self.port}"
+        note = self.notes()
+        return True, f"pid {pid}, port {self.port}" + (f"; {note}" if note else "")
 
     def start(self, on_progress: Callable[[str], None] = lambda _m: None, wait: bool = True) -> str:
         """Start unless already running; wait until the probe answers (unless ``wait`` is False:

@@ -317,7 +317,19 @@ def clickhouse(settings: LocalStackSettings) -> ManagedProcess:
         port=port,
         port_setting="RFTLOOP_LOCAL_CLICKHOUSE_PORT",
         probe=lambda: _http_probe(f"http://127.0.0.1:{port}/ping", b"Ok."),
+        notes=lambda: _detached_note(state / "data" / "clickhouse"),
     )
+
+
+def _detached_note(path: Path) -> str | None:
+    """The tables the embedded ClickHouse detached at startup because they failed to load."""
+    from infra.clickhouse.embedded_server import detached_tables
+
+    entries = detached_tables(str(path))
+    if not entries:
+        return None
+    listed = "; ".join(f"{e['table']} ({e['reason'][:120]})" for e in entries)
+    return f"DETACHED {len(entries)} table(s) that failed to load: {listed}; fix, then ATTACH TABLE"
 
 
 def all_services(settings: LocalStackSettings) -> list[ManagedProcess]:

@@ -122,3 +122,70 @@ def test_tables_keep_rows_only_as_long_as_their_topics_keep_events(stack, ch_dat
     assert left == [("new",)]
     migrate(c, ch_database, ttls={"inference_requested": 0})  # keep forever: the TTL is removed
     assert " TTL " not in str(c.command(f"SHOW CREATE TABLE {ch_database}.inference_requested"))
+
+
+KAFKA_TABLE = (
+    "CREATE TABLE kq (x String) ENGINE = Kafka SETTINGS kafka_broker_list = '127.0.0.1:1', "
+    "kafka_topic_list = 't', kafka_group_name = 'g', kafka_format = 'JSONEachRow'"
+)
+
+
+def test_a_kafka_engine_table_is_refused_and_leaves_nothing_behind(stack, ch_database) -> None:
+    """chdb cannot run the Kafka engine; once, such a CREATE failed but left metadata that stopped
+    every later start. The front refuses it, naming what to use instead."""
+    c = connect(stack.clickhouse, database=ch_database)
+    with pytest.raises(DatabaseError) as refused:
+        c.command(KAFKA_TABLE)
+    assert "Code: 48" in str(refused.value) and "cannot run in the embedded" in str(refused.value)
+    assert "RFTLOOP_CLICKHOUSE_URL" in str(refused.value)
+    req = urllib.request.Request(f"{stack.clickhouse.url}/?database={ch_database}", data=KAFKA_TABLE.encode())
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(req)
+    assert http.value.code == 501 and http.value.headers["X-ClickHouse-Exception-Code"] == "48"
+    assert c.query("SELECT count() FROM system.tables WHERE database = currentDatabase()").result_rows == [
+        (0,)
+    ]
+
+
+def test_a_table_that_fails_to_load_is_detached_and_the_server_starts(tmp_path) -> None:
+    """A Kafka table made behind the front's back (chdb directly) fails to load at every start; the
+    server detaches it (ClickHouse's .sql.detached), keeps the other tables, and status says so."""
+    import subprocess
+    import sys
+
+    from infra.local import services
+    from infra.local.process import free_port
+    from infra.settings import ClickHouseSettings, LocalStackSettings
+
+    data = tmp_path / "data" / "clickhouse"
+    make = (
+        "import sys\nfrom chdb import session\ns = session.Session(sys.argv[1])\n"
+        "s.query('CREATE TABLE ok (x Int32) ENGINE = MergeTree ORDER BY x')\n"
+        "s.query('INSERT INTO ok VALUES (1), (2)')\n"
+        "try:\n    s.query(sys.argv[2])\nexcept Exception as exc:\n    print(exc)\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", make, str(data), KAFKA_TABLE], capture_output=True, text=True
+    )
+    assert "Shutdown was called" in made.stdout, made  # what chdb does with it: fails, leaves metadata
+    assert (data / "metadata" / "default" / "kq.sql").exists()
+    settings = LocalStackSettings(
+        state_dir=tmp_path,
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        registry_port=free_port(),
+        clickhouse_port=free_port(),
+    )
+    ch = services.clickhouse(settings)
+    try:
+        assert ch.start() != ""
+        healthy, detail = ch.status()
+        assert healthy and "DETACHED 1 table(s)" in detail and "default.kq" in detail, detail
+        c = connect(
+            ClickHouseSettings(url=f"http://127.0.0.1:{settings.clickhouse_port}"), database="default"
+        )
+        assert c.query("SELECT count() FROM ok").result_rows == [(2,)]
+        assert (data / "metadata" / "default" / "kq.sql.detached").exists()
+        assert c.query("SELECT count() FROM system.tables WHERE name = 'kq'").result_rows == [(0,)]
+    finally:
+        ch.stop()

@@ -10,12 +10,7 @@ client speak: GET/POST with ``query=``, ``database=``, ``default_format=``,
 through a temp file, never through a decoded SQL string), ``/ping``, and errors
 as ``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``.
 
-One table must not brick the engine. chdb cannot run the Kafka table engine (it has no server
-to run the engine's background consumers: ``CREATE`` fails with ``Shutdown was called`` but leaves
-the table's metadata behind, and every later start fails). So the front refuses that DDL before it
-reaches the engine, and a table that fails to load at startup is detached the way ClickHouse's own
-``DETACH TABLE ... PERMANENTLY`` does (its metadata file renamed to ``.sql.detached``), recorded in
-``detached_tables.json`` in the data dir (``rftloop status`` shows it) and the engine started again.
+The engine, its session pool and what it refuses are in ``embedded_engine``.
 
 Run it with ``python -m infra.clickhouse.embedded_server --path DIR --port N``.
 """
@@ -31,12 +26,13 @@ import re
 import signal
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from infra.clickhouse.embedded_engine import Engine, QueryFailed, quote_literal
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +63,7 @@ _INSERT_RE = re.compile(
     rb"^\s*(INSERT\s+INTO\s+.+?)(\s+SETTINGS\s+.+?)?\s+FORMAT\s+([A-Za-z0-9_]+)\s*$",
     re.IGNORECASE | re.DOTALL,
 )
-_CODE_RE = re.compile(r"Code:\s*(\d+)")
+_INPUT_RE = re.compile(r"\binput\s*\(", re.IGNORECASE)  # the input() table function: the request body
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ClickHouse returns 4xx for errors that are the caller's fault.
 _STATUS_BY_CODE = {
@@ -80,173 +76,10 @@ _STATUS_BY_CODE = {
     60: 404,  # UNKNOWN_TABLE
     81: 404,  # UNKNOWN_DATABASE
     516: 401,  # AUTHENTICATION_FAILED
+    373: 409,  # SESSION_IS_LOCKED
+    48: 501,  # NOT_IMPLEMENTED
 }
 _MAX_BODY = 1 << 31
-# CREATE / ATTACH of a table on an engine chdb cannot run (see the module doc)
-_UNRUNNABLE_ENGINE = re.compile(
-    r"^\s*(?:CREATE|ATTACH)\b[^;]*?\bTABLE\b[^;]*?\bENGINE\s*=\s*(Kafka)\b", re.IGNORECASE | re.DOTALL
-)
-# what chdb prints (to stderr, not in the exception) when a table fails to load at startup
-_LOAD_FAILED = re.compile(r"Load job 'startup table ([^'.]+)\.([^']+)' failed: (.+?)(?:,\. \(ASYNC_LOAD|\n|$)")
-DETACHED_REPORT = "detached_tables.json"
-_MAX_DETACHED = 20
-
-
-class QueryFailed(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Engine:
-    """One chdb session; queries are serialized (chdb is one engine per process)."""
-
-    def __init__(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-        self._session = _open_session(path)
-        self._lock = threading.Lock()
-        self.version = self._run("SELECT version()", "TabSeparated").decode().strip()
-        self.tmpdir = tempfile.mkdtemp(prefix="rftloop-ch-", dir=_fast_tmp())
-
-    def _run(self, sql: str, fmt: str, params: dict[str, str] | None = None) -> bytes:
-        try:
-            res = self._session.query(sql, fmt, params=params or None)
-        except Exception as exc:  # chdb raises ChdbError / RuntimeError with the ClickHouse text
-            msg = str(exc)
-            m = _CODE_RE.search(msg)
-            raise QueryFailed(int(m.group(1)) if m else 1001, msg) from exc
-        if res is None:
-            return b""
-        if res.has_error():
-            msg = res.error_message()
-            m = _CODE_RE.search(msg)
-            raise QueryFailed(int(m.group(1)) if m else 1001, msg)
-        return res.bytes()
-
-    def execute(
-        self,
-        sql: str,
-        fmt: str,
-        database: str | None,
-        params: dict[str, str],
-        settings: dict[str, str],
-    ) -> tuple[bytes, dict[str, Any]]:
-        refused = _UNRUNNABLE_ENGINE.match(sql)
-        if refused:
-            raise QueryFailed(
-                48,  # NOT_IMPLEMENTED
-                f"Code: 48. DB::Exception: the {refused.group(1)} table engine cannot run in the embedded "
-                "ClickHouse (chdb runs no background consumers; the table would stop the next start). "
-                "Ingest with `rftloop sink`, or point RFTLOOP_CLICKHOUSE_URL at a ClickHouse server. "
-                "(NOT_IMPLEMENTED)",
-            )
-        with self._lock:
-            started = time.perf_counter()
-            if database:
-                self._run(f"USE {_quote_ident(database)}", "TabSeparated")
-            applied = []
-            try:
-                for name, value in settings.items():
-                    self._run(f"SET {name} = {_quote_literal(value)}", "TabSeparated")
-                    applied.append(name)
-                out = self._run(sql, fmt, params)
-            finally:
-                for name in applied:
-                    try:
-                        self._run(f"SET {name} = DEFAULT", "TabSeparated")
-                    except QueryFailed:
-                        log.warning("could not reset setting %s", name)
-                if database:
-                    self._run("USE default", "TabSeparated")
-            elapsed = time.perf_counter() - started
-        return out, {"elapsed_ns": str(int(elapsed * 1e9))}
-
-
-def _open_session(path: str) -> Any:
-    """A chdb session on ``path``; a table that fails to load is detached (and recorded) and the
-    session opened again, so one broken table never keeps the engine from starting."""
-    from chdb import session
-
-    for _ in range(_MAX_DETACHED):
-        with tempfile.TemporaryFile() as captured:
-            saved = os.dup(2)
-            os.dup2(captured.fileno(), 2)  # chdb names the failing table on stderr only
-            try:
-                return session.Session(path)
-            except Exception as exc:
-                failure = exc
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                captured.seek(0)
-                printed = captured.read().decode(errors="replace")
-                if printed:
-                    os.write(2, printed.encode())
-        m = _LOAD_FAILED.search(printed)
-        if m is None:
-            raise RuntimeError(f"{failure}; {printed.strip()[-500:]}") from failure
-        detach_broken(path, m.group(1), m.group(2), m.group(3).strip())
-    raise RuntimeError(f"more than {_MAX_DETACHED} tables failed to load from {path}")
-
-
-def _file_name(name: str) -> str:
-    """ClickHouse's escapeForFileName: every byte but [A-Za-z0-9_] as %XX."""
-    return "".join(
-        chr(b) if chr(b).isascii() and (chr(b).isalnum() or b == 0x5F) else f"%{b:02X}" for b in name.encode()
-    )
-
-
-def detach_broken(path: str, database: str, table: str, reason: str) -> None:
-    """Detach ``database.table`` permanently (ClickHouse's ``.sql.detached``) and record why."""
-    meta = os.path.join(path, "metadata", _file_name(database), f"{_file_name(table)}.sql")
-    if not os.path.exists(meta):
-        raise RuntimeError(f"table {database}.{table} failed to load ({reason}), and {meta} is not there")
-    os.replace(meta, meta + ".detached")
-    report = os.path.join(path, DETACHED_REPORT)
-    entries = detached_tables(path)
-    entries.append(
-        {
-            "table": f"{database}.{table}",
-            "reason": reason,
-            "detached_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "metadata": meta + ".detached",
-        }
-    )
-    with open(report + ".tmp", "w") as f:
-        json.dump(entries, f, indent=1)
-    os.replace(report + ".tmp", report)
-    log.error(
-        "table %s.%s failed to load (%s): detached (its metadata is now %s.detached; fix the cause, "
-        "then ATTACH TABLE %s.%s)",
-        database,
-        table,
-        reason,
-        meta,
-        database,
-        table,
-    )
-
-
-def detached_tables(path: str) -> list[dict[str, str]]:
-    """What the engine detached at startup in data dir ``path`` (still detached ones only)."""
-    try:
-        with open(os.path.join(path, DETACHED_REPORT)) as f:
-            entries: list[dict[str, str]] = json.load(f)
-    except (OSError, ValueError):
-        return []
-    return [e for e in entries if os.path.exists(e.get("metadata", ""))]
-
-
-def _fast_tmp() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
-def _quote_ident(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def _quote_literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _decompress(data: bytes, encoding: str) -> bytes:
@@ -394,7 +227,15 @@ class Handler(BaseHTTPRequestHandler):
                 if k not in _PROTOCOL_PARAMS and not k.startswith("param_") and _SETTING_NAME.match(k)
             }
             try:
-                out, summary = self.engine.execute(sql, fmt, params.get("database"), qparams, settings)
+                out, summary = self.engine.execute(
+                    sql,
+                    fmt,
+                    params.get("database"),
+                    qparams,
+                    settings,
+                    params.get("session_id") or None,
+                    float(params.get("session_timeout") or 60),
+                )
             finally:
                 if infile:
                     os.unlink(infile)
@@ -462,10 +303,12 @@ class Handler(BaseHTTPRequestHandler):
             os.unlink(path)
             raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
         settings = (m.group(2) or b"").decode()
-        stmt_sql = (
-            f"{m.group(1).decode()} FROM INFILE {_quote_literal(path)}{settings} FORMAT {m.group(3).decode()}"
-        )
-        return stmt_sql, path
+        head_sql, fmt = m.group(1).decode(), m.group(3).decode()
+        if _INPUT_RE.search(head_sql):  # INSERT ... SELECT ... FROM input('structure'): the data is a file
+            source = f"file({quote_literal(path)}, {quote_literal(fmt)}, "
+            stmt_sql = _INPUT_RE.sub(lambda _m: source, head_sql, count=1)
+            return stmt_sql + settings, path
+        return f"{head_sql} FROM INFILE {quote_literal(path)}{settings} FORMAT {fmt}", path
 
 
 def serve(path: str, host: str, port: int, password: str = "") -> None:

@@ -189,3 +189,50 @@ def test_a_table_that_fails_to_load_is_detached_and_the_server_starts(tmp_path) 
         assert c.query("SELECT count() FROM system.tables WHERE name = 'kq'").result_rows == [(0,)]
     finally:
         ch.stop()
+
+
+def test_reads_and_inserts_do_not_wait_behind_a_running_query(stack, ch_database) -> None:
+    """Requests borrow sessions from a pool: while one query runs (3 s of sleepEachRow), another
+    client inserts and reads, and both finish before it does (one lock once queued them)."""
+    import threading
+
+    c = connect(stack.clickhouse, database=ch_database)
+    c.command("CREATE TABLE busy (id UInt32) ENGINE = MergeTree ORDER BY id")
+    running, finished = threading.Event(), threading.Event()
+
+    def long_query() -> None:
+        slow = connect(stack.clickhouse, database=ch_database)
+        running.set()
+        slow.query("SELECT sleepEachRow(1) FROM numbers(3) SETTINGS max_block_size = 1")
+        finished.set()
+
+    t = threading.Thread(target=long_query)
+    t.start()
+    try:
+        running.wait(10)
+        c.query("SELECT 1")  # the long query has been sent by now or is about to be
+        c.insert("busy", [(i,) for i in range(100)], column_names=["id"])
+        assert c.query("SELECT count() FROM busy").result_rows == [(100,)]
+        done_first = not finished.is_set()
+    finally:
+        t.join(30)
+    assert finished.is_set()
+    assert done_first, "the insert and the read waited for the running query"
+
+
+def test_a_session_id_keeps_its_temporary_tables(stack) -> None:
+    """ClickHouse's HTTP sessions: requests with one session_id share a session (its temporary
+    tables); other requests do not see them."""
+    base = stack.clickhouse.url
+
+    def run(sql: str, session: str | None = None) -> bytes:
+        url = f"{base}/" + (f"?session_id={session}" if session else "")
+        with urllib.request.urlopen(urllib.request.Request(url, data=sql.encode())) as r:
+            return bytes(r.read())
+
+    run("CREATE TEMPORARY TABLE tmp (x Int32)", "s1")
+    run("INSERT INTO tmp VALUES (1), (2)", "s1")
+    assert run("SELECT count() FROM tmp", "s1") == b"2\n"
+    with pytest.raises(urllib.error.HTTPError) as outside:
+        run("SELECT count() FROM tmp")
+    assert outside.value.headers["X-ClickHouse-Exception-Code"] == "60"

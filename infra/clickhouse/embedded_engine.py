@@ -1,0 +1,266 @@
+"""The embedded ClickHouse engine (chdb) behind ``embedded_server``'s HTTP front.
+
+chdb is the real ClickHouse engine as a library. One process owns the data dir; requests borrow
+sessions from a pool, so concurrent reads never queue behind an insert.
+
+One table must not brick the engine. chdb cannot run the Kafka table engine (it has no server
+to run the engine's background consumers: ``CREATE`` fails with ``Shutdown was called`` but leaves
+the table's metadata behind, and every later start fails). So ``Engine.execute`` refuses that DDL
+before it reaches the engine, and a table that fails to load at startup is detached the way
+ClickHouse's own ``DETACH TABLE ... PERMANENTLY`` does (its metadata file renamed to
+``.sql.detached``), recorded in ``detached_tables.json`` in the data dir (``rftloop status`` shows
+it) and the engine opened again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CODE_RE = re.compile(r"Code:\s*(\d+)")
+# CREATE / ATTACH of a table on an engine chdb cannot run (see the module doc)
+_UNRUNNABLE_ENGINE = re.compile(
+    r"^\s*(?:CREATE|ATTACH)\b[^;]*?\bTABLE\b[^;]*?\bENGINE\s*=\s*(Kafka)\b", re.IGNORECASE | re.DOTALL
+)
+# what chdb prints (to stderr, not in the exception) when a table fails to load at startup
+_LOAD_FAILED = re.compile(
+    r"Load job 'startup table ([^'.]+)\.([^']+)' failed: (.+?)(?:,\. \(ASYNC_LOAD|\n|$)"
+)
+DETACHED_REPORT = "detached_tables.json"
+_MAX_DETACHED = 20
+
+
+class QueryFailed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Engine:
+    """The chdb engine, used through a pool of sessions: each request borrows one for its ``USE``,
+    ``SET`` and query, so concurrent reads never wait behind an insert (chdb sessions on one data
+    dir share the engine and keep their own database and settings; its docs call them thread-safe
+    and suggest one per thread). ``sessions`` caps the pool; a request past it waits for a session.
+    """
+
+    def __init__(self, path: str, sessions: int = 4) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        first = _open_session(path)  # detaches what fails to load; later sessions find it gone
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._idle.put(first)
+        self._opened, self._max = 1, max(1, sessions)
+        self._grow = threading.Lock()
+        self._sessions: dict[str, tuple[Any, threading.Lock, float]] = {}  # ClickHouse session_id
+        self._timeouts: dict[str, float] = {}
+        self.version = self._run(first, "SELECT version()", "TabSeparated").decode().strip()
+        self.tmpdir = tempfile.mkdtemp(prefix="rftloop-ch-", dir=_fast_tmp())
+
+    @contextmanager
+    def session(self, session_id: str | None = None, timeout_s: float = 60) -> Iterator[Any]:
+        """A session of the pool for one request (a new one while fewer than ``sessions`` exist);
+        with a ClickHouse ``session_id``, that session's own chdb session, kept while it is used
+        within ``timeout_s`` (temporary tables and settings live on), and never two requests at once
+        (ClickHouse's SESSION_IS_LOCKED)."""
+        if session_id:
+            with self._named(session_id, timeout_s) as s:
+                yield s
+            return
+        try:
+            s = self._idle.get_nowait()
+        except queue.Empty:
+            with self._grow:
+                opened = self._opened < self._max
+                if opened:
+                    self._opened += 1
+            if opened:
+                from chdb import session
+
+                s = session.Session(self.path)
+            else:
+                s = self._idle.get()
+        try:
+            yield s
+        finally:
+            self._idle.put(s)
+
+    @contextmanager
+    def _named(self, session_id: str, timeout_s: float) -> Iterator[Any]:
+        now = time.monotonic()
+        with self._grow:
+            for sid, (_s, lock, used) in list(self._sessions.items()):
+                if now - used > self._timeouts.get(sid, 60) and not lock.locked():
+                    del self._sessions[sid]  # expired: its temporary tables go with it
+            entry = self._sessions.get(session_id)
+            if entry is None:
+                from chdb import session
+
+                entry = (session.Session(self.path), threading.Lock(), now)
+            self._sessions[session_id] = (entry[0], entry[1], now)
+            self._timeouts[session_id] = timeout_s
+        s, lock, _ = entry
+        if not lock.acquire(blocking=False):
+            raise QueryFailed(
+                373, f"Session {session_id} is locked by a concurrent client. (SESSION_IS_LOCKED)"
+            )
+        try:
+            yield s
+        finally:
+            lock.release()
+            with self._grow:
+                if session_id in self._sessions:
+                    self._sessions[session_id] = (s, lock, time.monotonic())
+
+    @staticmethod
+    def _run(session: Any, sql: str, fmt: str, params: dict[str, str] | None = None) -> bytes:
+        try:
+            res = session.query(sql, fmt, params=params or None)
+        except Exception as exc:  # chdb raises ChdbError / RuntimeError with the ClickHouse text
+            msg = str(exc)
+            m = CODE_RE.search(msg)
+            raise QueryFailed(int(m.group(1)) if m else 1001, msg) from exc
+        if res is None:
+            return b""
+        if res.has_error():
+            msg = res.error_message()
+            m = CODE_RE.search(msg)
+            raise QueryFailed(int(m.group(1)) if m else 1001, msg)
+        return res.bytes()
+
+    def execute(
+        self,
+        sql: str,
+        fmt: str,
+        database: str | None,
+        params: dict[str, str],
+        settings: dict[str, str],
+        session_id: str | None = None,
+        session_timeout_s: float = 60,
+    ) -> tuple[bytes, dict[str, Any]]:
+        refused = _UNRUNNABLE_ENGINE.match(sql)
+        if refused:
+            raise QueryFailed(
+                48,  # NOT_IMPLEMENTED
+                f"Code: 48. DB::Exception: the {refused.group(1)} table engine cannot run in the embedded "
+                "ClickHouse (chdb runs no background consumers; the table would stop the next start). "
+                "Ingest with `rftloop sink`, or point RFTLOOP_CLICKHOUSE_URL at a ClickHouse server. "
+                "(NOT_IMPLEMENTED)",
+            )
+        with self.session(session_id, session_timeout_s) as session:
+            started = time.perf_counter()
+            if database:
+                self._run(session, f"USE {quote_ident(database)}", "TabSeparated")
+            applied = []
+            try:
+                for name, value in settings.items():
+                    self._run(session, f"SET {name} = {quote_literal(value)}", "TabSeparated")
+                    applied.append(name)
+                out = self._run(session, sql, fmt, params)
+            finally:
+                for name in applied:
+                    try:
+                        self._run(session, f"SET {name} = DEFAULT", "TabSeparated")
+                    except QueryFailed:
+                        log.warning("could not reset setting %s", name)
+                if database:
+                    self._run(session, "USE default", "TabSeparated")
+            elapsed = time.perf_counter() - started
+        return out, {"elapsed_ns": str(int(elapsed * 1e9))}
+
+
+def _open_session(path: str) -> Any:
+    """A chdb session on ``path``; a table that fails to load is detached (and recorded) and the
+    session opened again, so one broken table never keeps the engine from starting."""
+    from chdb import session
+
+    for _ in range(_MAX_DETACHED):
+        with tempfile.TemporaryFile() as captured:
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)  # chdb names the failing table on stderr only
+            try:
+                return session.Session(path)
+            except Exception as exc:
+                failure = exc
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                printed = captured.read().decode(errors="replace")
+                if printed:
+                    os.write(2, printed.encode())
+        m = _LOAD_FAILED.search(printed)
+        if m is None:
+            raise RuntimeError(f"{failure}; {printed.strip()[-500:]}") from failure
+        detach_broken(path, m.group(1), m.group(2), m.group(3).strip())
+    raise RuntimeError(f"more than {_MAX_DETACHED} tables failed to load from {path}")
+
+
+def _file_name(name: str) -> str:
+    """ClickHouse's escapeForFileName: every byte but [A-Za-z0-9_] as %XX."""
+    return "".join(
+        chr(b) if chr(b).isascii() and (chr(b).isalnum() or b == 0x5F) else f"%{b:02X}" for b in name.encode()
+    )
+
+
+def detach_broken(path: str, database: str, table: str, reason: str) -> None:
+    """Detach ``database.table`` permanently (ClickHouse's ``.sql.detached``) and record why."""
+    meta = os.path.join(path, "metadata", _file_name(database), f"{_file_name(table)}.sql")
+    if not os.path.exists(meta):
+        raise RuntimeError(f"table {database}.{table} failed to load ({reason}), and {meta} is not there")
+    os.replace(meta, meta + ".detached")
+    report = os.path.join(path, DETACHED_REPORT)
+    entries = detached_tables(path)
+    entries.append(
+        {
+            "table": f"{database}.{table}",
+            "reason": reason,
+            "detached_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "metadata": meta + ".detached",
+        }
+    )
+    with open(report + ".tmp", "w") as f:
+        json.dump(entries, f, indent=1)
+    os.replace(report + ".tmp", report)
+    log.error(
+        "table %s.%s failed to load (%s): detached (its metadata is now %s.detached; fix the cause, "
+        "then ATTACH TABLE %s.%s)",
+        database,
+        table,
+        reason,
+        meta,
+        database,
+        table,
+    )
+
+
+def detached_tables(path: str) -> list[dict[str, str]]:
+    """What the engine detached at startup in data dir ``path`` (still detached ones only)."""
+    try:
+        with open(os.path.join(path, DETACHED_REPORT)) as f:
+            entries: list[dict[str, str]] = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [e for e in entries if os.path.exists(e.get("metadata", ""))]
+
+
+def _fast_tmp() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def quote_ident(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -259,21 +259,27 @@ def cmd_sink(args: argparse.Namespace) -> int:
     from schemas.topics import ALL_TOPICS
 
     topics = [replace(t, name=t.name + args.topic_suffix) for t in ALL_TOPICS]
+    ch, reg = _clickhouse(), _registry()
+    decode = args.decode or ch.sink_decode
     sink = ClickHouseSink(
         _kafka(),
-        _clickhouse(),
-        registry.client(_registry()),
+        ch,
+        registry.client(reg),
         topics=topics,
         group_id=args.group,
         batch_size=args.batch_size,
         batch_seconds=args.batch_seconds,
+        avro_registry_url=(ch.avro_registry_url or reg.url_with_credentials())
+        if decode == "clickhouse"
+        else None,
     )
     signal.signal(signal.SIGTERM, lambda *_: sink.stop())
     signal.signal(signal.SIGINT, lambda *_: sink.stop())
     stats = sink.run(max_seconds=args.max_seconds)
     print(
         f"sink stopped: consumed {stats.consumed}, inserted {stats.inserted}, "
-        f"dead-lettered {stats.dead_lettered}, {stats.batches} batches"
+        f"dead-lettered {stats.dead_lettered}, {stats.batches} batches; {stats.decoded_by_clickhouse} rows "
+        f"decoded by ClickHouse, {stats.decode_fallbacks} batches refused by it and decoded here"
     )
     return 0
 
@@ -673,6 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     p.add_argument("--topic-suffix", default="", help="read <topic><suffix> (isolated topic sets)")
     p.add_argument("--group", default="rftloop-clickhouse-sink", help="consumer group")
+    p.add_argument(
+        "--decode",
+        choices=["clickhouse", "python"],
+        default=None,
+        help="who decodes the Avro: ClickHouse from the framed bytes, or the sink (default RFTLOOP_CLICKHOUSE_SINK_DECODE)",
+    )
 
     p = add("streams", cmd_streams, "run a stream worker: joins, rewards, rolling windows (until Ctrl-C)")
     p.add_argument("--web-port", type=int, default=None, help="worker HTTP port for /windows/ (0 = off)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Literal
+from urllib.parse import quote, urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +108,14 @@ class RegistrySettings(BaseSettings):
             )
         return v.rstrip("/")
 
+    def url_with_credentials(self) -> str:
+        """The URL with its basic-auth credentials in it (how ClickHouse's AvroConfluent takes them)."""
+        if not (self.username and self.password is not None):
+            return self.url
+        p = urlparse(self.url)
+        auth = f"{quote(self.username, safe='')}:{quote(self.password.get_secret_value(), safe='')}@"
+        return p._replace(netloc=auth + p.netloc).geturl()
+
     def client_config(self) -> dict[str, object]:
         """confluent-kafka SchemaRegistryClient settings (key names checked against its source)."""
         conf: dict[str, object] = {
@@ -135,6 +144,16 @@ class ClickHouseSettings(BaseSettings):
         default_factory=dict,
         description='per-table TTL overrides in days, JSON ({"inference_requested": 30}; 0 = keep); '
         "default: each table keeps rows as long as its topic keeps events",
+    )
+    sink_decode: Literal["clickhouse", "python"] = Field(
+        "clickhouse",
+        description="who decodes the sink's Avro: ClickHouse (AvroConfluent, from the framed bytes) "
+        "or the sink itself (fastavro)",
+    )
+    avro_registry_url: str | None = Field(
+        None,
+        description="the schema registry as ClickHouse reaches it, for AvroConfluent "
+        "(default: RFTLOOP_REGISTRY_URL, with its credentials)",
     )
 
     @field_validator("url")

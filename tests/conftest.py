@@ -109,7 +109,8 @@ def running_stack(state_dir: Path, brokers: int = 1) -> Iterator[Stack]:
         yield s
     finally:
         if not os.environ.get("RFTLOOP_TEST_KEEP_STACK"):
-            local_stack.down(local, say=lambda m: None)
+            # a test stack's data is thrown away: a node still shutting down after 10 s is killed
+            local_stack.down(local, say=lambda m: None, timeout_s=10)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,15 @@ and time. While ClickHouse is down the sink pauses its partitions, retries the
 same batch with backoff, and resumes without loss. Undecodable records go to
 ``<topic>.dlq`` (never dropped, never a crash).
 
+Decoding. With ``avro_registry_url`` (the CLI's default: the registry as ClickHouse reaches it),
+ClickHouse decodes the records itself: the framed bytes of one partition's batch go as one
+``INSERT ... SELECT ... FROM input(...) FORMAT AvroConfluent`` (``EventTable.avro_insert``), which
+also sets ``_topic``/``_partition`` and each row's ``_offset``. Only records written with the
+topic's current schema go that way; others (an older writer schema) and anything not framed are
+decoded here with fastavro, as every record is without the URL. When ClickHouse refuses a batch
+(a corrupt body, the registry out of its reach), that batch is decoded here instead, so poison
+still reaches ``<topic>.dlq`` with its headers and the good rows still land.
+
 Kafka errors (``infra.retry``): a retriable commit failure (a coordinator that moved answers
 COORDINATOR_LOAD_IN_PROGRESS for as long as it loads) is retried with capped backoff until it
 succeeds or the sink is stopped, rather than left to the next batch's commit: a sink that goes idle
@@ -19,6 +28,7 @@ with a FatalKafkaError that names it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -26,12 +36,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from infra.clickhouse.client import connect
 from infra.clickhouse.migrate import migrate
-from infra.clickhouse.tables import EventTable, event_table
+from infra.clickhouse.tables import EventTable, event_table, offset_runs
 from infra.dlq import send_to_dlq
 from infra.kafka import consumer, producer
 from infra.retry import Retrier, Stopped
@@ -41,6 +52,9 @@ from schemas.topics import ALL_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 NAME = "clickhouse-sink"
+# one thread and no parallel parsing: a row's number is its record's position in the body
+_AVRO_SETTINGS = {"max_threads": 1, "input_format_parallel_parsing": 0}
+_MAX_RUNS = 500  # a batch whose offsets break into more runs than this is decoded here
 
 
 # The group moved on (a rebalance, or this member was dropped): the partitions' new owner re-reads
@@ -73,6 +87,8 @@ class SinkStats:
     inserted: int = 0
     committed: int = 0  # records whose offsets are committed (rows in, dead letters delivered)
     dead_lettered: int = 0
+    decoded_by_clickhouse: int = 0  # rows ClickHouse decoded from the framed bytes (AvroConfluent)
+    decode_fallbacks: int = 0  # batches ClickHouse refused, decoded here instead
     batches: int = 0
     insert_failures: int = 0
     first_message_at: float | None = None  # time.monotonic() of the first record consumed
@@ -91,12 +107,16 @@ class ClickHouseSink:
         batch_size: int = 20_000,
         batch_seconds: float = 1.0,
         max_backoff_s: float = 10.0,
+        avro_registry_url: str | None = None,
     ) -> None:
         self.topics = topics or list(ALL_TOPICS)
         self._kafka = kafka
         self._ch_settings = clickhouse
         self._tables: dict[str, EventTable] = {t.name: event_table(t) for t in self.topics}
         self._serdes = {t.name: TopicSerde(registry, t) for t in self.topics}
+        self.avro_registry_url = avro_registry_url  # None: every record is decoded here
+        self._local_ids: dict[str, int] = {}  # topic -> registry id of its current schema
+        self._id_retry_at: dict[str, float] = {}
         self._group_id = group_id
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
@@ -125,12 +145,13 @@ class ClickHouseSink:
         c = consumer(self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000})
         dlq = producer(self._kafka, **{"delivery.timeout.ms": 0})  # 0: retried until delivered
         buffers: dict[str, list[list[Any]]] = defaultdict(list)  # topic -> rows
+        framed: dict[tuple[str, int], list[Message]] = defaultdict(list)  # for ClickHouse to decode
         pending: list[Message] = []
 
         def flush() -> None:
             if not pending:
                 return
-            self._insert_with_backoff(c, buffers)
+            self._insert_with_backoff(c, buffers, framed, dlq)
             while dlq.flush(5):
                 log.warning("sink: %d dead letter(s) still undelivered; not committing yet", len(dlq))
                 if self._stop.is_set():
@@ -144,6 +165,7 @@ class ClickHouseSink:
                 )
             self.stats.batches += 1
             buffers.clear()
+            framed.clear()
             pending.clear()
 
         def on_revoke(consumer_: Any, partitions: list[TopicPartition]) -> None:
@@ -167,14 +189,10 @@ class ClickHouseSink:
                         self.stats.first_message_at = time.monotonic()
                     pending.append(msg)
                     topic = msg.topic() or ""
-                    try:
-                        record = self._serdes[topic].decode(msg.value())
-                    except SerdeError as exc:
-                        send_to_dlq(dlq, msg, exc, NAME)
-                        self.stats.dead_lettered += 1
-                        continue
-                    table = self._tables[topic]
-                    buffers[topic].append(table.row(record, msg.partition() or 0, msg.offset() or 0))
+                    if self._clickhouse_decodes(topic, msg.value()):
+                        framed[(topic, msg.partition() or 0)].append(msg)
+                    else:
+                        self._decode(msg, buffers, dlq)
                 full = len(pending) >= self.batch_size
                 if pending and (full or time.monotonic() - batch_started >= self.batch_seconds):
                     flush()
@@ -186,12 +204,89 @@ class ClickHouseSink:
             c.close()
         return self.stats
 
-    def _insert_with_backoff(self, c: Any, buffers: dict[str, list[list[Any]]]) -> None:
+    def _clickhouse_decodes(self, topic: str, value: bytes | None) -> bool:
+        """Whether ClickHouse decodes this record: a URL is set, the table allows it, and the
+        record is framed with the topic's current schema id (the registry looked up once)."""
+        if self.avro_registry_url is None or not self._tables[topic].clickhouse_decodes:
+            return False
+        if value is None or len(value) < 5 or value[0] != 0:
+            return False  # not framed: decoded here, which names the fault for the DLQ
+        local = self._local_ids.get(topic)
+        if local is None:
+            if time.monotonic() < self._id_retry_at.get(topic, 0.0):
+                return False
+            try:
+                local = self._local_ids[topic] = self._serdes[topic].schema_id
+            except Exception as exc:  # the registry not answering: decode here, as before
+                self._id_retry_at[topic] = time.monotonic() + 10
+                log.warning("sink: schema id of %s not known (%s); decoding its records here", topic, exc)
+                return False
+        return int.from_bytes(value[1:5], "big") == local
+
+    def _decode(self, msg: Message, buffers: dict[str, list[list[Any]]], dlq: Any) -> None:
+        """Decode one record here into its table's rows, or send it to the DLQ."""
+        topic = msg.topic() or ""
+        try:
+            record = self._serdes[topic].decode(msg.value())
+        except SerdeError as exc:
+            send_to_dlq(dlq, msg, exc, NAME)
+            self.stats.dead_lettered += 1
+            return
+        buffers[topic].append(self._tables[topic].row(record, msg.partition() or 0, msg.offset() or 0))
+
+    def _insert_framed(
+        self,
+        topic: str,
+        partition: int,
+        msgs: list[Message],
+        buffers: dict[str, list[list[Any]]],
+        dlq: Any,
+    ) -> None:
+        """Have ClickHouse decode and insert one partition's framed records; when it refuses them
+        for what they hold, decode them here (into ``buffers``; poison to the DLQ). A connection
+        error propagates: the caller backs off and sends them again."""
+        table = self._tables[topic]
+        offsets = [m.offset() or 0 for m in msgs]
+        ascending = all(a < b for a, b in itertools.pairwise(offsets))  # a consumer's order, always
+        if ascending and len(offset_runs(offsets)[0]) <= _MAX_RUNS:
+            sql = table.avro_insert(self._ch_settings.database, partition, offsets)
+            try:
+                settings = {**_AVRO_SETTINGS, "format_avro_schema_registry_url": self.avro_registry_url}
+                self._ch().command(sql, data=b"".join(m.value() or b"" for m in msgs), settings=settings)
+                self.stats.decoded_by_clickhouse += len(msgs)
+                self.stats.inserted += len(msgs)
+                self.stats.per_table[table.name] += len(msgs)
+                return
+            except OperationalError:
+                raise
+            except DatabaseError as exc:
+                log.warning(
+                    "sink: ClickHouse refused %d framed record(s) of %s[%d] (%s); decoding them here",
+                    len(msgs),
+                    topic,
+                    partition,
+                    str(exc).splitlines()[0][:300],
+                )
+                self.stats.decode_fallbacks += 1
+        for m in msgs:
+            self._decode(m, buffers, dlq)
+
+    def _insert_with_backoff(
+        self,
+        c: Any,
+        buffers: dict[str, list[list[Any]]],
+        framed: dict[tuple[str, int], list[Message]] | None = None,
+        dlq: Any = None,
+    ) -> None:
         backoff = 0.2
         paused: list[TopicPartition] = []
         done: set[str] = set()
+        framed = framed if framed is not None else {}
         while True:
             try:
+                for (topic, partition), msgs in list(framed.items()):
+                    self._insert_framed(topic, partition, msgs, buffers, dlq)
+                    del framed[(topic, partition)]  # in, or decoded into buffers: never sent twice
                 for topic, rows in buffers.items():
                     table = self._tables[topic]
                     name = table.name

@@ -82,7 +82,12 @@ def load_pairs(client: Any, db: str, model: str) -> tuple[list[Pair], int]:
         if ra is None or rb is None or a not in completions or b not in completions:
             skipped += 1
             continue
-        if ra["opt_out"] or rb["opt_out"] or (ra["prompt"], ra["messages"]) != (rb["prompt"], rb["messages"]):
+        # the messages compared as JSON values: rows decoded by ClickHouse and by the sink space them apart
+        same = (ra["prompt"], json.loads(ra["messages"] or "[]")) == (
+            rb["prompt"],
+            json.loads(rb["messages"] or "[]"),
+        )
+        if ra["opt_out"] or rb["opt_out"] or not same:
             skipped += 1
             continue
         messages = (json.loads(ra["messages"]) if ra["messages"] else None) or [

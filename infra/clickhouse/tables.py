@@ -12,7 +12,7 @@ migration ``migrations/0001_event_tables.sql``; a test keeps the two equal.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -81,6 +81,9 @@ class EventTable:
     name: str
     columns: list[tuple[str, str]]  # (name, ClickHouse type), Avro fields first
     json_columns: frozenset[str]
+    # JSON columns as ClickHouse reads them from Avro (Array(Tuple(...))); None for a column whose
+    # nested types JSON would render differently from ``row`` (timestamps, uuids, bytes)
+    nested: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def field_names(self) -> list[str]:
@@ -112,6 +115,86 @@ class EventTable:
         out += [self.topic.name, partition, offset]
         return out
 
+    @property
+    def clickhouse_decodes(self) -> bool:
+        """Whether ClickHouse can decode this topic's framed records itself (``avro_insert``)."""
+        return all(self.nested.get(c) for c in self.json_columns)
+
+    def avro_insert(self, database: str, partition: int, offsets: list[int]) -> str:
+        """An INSERT that has ClickHouse decode a body of Confluent-framed Avro records (format
+        ``AvroConfluent``, writer schemas fetched from the registry by id) into this table, in the
+        order sent: JSON columns rendered with toJSONString, ``_topic``/``_partition`` constants
+        and each row's ``_offset`` from ``offsets`` (one per record, ascending, held as runs of
+        consecutive offsets so the statement stays small). One thread, no parallel parsing: the
+        row number is then the record's position in the body."""
+        if not self.clickhouse_decodes:
+            raise ValueError(f"{self.name}: ClickHouse cannot render its JSON columns as the sink does")
+        starts, begins, ends = offset_runs(offsets)
+        fields = [(n, t) for n, t in self.columns if n not in dict(KAFKA_COLUMNS)]
+        structure = ", ".join(f"`{n}` {self.nested[n] if n in self.json_columns else t}" for n, t in fields)
+        picks = ", ".join(f"toJSONString(`{n}`)" if n in self.json_columns else f"`{n}`" for n, _ in fields)
+        row = "rowNumberInAllBlocks()"
+        run = f"arrayFirstIndex(e -> e > {row}, {ends})"
+        offset = f"arrayElement({starts}, {run}) + {row} - arrayElement({begins}, {run})"
+        names = ", ".join(f"`{n}`" for n in self.column_names)
+        literal = structure.replace("\\", "\\\\").replace("'", "\\'")
+        return (
+            f"INSERT INTO {database}.{self.name} ({names}) "
+            f"SELECT {picks}, '{self.topic.name}', {int(partition)}, {offset} "
+            f"FROM input('{literal}') FORMAT AvroConfluent"
+        )
+
+
+def offset_runs(offsets: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """Ascending ``offsets`` as runs of consecutive ones: (first offset, first index, end index)."""
+    starts: list[int] = []
+    begins: list[int] = []
+    ends: list[int] = []
+    for i, o in enumerate(offsets):
+        if not starts or o != starts[-1] + (i - begins[-1]):
+            if starts:
+                ends.append(i)
+            starts.append(o)
+            begins.append(i)
+    if starts:
+        ends.append(len(offsets))
+    return starts, begins, ends
+
+
+def _nested(avro: Any) -> str | None:
+    """The ClickHouse type that reads an Avro value nested in a JSON column, when toJSONString
+    then gives what ``row``'s json.dumps gives (same keys and values; spacing aside)."""
+    if isinstance(avro, str):
+        return {
+            "string": "String",
+            "int": "Int32",
+            "long": "Int64",
+            "float": "Float32",
+            "double": "Float64",
+            "boolean": "Bool",
+        }.get(avro)
+    if isinstance(avro, list):
+        inner = [t for t in avro if t != "null"]
+        one = _nested(inner[0]) if len(inner) == 1 else None
+        return f"Nullable({one})" if one and len(avro) == 2 and "(" not in one else None
+    if avro.get("logicalType"):
+        return None
+    kind = avro["type"]
+    if kind == "enum":
+        return "String"
+    if kind == "array":
+        item = _nested(avro["items"])
+        return f"Array({item})" if item else None
+    if kind == "map":
+        value = _nested(avro["values"])
+        return f"Map(String, {value})" if value else None
+    if kind == "record":
+        parts = [(f["name"], _nested(f["type"])) for f in avro["fields"]]
+        if not all(t for _, t in parts):
+            return None
+        return "Tuple(" + ", ".join(f"`{n}` {t}" for n, t in parts) + ")"
+    return _nested(kind)
+
 
 def _json_default(v: Any) -> Any:
     if isinstance(v, (UUID, Decimal)):
@@ -127,13 +210,15 @@ def event_table(topic: TopicSpec) -> EventTable:
     schema = json.loads(topic.schema_path.read_text())
     columns: list[tuple[str, str]] = []
     json_cols = set()
+    nested: dict[str, str | None] = {}
     for f in schema["fields"]:
         ch, as_json = _ch_type(f["type"])
         columns.append((f["name"], ch))
         if as_json:
             json_cols.add(f["name"])
+            nested[f["name"]] = _nested(f["type"])
     return EventTable(
-        topic, TABLE_NAMES[topic.event.avro_name], columns + KAFKA_COLUMNS, frozenset(json_cols)
+        topic, TABLE_NAMES[topic.event.avro_name], columns + KAFKA_COLUMNS, frozenset(json_cols), nested
     )
 
 

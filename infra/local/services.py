@@ -323,7 +323,7 @@ def clickhouse(settings: LocalStackSettings) -> ManagedProcess:
 
 def _detached_note(path: Path) -> str | None:
     """The tables the embedded ClickHouse detached at startup because they failed to load."""
-    from infra.clickhouse.embedded_server import detached_tables
+    from infra.clickhouse.embedded_engine import detached_tables
 
     entries = detached_tables(str(path))
     if not entries:

@@ -35,15 +35,16 @@ def up(settings: LocalStackSettings, say: Callable[[str], None] = print) -> list
     return services
 
 
-def down(settings: LocalStackSettings, say: Callable[[str], None] = print) -> None:
+def down(settings: LocalStackSettings, say: Callable[[str], None] = print, timeout_s: float = 30.0) -> None:
+    """Stop every service: SIGTERM, then SIGKILL once ``timeout_s`` has passed."""
     services = all_services(settings)
     kafka = [svc for svc in services if svc.name.startswith("kafka")]
     for svc in reversed(services):
         if svc not in kafka:
-            say(f"{svc.name}: {svc.stop()}")
+            say(f"{svc.name}: {svc.stop(timeout_s)}")
     # A cluster's nodes stop together: the last one alone would wait for a controller quorum.
     with ThreadPoolExecutor(max_workers=len(kafka)) as pool:
-        for svc, how in zip(kafka, pool.map(lambda s: s.stop(), kafka), strict=True):
+        for svc, how in zip(kafka, pool.map(lambda s: s.stop(timeout_s), kafka), strict=True):
             say(f"{svc.name}: {how}")
 
 

@@ -13,7 +13,7 @@ import pytest
 from infra import registry
 from infra.clickhouse.client import connect
 from infra.clickhouse.tables import event_table
-from infra.kafka import ensure_topics, produce, producing
+from infra.kafka import consumer, ensure_topics, produce, producing
 from infra.serde import TopicSerde
 from schemas import events as ev
 from schemas.topics import COMPLETED, FEEDBACK
@@ -79,6 +79,9 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
         for f in feedback:
             produce(p, topics[1].name, f.request_id, fser.encode_event(f))
         produce(p, topics[0].name, "poison", b"\x00\x00\x00\x00\x01garbage")
+        # framed with the topic's own schema id, so it reaches ClickHouse's decoder: a corrupt body
+        # fails that batch there, and the sink decodes the batch itself, poison to the DLQ
+        produce(p, topics[0].name, "poison-2", b"\x00" + ser.schema_id.to_bytes(4, "big") + b"\xff\xff\xff")
 
     ch = stack.clickhouse.model_copy(update={"database": f"sink_{unique}"})
     table = event_table(topics[0]).name
@@ -86,11 +89,18 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
 
     def run_sink(group: str) -> object:
         sink = ClickHouseSink(
-            stack.kafka, ch, reg, topics=topics, group_id=group, batch_size=1_000, batch_seconds=0.5
+            stack.kafka,
+            ch,
+            reg,
+            topics=topics,
+            group_id=group,
+            batch_size=1_000,
+            batch_seconds=0.5,
+            avro_registry_url=stack.registry.url,  # ClickHouse decodes the framed records
         )
         deadline = time.monotonic() + 60
         t, errors = _start(sink)
-        while time.monotonic() < deadline and sink.stats.consumed < 3_501 and not errors:
+        while time.monotonic() < deadline and sink.stats.consumed < 3_502 and not errors:
             time.sleep(0.2)
         sink.stop()
         t.join(30)
@@ -98,7 +108,9 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
         return sink.stats
 
     stats = run_sink(f"sink-{unique}")
-    assert stats.consumed == 3_501 and stats.dead_lettered == 1  # type: ignore[attr-defined]
+    assert stats.consumed == 3_502 and stats.dead_lettered == 2  # type: ignore[attr-defined]
+    assert stats.decode_fallbacks >= 1  # type: ignore[attr-defined]  # the batch with poison-2
+    assert stats.decoded_by_clickhouse >= 3_500 - 1_000  # type: ignore[attr-defined]  # all but that batch
     q = f"SELECT count(), uniqExact(event_id), sum(completion_tokens) FROM {ch.database}.{table} FINAL"
     assert client.query(q).result_rows == [(3_000, 3_000, sum(e.completion_tokens for e in events))]
     fb = client.query(f"SELECT count() FROM {ch.database}.feedback_submitted FINAL").result_rows
@@ -110,6 +122,23 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
         parameters={"r": events[7].request_id},
     ).result_rows
     assert row == [(events[7].completion, events[7].cost, events[7].request_id)]
+
+    # Kafka coordinates: each row's _partition and _offset are its record's own (ClickHouse decoded
+    # most of them; the sink set the offsets from runs of consecutive ones)
+    where: dict[str, tuple[int, int]] = {}
+    c = consumer(stack.kafka, f"coords-{unique}")
+    c.subscribe([topics[0].name])
+    deadline = time.monotonic() + 60
+    while len(where) < 3_002 and time.monotonic() < deadline:
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            where[m.key().decode()] = (m.partition(), m.offset())
+    c.close()
+    coords = client.query(
+        f"SELECT request_id, _topic, _partition, _offset FROM {ch.database}.{table} FINAL"
+    ).result_rows
+    wrong = [r for r in coords if where.get(r[0]) != (r[2], r[3]) or r[1] != topics[0].name]
+    assert len(coords) == 3_000 and not wrong, wrong[:5]
 
     # Replay everything with a new group: the rows are written again, FINAL still counts each event once.
     run_sink(f"sink-replay-{unique}")
@@ -135,6 +164,7 @@ def test_sink_pauses_while_clickhouse_is_down_and_catches_up(stack, unique, even
         batch_size=500,
         batch_seconds=0.3,
         max_backoff_s=1.0,
+        avro_registry_url=stack.registry.url,
     )
     t, errors = _start(sink)
     first, second = _events(1_000, unique), _events(2_000, unique)[1_000:]
@@ -164,6 +194,7 @@ def test_sink_pauses_while_clickhouse_is_down_and_catches_up(stack, unique, even
     sink.stop()
     t.join(30)
     assert not errors, errors
+    assert sink.stats.decoded_by_clickhouse == 2_000 and sink.stats.decode_fallbacks == 0
     client = connect(ch, database="default")
     rows = client.query(f"SELECT count(), uniqExact(event_id) FROM {ch.database}.inference_completed FINAL")
     assert rows.result_rows == [(2_000, 2_000)]

@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,16 +124,21 @@ class ClickHouseSink:
         self.max_backoff_s = max_backoff_s
         self.stats = SinkStats()
         self._stop = threading.Event()
-        self._client: Any = None
+        self._client: Any = None  # None: every thread makes a new client (after a failure)
+        self._clients = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sink-insert")
         self.kafka_retry = Retrier(NAME, self._stop)
 
     def stop(self) -> None:
         self._stop.set()
 
     def _ch(self) -> Any:
-        if self._client is None:
-            self._client = connect(self._ch_settings, database=self._ch_settings.database)
-        return self._client
+        """This thread's client (the pool's threads insert side by side); dropped after a failure."""
+        client = getattr(self._clients, "client", None)
+        if client is None or self._client is None:
+            client = self._clients.client = connect(self._ch_settings, database=self._ch_settings.database)
+            self._client = client
+        return client
 
     def run(self, max_seconds: float | None = None) -> SinkStats:
         """Consume until ``stop()`` (or ``max_seconds``); commit after each inserted batch."""
@@ -234,42 +240,64 @@ class ClickHouseSink:
             return
         buffers[topic].append(self._tables[topic].row(record, msg.partition() or 0, msg.offset() or 0))
 
-    def _insert_framed(
-        self,
-        topic: str,
-        partition: int,
-        msgs: list[Message],
-        buffers: dict[str, list[list[Any]]],
-        dlq: Any,
-    ) -> None:
-        """Have ClickHouse decode and insert one partition's framed records; when it refuses them
-        for what they hold, decode them here (into ``buffers``; poison to the DLQ). A connection
-        error propagates: the caller backs off and sends them again."""
+    def _send_framed(self, topic: str, partition: int, msgs: list[Message]) -> Exception | None:
+        """Have ClickHouse decode and insert one partition's framed records (run by the pool's
+        threads, side by side: the inserts of a batch's partitions overlap). None when they are in;
+        the error otherwise: a DatabaseError when ClickHouse refused them for what they hold (or the
+        offsets cannot be expressed), an OperationalError when it could not be reached."""
         table = self._tables[topic]
         offsets = [m.offset() or 0 for m in msgs]
         ascending = all(a < b for a, b in itertools.pairwise(offsets))  # a consumer's order, always
-        if ascending and len(offset_runs(offsets)[0]) <= _MAX_RUNS:
-            sql = table.avro_insert(self._ch_settings.database, partition, offsets)
-            try:
-                settings = {**_AVRO_SETTINGS, "format_avro_schema_registry_url": self.avro_registry_url}
-                self._ch().command(sql, data=b"".join(m.value() or b"" for m in msgs), settings=settings)
+        if not ascending or len(offset_runs(offsets)[0]) > _MAX_RUNS:
+            return DatabaseError(f"{len(offset_runs(offsets)[0])} runs of offsets, or not ascending")
+        sql = table.avro_insert(self._ch_settings.database, partition, offsets)
+        settings = {**_AVRO_SETTINGS, "format_avro_schema_registry_url": self.avro_registry_url}
+        try:
+            self._ch().command(sql, data=b"".join(m.value() or b"" for m in msgs), settings=settings)
+        except DatabaseError as exc:  # OperationalError included
+            return exc
+        return None
+
+    def _insert_framed(
+        self,
+        framed: dict[tuple[str, int], list[Message]],
+        buffers: dict[str, list[list[Any]]],
+        dlq: Any,
+    ) -> None:
+        """Every partition's framed records in (each removed from ``framed`` once in, so a retry
+        never sends it twice); what ClickHouse refused is decoded here into ``buffers`` (poison to
+        the DLQ). An OperationalError propagates once the others are done: the caller backs off."""
+        groups = list(framed.items())
+
+        def send(group: tuple[tuple[str, int], list[Message]]) -> Exception | None:
+            (topic, partition), msgs = group
+            return self._send_framed(topic, partition, msgs)
+
+        errors = [send(groups[0])] if len(groups) == 1 else list(self._pool.map(send, groups))
+        unreachable: Exception | None = None
+        for ((topic, partition), msgs), err in zip(groups, errors, strict=True):
+            if isinstance(err, OperationalError):
+                unreachable = err
+                continue
+            del framed[(topic, partition)]
+            if err is None:
+                name = self._tables[topic].name
                 self.stats.decoded_by_clickhouse += len(msgs)
                 self.stats.inserted += len(msgs)
-                self.stats.per_table[table.name] += len(msgs)
-                return
-            except OperationalError:
-                raise
-            except DatabaseError as exc:
-                log.warning(
-                    "sink: ClickHouse refused %d framed record(s) of %s[%d] (%s); decoding them here",
-                    len(msgs),
-                    topic,
-                    partition,
-                    str(exc).splitlines()[0][:300],
-                )
-                self.stats.decode_fallbacks += 1
-        for m in msgs:
-            self._decode(m, buffers, dlq)
+                self.stats.per_table[name] += len(msgs)
+                continue
+            log.warning(
+                "sink: ClickHouse refused %d framed record(s) of %s[%d] (%s); decoding them here",
+                len(msgs),
+                topic,
+                partition,
+                str(err).splitlines()[0][:300],
+            )
+            self.stats.decode_fallbacks += 1
+            for m in msgs:
+                self._decode(m, buffers, dlq)
+        if unreachable is not None:
+            raise unreachable
 
     def _insert_with_backoff(
         self,
@@ -284,9 +312,8 @@ class ClickHouseSink:
         framed = framed if framed is not None else {}
         while True:
             try:
-                for (topic, partition), msgs in list(framed.items()):
-                    self._insert_framed(topic, partition, msgs, buffers, dlq)
-                    del framed[(topic, partition)]  # in, or decoded into buffers: never sent twice
+                if framed:
+                    self._insert_framed(framed, buffers, dlq)
                 for topic, rows in buffers.items():
                     table = self._tables[topic]
                     name = table.name

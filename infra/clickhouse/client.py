@@ -14,6 +14,10 @@ def connect(settings: ClickHouseSettings, database: str | None = None, **kw: Any
     """A client over HTTP. Loopback traffic goes uncompressed (compression costs more CPU
     than it saves there); set ``compress`` to override."""
     kw.setdefault("compress", False)
+    # no session per client: rftloop keeps no session state (no temporary tables), and one client is
+    # shared by threads (the dashboard, the sink's pool), which a ClickHouse session refuses
+    # (SESSION_IS_LOCKED); without one, requests run side by side
+    kw.setdefault("autogenerate_session_id", False)
     return clickhouse_connect.get_client(
         host=settings.host,
         port=settings.port,

@@ -39,6 +39,7 @@ _LOAD_FAILED = re.compile(
 )
 DETACHED_REPORT = "detached_tables.json"
 _MAX_DETACHED = 20
+_MAX_NAMED = 64  # ClickHouse session_ids held at once; the least recently used idle one goes first
 
 
 class QueryFailed(Exception):
@@ -103,6 +104,11 @@ class Engine:
                 if now - used > self._timeouts.get(sid, 60) and not lock.locked():
                     del self._sessions[sid]  # expired: its temporary tables go with it
             entry = self._sessions.get(session_id)
+            if entry is None and len(self._sessions) >= _MAX_NAMED:
+                idle = [(used, sid) for sid, (_s, lock, used) in self._sessions.items() if not lock.locked()]
+                if not idle:
+                    raise QueryFailed(202, f"{_MAX_NAMED} sessions in use (TOO_MANY_SIMULTANEOUS_QUERIES)")
+                del self._sessions[min(idle)[1]]  # the least recently used one goes
             if entry is None:
                 from chdb import session
 

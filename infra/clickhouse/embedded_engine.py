@@ -130,6 +130,13 @@ class Engine:
 
     @staticmethod
     def _run(session: Any, sql: str, fmt: str, params: dict[str, str] | None = None) -> bytes:
+        return Engine._query(session, sql, fmt, params)[0]
+
+    @staticmethod
+    def _query(
+        session: Any, sql: str, fmt: str, params: dict[str, str] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """The result's bytes and ClickHouse's query summary (``X-ClickHouse-Summary``) of it."""
         try:
             res = session.query(sql, fmt, params=params or None)
         except Exception as exc:  # chdb raises ChdbError / RuntimeError with the ClickHouse text
@@ -137,12 +144,21 @@ class Engine:
             m = CODE_RE.search(msg)
             raise QueryFailed(int(m.group(1)) if m else 1001, msg) from exc
         if res is None:
-            return b""
+            return b"", {}
         if res.has_error():
             msg = res.error_message()
             m = CODE_RE.search(msg)
             raise QueryFailed(int(m.group(1)) if m else 1001, msg)
-        return res.bytes()
+        summary = {
+            "read_rows": res.storage_rows_read(),
+            "read_bytes": res.storage_bytes_read(),
+            "written_rows": res.rows_written(),
+            "written_bytes": res.bytes_written(),
+            "total_rows_to_read": res.storage_rows_read(),
+            "result_rows": res.rows_read(),
+            "result_bytes": res.bytes_read(),
+        }
+        return res.bytes(), {k: str(v) for k, v in summary.items()}
 
     def execute(
         self,
@@ -172,7 +188,7 @@ class Engine:
                 for name, value in settings.items():
                     self._run(session, f"SET {name} = {quote_literal(value)}", "TabSeparated")
                     applied.append(name)
-                out = self._run(session, sql, fmt, params)
+                out, summary = self._query(session, sql, fmt, params)
             finally:
                 for name in applied:
                     try:
@@ -182,7 +198,7 @@ class Engine:
                 if database:
                     self._run(session, "USE default", "TabSeparated")
             elapsed = time.perf_counter() - started
-        return out, {"elapsed_ns": str(int(elapsed * 1e9))}
+        return out, {**summary, "elapsed_ns": str(int(elapsed * 1e9))}
 
 
 def _open_session(path: str) -> Any:

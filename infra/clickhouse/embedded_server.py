@@ -64,6 +64,13 @@ _INSERT_RE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _INPUT_RE = re.compile(r"\binput\s*\(", re.IGNORECASE)  # the input() table function: the request body
+# statements that return no result set: a server sends them no X-ClickHouse-Format, and clients
+# (clickhouse-connect's command()) then read the X-ClickHouse-Summary as the command's summary
+_NO_RESULT = re.compile(
+    r"^\s*(?:INSERT|CREATE|DROP|ALTER|TRUNCATE|RENAME|SET|USE|OPTIMIZE|SYSTEM|KILL|DETACH|ATTACH|GRANT|"
+    r"REVOKE|DELETE|UPDATE|EXCHANGE|UNDROP|BACKUP|RESTORE)\b",
+    re.IGNORECASE,
+)
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ClickHouse returns 4xx for errors that are the caller's fault.
 _STATUS_BY_CODE = {
@@ -212,7 +219,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path not in ("/", ""):
             self._send(404, b"There is no handle " + url.path.encode() + b"\n")
             return
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        params = dict(parse_qsl(url.query, keep_blank_values=True, errors="backslashreplace"))
         query_id = params.get("query_id") or str(uuid.uuid4())
         try:
             if not self._authorized(params):
@@ -245,19 +252,15 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, OSError) as exc:
             self._error(QueryFailed(1001, f"bad request: {exc}"))
             return
-        self._send(
-            200,
-            out,
-            {
-                "Content-Type": "application/octet-stream"
-                if fmt == "Native"
-                else "text/plain; charset=UTF-8",
-                "X-ClickHouse-Query-Id": query_id,
-                "X-ClickHouse-Format": fmt,
-                "X-ClickHouse-Timezone": "UTC",
-                "X-ClickHouse-Summary": json.dumps(summary),
-            },
-        )
+        headers = {
+            "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Timezone": "UTC",
+            "X-ClickHouse-Summary": json.dumps(summary),
+        }
+        if not _NO_RESULT.match(sql):  # as a server: a format only for statements that return rows
+            headers["X-ClickHouse-Format"] = fmt
+        self._send(200, out, headers)
 
     def _statement(self, query: str, body: Iterator[bytes]) -> tuple[str, str | None]:
         """The SQL to run, and the temp file holding insert data (if any).
@@ -289,7 +292,7 @@ class Handler(BaseHTTPRequestHandler):
                 full = (head + b"\n" + first + rest) if query and first else (head or first + rest)
                 if not full.strip():
                     raise QueryFailed(62, "Empty query")
-                return full.decode(), None
+                return _sql_text(full), None
             first = first[nl + 1 :]
         assert m is not None
         fd, path = tempfile.mkstemp(dir=self.engine.tmpdir, suffix=".bin")
@@ -302,13 +305,19 @@ class Handler(BaseHTTPRequestHandler):
         if not written:
             os.unlink(path)
             raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
-        settings = (m.group(2) or b"").decode()
-        head_sql, fmt = m.group(1).decode(), m.group(3).decode()
+        settings = _sql_text(m.group(2) or b"")
+        head_sql, fmt = _sql_text(m.group(1)), m.group(3).decode()
         if _INPUT_RE.search(head_sql):  # INSERT ... SELECT ... FROM input('structure'): the data is a file
             source = f"file({quote_literal(path)}, {quote_literal(fmt)}, "
             stmt_sql = _INPUT_RE.sub(lambda _m: source, head_sql, count=1)
             return stmt_sql + settings, path
         return f"{head_sql} FROM INFILE {quote_literal(path)}{settings} FORMAT {fmt}", path
+
+
+def _sql_text(data: bytes) -> str:
+    """Query bytes as the text chdb takes. ClickHouse accepts bytes that are not UTF-8 inside string
+    literals; each such byte becomes ``\\xHH``, the literal escape ClickHouse reads back as that byte."""
+    return data.decode("utf-8", errors="backslashreplace")
 
 
 def serve(path: str, host: str, port: int, password: str = "") -> None:

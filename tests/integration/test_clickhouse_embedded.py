@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +22,10 @@ def test_insert_100k_rows_and_aggregate(stack, ch_database) -> None:
     rows = [
         (i, f'it\'s \x00 "q" ünïcødé {i}', i * 0.5, t0 + dt.timedelta(milliseconds=i)) for i in range(100_000)
     ]
-    c.insert("t", rows, column_names=["id", "s", "f", "d"])
+    summary = c.insert("t", rows, column_names=["id", "s", "f", "d"])
+    assert summary.written_rows == 100_000  # X-ClickHouse-Summary, as a server sends it
+    c.command("CREATE TABLE t10 AS t")
+    assert c.command("INSERT INTO t10 (id) SELECT number FROM numbers(10)").written_rows == 10
     count, total, mx = c.query("SELECT count(), sum(id), max(f) FROM t").result_rows[0]
     assert (count, total, mx) == (100_000, sum(range(100_000)), 99_999 * 0.5)
     # binary-safe: NUL, quotes and unicode come back byte for byte
@@ -76,6 +80,16 @@ def test_plain_http_and_formats(stack) -> None:
         assert r.read() == b"a\\tb\t2\n"
     with urllib.request.urlopen(f"{base}/ping") as r:
         assert r.read() == b"Ok.\n"
+    # query bytes that are not UTF-8, as ClickHouse takes them: in the body, the URL and a parameter
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/", data=b"SELECT hex('\xff\xfe')")) as r:
+        assert r.read() == b"FFFE\n"
+    with urllib.request.urlopen(f"{base}/?query=SELECT+hex(%27%FF%27)") as r:
+        assert r.read() == b"FF\n"
+    with urllib.request.urlopen(f"{base}/?query=SELECT+hex(%7Bp:String%7D)&param_p=%FF") as r:
+        assert r.read() == b"FF\n"
+    with urllib.request.urlopen(f"{base}/?query=SELECT+1&query_id=my-query-7") as r:
+        assert r.headers["X-ClickHouse-Query-Id"] == "my-query-7"  # a caller's query_id comes back
+        assert json.loads(r.headers["X-ClickHouse-Summary"])["result_rows"] == "1"
 
 
 def test_errors_are_clickhouse_errors(stack) -> None:

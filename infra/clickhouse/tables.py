@@ -33,6 +33,17 @@ TABLE_NAMES = {  # by event (Avro record name)
 }
 
 
+_PRIMITIVES = {
+    "string": "String",
+    "bytes": "String",
+    "int": "Int32",
+    "long": "Int64",
+    "float": "Float32",
+    "double": "Float64",
+    "boolean": "Bool",
+}
+
+
 def _ch_type(avro: Any) -> tuple[str, bool]:
     """(ClickHouse type, stored as JSON text) for an Avro type."""
     if isinstance(avro, list):
@@ -44,15 +55,7 @@ def _ch_type(avro: Any) -> tuple[str, bool]:
             return f"LowCardinality(Nullable({base[len('LowCardinality(') : -1]}))", False
         return f"Nullable({base})", False
     if isinstance(avro, str):
-        return {
-            "string": "String",
-            "bytes": "String",
-            "int": "Int32",
-            "long": "Int64",
-            "float": "Float32",
-            "double": "Float64",
-            "boolean": "Bool",
-        }[avro], False
+        return _PRIMITIVES[avro], False
     logical = avro.get("logicalType")
     if logical == "uuid":
         return "UUID", False
@@ -165,14 +168,7 @@ def _nested(avro: Any) -> str | None:
     """The ClickHouse type that reads an Avro value nested in a JSON column, when toJSONString
     then gives what ``row``'s json.dumps gives (same keys and values; spacing aside)."""
     if isinstance(avro, str):
-        return {
-            "string": "String",
-            "int": "Int32",
-            "long": "Int64",
-            "float": "Float32",
-            "double": "Float64",
-            "boolean": "Bool",
-        }.get(avro)
+        return None if avro == "bytes" else _PRIMITIVES.get(avro)  # bytes: JSON would show them as hex
     if isinstance(avro, list):
         inner = [t for t in avro if t != "null"]
         one = _nested(inner[0]) if len(inner) == 1 else None

@@ -13,3 +13,15 @@ def test_every_table_is_keyed_on_event_id_and_has_every_field() -> None:
         assert t.column_names[-3:] == ["_topic", "_partition", "_offset"]
         schema = json.loads(t.topic.schema_path.read_text())
         assert t.field_names == [f["name"] for f in schema["fields"]]
+
+
+def test_offset_runs_give_each_row_its_own_offset() -> None:
+    """The sink's AvroConfluent insert sets _offset from runs: row k of run i is start[i] + k - begin[i]."""
+    from infra.clickhouse.tables import offset_runs
+
+    offsets = [5, 6, 7, 10, 11, 20, 22, 23]  # gaps: transaction markers, compaction
+    starts, begins, ends = offset_runs(offsets)
+    assert (starts, begins, ends) == ([5, 10, 20, 22], [0, 3, 5, 6], [3, 5, 6, 8])
+    run = [next(i for i, e in enumerate(ends) if e > k) for k in range(len(offsets))]  # arrayFirstIndex
+    assert [starts[i] + k - begins[i] for k, i in enumerate(run)] == offsets
+    assert offset_runs([]) == ([], [], [])

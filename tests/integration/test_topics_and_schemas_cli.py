@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
@@ -41,14 +42,20 @@ def test_ensure_creates_then_reports_differences_without_changing(stack) -> None
     )
     for fut in a.incremental_alter_configs([res]).values():
         fut.result()
+
+    def retention() -> str:
+        (fut,) = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, COMPLETED.name)]).values()
+        return str(fut.result()["retention.ms"].value)
+
+    # the broker applies a config change from its metadata log a moment after the alter returns
+    deadline = time.monotonic() + 30
+    while retention() != "1000" and time.monotonic() < deadline:
+        time.sleep(0.1)
     reports = {r.topic: r for r in ensure_topics(stack.kafka)}
     assert reports[COMPLETED.name].action == "differs"
     assert any("retention.ms=1000" in d for d in reports[COMPLETED.name].differences)
     assert all(r.action == "ok" for n, r in reports.items() if n != COMPLETED.name)
-    # reported, not changed
-    cfg = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, COMPLETED.name)])
-    (fut,) = cfg.values()
-    assert fut.result()["retention.ms"].value == "1000"
+    assert retention() == "1000"  # reported, not changed
 
 
 def test_schemas_register_then_check_rejects_field_without_default(stack, tmp_path) -> None:

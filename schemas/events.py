@@ -126,6 +126,14 @@ class InferenceRequested(RequestEvent, ModelRef):
     training_opt_out: bool = False
 
 
+class CompletionChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int
+    completion: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
 class InferenceCompleted(RequestEvent, ModelRef):
     avro_name: ClassVar[str] = "InferenceCompleted"
     status: CompletionStatus
@@ -143,6 +151,7 @@ class InferenceCompleted(RequestEvent, ModelRef):
     user_id: str | None = None
     session_id: str | None = None
     training_opt_out: bool = False
+    choices: list[CompletionChoice] = Field(default_factory=list)
 
 
 class FeedbackSubmitted(RequestEvent, ModelRef):
@@ -156,6 +165,7 @@ class FeedbackSubmitted(RequestEvent, ModelRef):
     source: FeedbackSource
     evaluator: str | None = None
     user_id: str | None = None
+    choice: int = Field(0, ge=0)
 
 
 class RewardSource(BaseModel):
@@ -180,6 +190,7 @@ class RewardedSample(RequestEvent, ModelRef):
     completion_tokens: int = 0
     latency_ms: float = 0.0
     user_id: str | None = None
+    choice: int = 0
 
 
 class MetricsWindow(Event, ModelRef):

@@ -6,7 +6,9 @@ at-least-once sink idempotent: a replayed event collapses into one row (read
 with ``FINAL`` or ``LIMIT 1 BY event_id`` for exact counts before merges).
 
 The DDL is generated here from the .avsc files and committed as the versioned
-migration ``migrations/0001_event_tables.sql``; a test keeps the two equal.
+migration ``migrations/0001_event_tables.sql``; a field added to a schema later gets its
+``ALTER TABLE ... ADD COLUMN`` migration (0007: the choices of n > 1 responses). A unit test
+checks that the migrations create every column derived here.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -45,6 +46,10 @@ def _events(n: int, run: str) -> list[ev.InferenceCompleted]:
             latency_ms=float(i),
             cost=Decimal(i) / Decimal(10**9),
             completion_tokens=i % 7,
+            choices=[  # every third asked n = 2 (an array of records: a JSON column)
+                ev.CompletionChoice(index=k, completion=f"c{k} ü", finish_reason=None if k else "stop")
+                for k in range(2 if i % 3 == 0 else 0)
+            ],
         )
         for i in range(n)
     ]
@@ -122,6 +127,11 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
         parameters={"r": events[7].request_id},
     ).result_rows
     assert row == [(events[7].completion, events[7].cost, events[7].request_id)]
+    # the nested choices read back the same whichever side decoded the batch
+    stored = dict(client.query(f"SELECT request_id, choices FROM {ch.database}.{table} FINAL").result_rows)
+    assert {r: json.loads(c) for r, c in stored.items()} == {
+        e.request_id: [c.model_dump() for c in e.choices] for e in events
+    }
 
     # Kafka coordinates: each row's _partition and _offset are its record's own (ClickHouse decoded
     # most of them; the sink set the offsets from runs of consecutive ones)

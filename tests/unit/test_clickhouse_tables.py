@@ -25,3 +25,20 @@ def test_offset_runs_give_each_row_its_own_offset() -> None:
     run = [next(i for i, e in enumerate(ends) if e > k) for k in range(len(offsets))]  # arrayFirstIndex
     assert [starts[i] + k - begins[i] for k, i in enumerate(run)] == offsets
     assert offset_runs([]) == ([], [], [])
+
+
+def test_the_migrations_create_every_column_the_avro_schemas_derive() -> None:
+    """An Avro field added later needs its ALTER ... ADD COLUMN migration: the sink inserts every field."""
+    import re
+
+    from infra.clickhouse.migrate import migration_files, statements
+
+    columns: dict[str, set[str]] = {}
+    for path in migration_files():
+        for stmt in statements(path, "db"):
+            if m := re.match(r"CREATE TABLE IF NOT EXISTS db\.(\w+)\s*\((.*)\)\s*ENGINE", stmt, re.S):
+                columns[m[1]] = set(re.findall(r"^\s*`(\w+)`", m[2], re.M))
+            elif m := re.match(r"ALTER TABLE db\.(\w+) ADD COLUMN IF NOT EXISTS `(\w+)`", stmt):
+                columns[m[1]].add(m[2])
+    for t in all_tables():
+        assert set(t.column_names) <= columns[t.name], (t.name, set(t.column_names) - columns[t.name])

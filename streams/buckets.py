@@ -131,6 +131,11 @@ class BucketStage(TransactionalStage):
             if is_completed:
                 acc.add_completed(r)
             else:
+                if r["source"] != "user" and r.get("choice", 0):
+                    # an evaluator scores every choice of an n > 1 response; the judge's unit is the
+                    # request, so its live quality takes choice 0's score (n = 1's only choice)
+                    counts["other_choices"] += 1
+                    continue
                 if r["source"] == "user":
                     # the judge's unit is the request: a user's second vote on one request (a changed
                     # mind, a double click) is not a second rated response

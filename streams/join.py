@@ -14,6 +14,12 @@ changes nothing and emits nothing) and returns what to publish:
   sources, so a replay publishes the same id (ClickHouse keeps one row) and
   the latest sample of a request supersedes the earlier ones.
 
+A response to a request that asked n > 1 carries every choice. Evaluators score each choice (the
+score names it in ``choice``), and feedback names the choice it rates; each choice with reward
+sources becomes its own RewardedSample (``choice`` k, that choice's completion), emitted and
+superseded independently of the others. Feedback naming a choice the response does not have (an
+SDK-logged response has choice 0 only) is kept but never becomes a sample.
+
 Requests that opted out of training (``training_opt_out`` on the request or
 the response) are joined and scored but never become a RewardedSample.
 """
@@ -65,6 +71,8 @@ class JoinState:
     emitted_by: str = ""  # the input whose arrival emitted the current sample
     evaluated_at: float = 0.0  # when: a re-send carries the same occurred_at (same id, same content)
     emitted_at: float = 0.0
+    # choices 1.. of an n > 1 response: choice -> [signature, emitted_by, emitted_at] (choice 0 above)
+    emitted_more: dict[str, list[Any]] = field(default_factory=dict)
 
     # -- storage (faust table values are JSON) --------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -81,6 +89,7 @@ class JoinState:
             "mb": self.emitted_by,
             "ea": self.evaluated_at,
             "ma": self.emitted_at,
+            "mk": self.emitted_more,
         }
 
     @classmethod
@@ -98,6 +107,7 @@ class JoinState:
             d.get("mb", ""),
             d.get("ea", 0.0),
             d.get("ma", 0.0),
+            d.get("mk", {}),
         )
 
     # -- events ---------------------------------------------------------------
@@ -140,6 +150,7 @@ class JoinState:
                 "version": event.version,
                 "adapter": event.adapter,
                 "request_id": event.request_id,
+                "choices": [[c.completion, c.completion_tokens] for c in event.choices],
             }
         else:
             value = rewards.feedback_reward(event)
@@ -150,6 +161,7 @@ class JoinState:
                 "value": value,
                 "correction": event.correction,
                 "at": event.occurred_at.timestamp(),
+                "choice": event.choice,
             }
         return self._outputs(eid, now, evaluators, event.request_id or "")
 
@@ -163,12 +175,46 @@ class JoinState:
         if not self.evaluated and evaluators:
             self.evaluated, self.evaluated_by, self.evaluated_at = True, eid, now
             out += self._scores(evaluators, request_id)
-        sources = {eid: fb for eid, fb in self.feedback.items() if fb["value"] is not None}
-        signature = ",".join(sorted(sources))
-        if sources and signature != self.emitted and not (rq["opt_out"] or rs["opt_out"]):
-            self.emitted, self.emitted_by, self.emitted_at = signature, eid, now
-            out.append(self._sample(request_id, sources, signature))
+        if rq["opt_out"] or rs["opt_out"]:
+            return out
+        for choice in range(self.choice_count()):
+            sources = {
+                e: fb
+                for e, fb in self.feedback.items()
+                if fb["value"] is not None and fb.get("choice", 0) == choice
+            }
+            signature = ",".join(sorted(sources))
+            if sources and signature != self.emitted_of(choice)[0]:
+                self.set_emitted(choice, signature, eid, now)
+                out.append(self._sample(request_id, sources, choice))
         return out
+
+    # -- choices ----------------------------------------------------------------
+    def choice_count(self) -> int:
+        """How many choices the response has (1 for n = 1, an SDK-logged or an unknown response)."""
+        return max(1, len((self.response or {}).get("choices") or []))
+
+    def completion_of(self, choice: int) -> tuple[str, int]:
+        """(text, completion tokens) of one choice."""
+        rs = self.response
+        assert rs is not None
+        choices = rs.get("choices") or []
+        if choice == 0 or not choices:
+            return rs["completion"], rs["completion_tokens"] if not choices else int(choices[0][1])
+        return str(choices[choice][0]), int(choices[choice][1])
+
+    def emitted_of(self, choice: int) -> tuple[str, str, float]:
+        """(signature, input that emitted it, when) of the choice's current sample."""
+        if choice == 0:
+            return self.emitted, self.emitted_by, self.emitted_at
+        sig, by, at = self.emitted_more.get(str(choice), ["", "", 0.0])
+        return str(sig), str(by), float(at)
+
+    def set_emitted(self, choice: int, signature: str, by: str, at: float) -> None:
+        if choice == 0:
+            self.emitted, self.emitted_by, self.emitted_at = signature, by, at
+        else:
+            self.emitted_more[str(choice)] = [signature, by, at]
 
     def _replay(
         self, eid: str, now: float, evaluators: dict[str, rewards.Evaluator], request_id: str
@@ -186,28 +232,43 @@ class JoinState:
             self.emitted_at = now
         if self.evaluated and evaluators and self.evaluated_by == eid:
             out += self._scores(evaluators, request_id)
-        if self.emitted and self.emitted_by == eid and not (rq["opt_out"] or rs["opt_out"]):
-            emitted = set(self.emitted.split(","))
-            sources = {eid: fb for eid, fb in self.feedback.items() if eid in emitted}
-            out.append(self._sample(request_id, sources, self.emitted))
+        if rq["opt_out"] or rs["opt_out"]:
+            return out
+        for choice in range(self.choice_count()):
+            signature, by, _ = self.emitted_of(choice)
+            if signature and by == eid:
+                emitted = set(signature.split(","))
+                sources = {e: fb for e, fb in self.feedback.items() if e in emitted}
+                out.append(self._sample(request_id, sources, choice))
         return out
 
     def _scores(self, evaluators: dict[str, rewards.Evaluator], request_id: str) -> list[FeedbackSubmitted]:
+        out: list[FeedbackSubmitted] = []
+        for choice in range(self.choice_count()):
+            out += self._choice_scores(evaluators, request_id, choice)
+        return out
+
+    def _choice_scores(
+        self, evaluators: dict[str, rewards.Evaluator], request_id: str, choice: int
+    ) -> list[FeedbackSubmitted]:
         rq, rs = self.request, self.response
         assert rq is not None and rs is not None
+        completion, tokens = self.completion_of(choice)
         scores = rewards.run(
             evaluators,
             rewards.EvalInput(
                 prompt=rq["prompt"],
-                completion=rs["completion"],
+                completion=completion,
                 reference=self.reference(),
-                completion_tokens=rs["completion_tokens"],
+                completion_tokens=tokens,
                 params=rq["params"],
             ),
         )
+        # choice 0's ids are those of n = 1 responses (unchanged by n > 1 support)
+        tail = (f"choice{choice}",) if choice else ()
         return [
             FeedbackSubmitted(
-                event_id=derived_id(request_id, "evaluator", name),
+                event_id=derived_id(request_id, "evaluator", name, *tail),
                 producer=PRODUCER,
                 request_id=request_id,
                 model=rs["model"],
@@ -218,6 +279,7 @@ class JoinState:
                 source=FeedbackSource.evaluator,
                 evaluator=name,
                 occurred_at=_utc(self.evaluated_at),
+                choice=choice,
             )
             for name, score in sorted(scores.items())
         ]
@@ -230,9 +292,11 @@ class JoinState:
             return self.request["params"].get("reference")
         return None
 
-    def _sample(self, request_id: str, sources: dict[str, dict[str, Any]], signature: str) -> RewardedSample:
+    def _sample(self, request_id: str, sources: dict[str, dict[str, Any]], choice: int) -> RewardedSample:
         rq, rs = self.request, self.response
         assert rq is not None and rs is not None
+        signature, _, emitted_at = self.emitted_of(choice)
+        completion, tokens = self.completion_of(choice)
         reward_sources = [
             RewardSource(
                 source=FeedbackSource(fb["source"]),
@@ -246,8 +310,8 @@ class JoinState:
         total_weight = sum(s.weight for s in reward_sources)
         reward = sum(s.value * s.weight for s in reward_sources) / total_weight
         return RewardedSample(
-            event_id=derived_id(request_id, "sample", signature),
-            occurred_at=_utc(self.emitted_at),
+            event_id=derived_id(request_id, "sample", *((f"choice{choice}",) if choice else ()), signature),
+            occurred_at=_utc(emitted_at),
             producer=PRODUCER,
             request_id=request_id,
             model=rs["model"],
@@ -255,12 +319,13 @@ class JoinState:
             adapter=rs["adapter"],
             prompt=rq["prompt"],
             messages=[ChatMessage(**m) for m in rq["messages"]],
-            completion=rs["completion"],
+            completion=completion,
             reward=reward,
             reward_sources=reward_sources,
             reference=self.reference(),
             prompt_tokens=rs["prompt_tokens"],
-            completion_tokens=rs["completion_tokens"],
+            completion_tokens=tokens,
             latency_ms=rs["latency_ms"],
             user_id=rq["user_id"],
+            choice=choice,
         )

@@ -13,6 +13,7 @@ class StreamStats:
     bucketed: int = 0
     duplicates: int = 0
     repeat_votes: int = 0  # a user's further votes on a request already rated
+    other_choices: int = 0  # evaluator scores of choices 1.. of n > 1 responses (the judge takes choice 0)
     partials: int = 0
     aborted_batches: int = 0
     windows_closed: int = 0

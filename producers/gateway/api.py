@@ -115,3 +115,4 @@ class FeedbackRequest(BaseModel):
     other_request_id: str | None = None
     comment: str | None = Field(None, max_length=4000)
     user: str | None = None
+    choice: int = Field(0, ge=0, description="Which choice of an n > 1 response this rates (0 for n = 1).")

@@ -223,7 +223,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         body: FeedbackRequest = await parse(request, FeedbackRequest)
         signed = gateway.request_ids.read(body.request_id)
         # An application key rates only the requests it made; evaluators and admins rate any.
-        mine = signed is not None and signed[1] == caller.key_id
+        mine = signed is not None and signed.key_id == caller.key_id
         if not caller.trusted and not gateway.keys.open and not mine:
             gateway.metrics.feedback.labels("refused").inc()
             raise ApiError(
@@ -234,11 +234,21 @@ def create_app(gateway: Gateway) -> FastAPI:
                 "not_your_request",
                 param="request_id",
             )
-        version = signed[0] if signed else "unknown"
+        version = signed.version if signed else "unknown"
+        if signed is not None and body.choice >= signed.choices:
+            gateway.metrics.feedback.labels("refused").inc()
+            raise ApiError(
+                400,
+                f"choice={body.choice}, but this response has {signed.choices} choice(s) (0..{signed.choices - 1})",
+                code="no_such_choice",
+                param="choice",
+            )
         # One rater, one vote per request: the vote's event id is derived from (request, rater, kind),
         # so a repeated vote is the same event and the streams count it once (first vote wins).
         rater = f"{caller.key_id}/{body.user or ''}" if caller.trusted else caller.key_id
         vote = f"{body.request_id}|{rater}|{body.kind.value}|{body.other_request_id or ''}"
+        if body.choice:  # a vote on each choice counts (choice 0 keeps the n = 1 ids)
+            vote += f"|choice{body.choice}"
         event_id = uuid.uuid5(FEEDBACK_IDS, vote)
         try:
             gateway.feedback.send(
@@ -253,6 +263,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 comment=body.comment,
                 user_id=body.user,
                 event_id=event_id,
+                choice=body.choice,
             )
         except ValueError as exc:
             raise ApiError(400, str(exc), code="invalid_feedback") from None

@@ -1,10 +1,15 @@
 """The gateway's two events per request, built off the request path.
 
-The request path keeps only references (``Asked``: the request's fields, ``Outcome``: what the
-user saw of choice 0, filled as the response is produced). When the response ends, ``build`` is
+The request path keeps only references (``Request``: the request's fields, ``Outcome``: what the
+user saw of each choice, filled as the response is produced). When the response ends, ``build`` is
 queued to the SDK's background sender, which redacts the prompt, messages and completion, renders
 the chat template (the prompt the model saw, as text), and builds InferenceRequested +
 InferenceCompleted there: redaction (~0.03-0.2 ms) and template rendering never delay a response.
+
+A request with n > 1 records every choice in ``InferenceCompleted.choices`` (choice 0 is also the
+event's ``completion``), so feedback and evaluators can rate the choice the user saw. The engine
+reports only the sum of the choices' tokens in ``usage``; each choice's own count comes from the token
+ids the gateway asks vLLM for and takes out of the response before the client sees it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from producers.gateway.api import text_of
 from schemas.events import (
     ChatMessage,
+    CompletionChoice,
     CompletionStatus,
     Endpoint,
     Event,
@@ -28,17 +34,13 @@ from schemas.topics import COMPLETED, REQUESTED, TopicSpec
 
 
 @dataclass
-class Outcome:
-    """What the user saw of one request (choice 0), filled as the response is produced."""
+class Choice:
+    """One choice of a response, as the user saw it."""
 
     text: list[str] = field(default_factory=list)
     tools: dict[int, dict[str, str]] = field(default_factory=dict)
     finish: str | None = None
-    ttft_s: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    engine_s: float | None = None
-    error: str | None = None
+    tokens: int = 0  # from the response's token ids (n > 1); 0 when not counted
 
     def completion(self) -> str:
         text = "".join(self.text)
@@ -46,6 +48,28 @@ class Outcome:
             calls = [{"name": t["name"], "arguments": t["arguments"]} for _, t in sorted(self.tools.items())]
             return json.dumps(calls)
         return text
+
+
+@dataclass
+class Outcome:
+    """What the user saw of one request (every choice), filled as the response is produced."""
+
+    choices: dict[int, Choice] = field(default_factory=dict)
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_s: float | None = None
+    error: str | None = None
+
+    def choice(self, index: int) -> Choice:
+        return self.choices.setdefault(index, Choice())
+
+    @property
+    def finish(self) -> str | None:
+        return self.choice(0).finish
+
+    def completion(self) -> str:
+        return self.choice(0).completion()
 
     def take_metrics(self, metrics: dict[str, Any] | None) -> None:
         """vLLM's per-request timings: engine time = scheduled -> last token (no queueing)."""
@@ -56,21 +80,36 @@ class Outcome:
             if self.ttft_s is None:
                 self.ttft_s = ((m.get("queue_time_ms") or 0.0) + ttft) / 1000
 
-    def take_choice(self, choice: dict[str, Any], chat: bool) -> None:
+    def take_token_ids(self, obj: dict[str, Any], blank: bool) -> None:
+        """Count each choice's token ids (asked only for counting) and take them out of the
+        response: set to None where the response shape has the field (``blank``), else removed."""
+        for holder in [obj, *(obj.get("choices") or [])]:
+            for key in ("token_ids", "prompt_token_ids"):
+                if key not in holder:
+                    continue
+                ids = holder.pop(key)
+                if blank:
+                    holder[key] = None
+                if key == "token_ids" and ids and holder is not obj:
+                    self.choice(int(holder.get("index") or 0)).tokens += len(ids)
+
+    def take_choice(self, choice: dict[str, Any], chat: bool) -> bool:
+        """Add one choice (or a streamed delta of one); True if it carried content or a tool call."""
+        got = self.choice(int(choice.get("index") or 0))
         piece: dict[str, Any] = (
             (choice.get("delta") or choice.get("message") or {}) if chat else {"content": choice.get("text")}
         )
         if piece.get("content"):
-            self.text.append(str(piece["content"]))
-        for call in piece.get("tool_calls") or []:
-            slot = self.tools.setdefault(
-                int(call.get("index", len(self.tools))), {"name": "", "arguments": ""}
-            )
+            got.text.append(str(piece["content"]))
+        calls = piece.get("tool_calls") or []
+        for call in calls:
+            slot = got.tools.setdefault(int(call.get("index", len(got.tools))), {"name": "", "arguments": ""})
             fn = call.get("function") or {}
             slot["name"] += fn.get("name") or ""
             slot["arguments"] += fn.get("arguments") or ""
         if choice.get("finish_reason"):
-            self.finish = choice["finish_reason"]
+            got.finish = choice["finish_reason"]
+        return bool(piece.get("content") or calls)
 
 
 @dataclass(frozen=True)
@@ -126,6 +165,17 @@ def build(
         params=req.params,
     )
     ok, n = out.error is None, out.completion_tokens
+    choices = []
+    if len(out.choices) > 1:
+        for index, choice in sorted(out.choices.items()):
+            choices.append(
+                CompletionChoice(
+                    index=index,
+                    completion=redact(choice.completion()),
+                    finish_reason=choice.finish,
+                    completion_tokens=choice.tokens,
+                )
+            )
     done = InferenceCompleted(
         **req.common,
         status=CompletionStatus.ok if ok else CompletionStatus.error,
@@ -141,5 +191,6 @@ def build(
         # engine time, not wall time: queueing and a slow SSE reader are not the version's cost
         cost=served.cost,
         engine_seconds=served.engine_s,
+        choices=choices,
     )
     return [(REQUESTED, requested), (COMPLETED, done)]

@@ -213,7 +213,8 @@ class Gateway:
         chat = endpoint == Endpoint.chat
         version, route = self.pick(data["model"], data.get("user") or session)
         prefix = "chatcmpl" if chat else "cmpl"
-        rid = self.request_ids.new(prefix, version, caller.key_id)
+        asked_n = data.get("n") or 1  # vLLM validates it below; the id only needs its value
+        rid = self.request_ids.new(prefix, version, caller.key_id, asked_n if isinstance(asked_n, int) else 1)
         data["model"] = self.serving.model_name(version)
         data["request_id"] = rid[len(prefix) + 1 :]  # vLLM names the response f"{prefix}-{request_id}"
         stream = bool(data.get("stream"))
@@ -222,6 +223,12 @@ class Gateway:
         wants_usage = bool(options.get("include_usage"))
         if stream:  # always ask for usage: exact token counts and vLLM's timings ride on it
             data["stream_options"] = {**options, "include_usage": True}
+        # n > 1: usage has only the sum over the choices; each choice's own count comes from its
+        # token ids, asked of vLLM here and taken out of the response (``Outcome.take_token_ids``).
+        # Not with echo: vLLM then skips detokenizing the prompt it echoes.
+        count_ids = isinstance(asked_n, int) and asked_n > 1 and not data.get("echo")
+        if count_ids:
+            data["return_token_ids"] = True
         try:
             vreq = self.serving.request(data, chat)
         except ValidationError as exc:
@@ -312,8 +319,10 @@ class Gateway:
         if not stream:
             payload = result.model_dump()
             out.take_metrics(payload.pop("metrics", None))
-            if payload.get("choices"):
-                out.take_choice(payload["choices"][0], chat)
+            if count_ids:
+                out.take_token_ids(payload, blank=True)
+            for choice in payload.get("choices") or []:
+                out.take_choice(choice, chat)
             usage = payload.get("usage") or {}
             out.prompt_tokens, out.completion_tokens = (
                 usage.get("prompt_tokens", 0),
@@ -322,16 +331,22 @@ class Gateway:
             finish()
             return JSONResponse(payload, headers=headers)
         return StreamingResponse(
-            self._relay(result, out, chat, wants_usage, t0, finish),
+            self._relay(result, out, chat, wants_usage, count_ids, t0, finish),
             media_type="text/event-stream",
             headers=headers,
         )
 
     @staticmethod
     async def _relay(
-        lines: AsyncIterator[str], out: Outcome, chat: bool, wants_usage: bool, t0: float, finish: Any
+        lines: AsyncIterator[str],
+        out: Outcome,
+        chat: bool,
+        wants_usage: bool,
+        count_ids: bool,
+        t0: float,
+        finish: Any,
     ) -> AsyncIterator[str]:
-        """vLLM's SSE lines to the client, reading choice 0, usage and timings on the way."""
+        """vLLM's SSE lines to the client, reading the choices, usage and timings on the way."""
         try:
             async for line in lines:
                 body = line[6:].strip() if line.startswith("data: ") else "[DONE]"
@@ -350,12 +365,15 @@ class Gateway:
                         continue
                     line = f"data: {json.dumps(obj)}\n\n"
                 else:
+                    if count_ids:  # the token ids asked for counting, out; and the chunks only they filled
+                        out.take_token_ids(obj, blank=False)
+                        obj["choices"] = [c for c in obj.get("choices") or [] if _carries(c)]
+                        if not obj["choices"]:
+                            continue
+                        line = f"data: {json.dumps(obj)}\n\n"
                     for choice in obj.get("choices") or []:
-                        if choice.get("index", 0) == 0:
-                            before = len(out.text) + len(out.tools)
-                            out.take_choice(choice, chat)
-                            if out.ttft_s is None and len(out.text) + len(out.tools) > before:
-                                out.ttft_s = time.perf_counter() - t0
+                        if out.take_choice(choice, chat) and out.ttft_s is None:
+                            out.ttft_s = time.perf_counter() - t0
                 yield line
         except Exception as exc:
             out.error = f"{type(exc).__name__}: {exc}"
@@ -378,3 +396,14 @@ class Gateway:
             traffic_share=1.0 if kind == VersionEventKind.promoted else 0.0,
         )
         publish_event(self.kafka, self.registry, VERSIONS, event, self.settings.topic_suffix)
+
+
+def _carries(choice: dict[str, Any]) -> bool:
+    """Whether a streamed choice chunk says anything (vLLM sends empty ones when asked for token ids)."""
+    delta = choice.get("delta") or {}
+    return bool(
+        choice.get("text")
+        or choice.get("finish_reason")
+        or choice.get("logprobs")
+        or any(delta.get(k) for k in ("role", "content", "tool_calls", "reasoning", "reasoning_content"))
+    )

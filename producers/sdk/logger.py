@@ -237,9 +237,11 @@ class FeedbackClient(_Client):
         source: str = "user",
         evaluator: str | None = None,
         event_id: uuid.UUID | None = None,
+        choice: int = 0,
     ) -> None:
         """Queue one FeedbackSubmitted. ``event_id`` makes a repeated vote the same event (the
-        streams count it once); by default every call is a new event."""
+        streams count it once); by default every call is a new event. ``choice`` names the choice
+        of an n > 1 response that the feedback rates."""
         try:
             fk, fs = FeedbackKind(kind), FeedbackSource(source)
         except ValueError as exc:
@@ -248,6 +250,8 @@ class FeedbackClient(_Client):
             raise LoggerMisuse("a correction needs correction='the right answer'")
         if fk not in (FeedbackKind.correction,) and value is None:
             raise LoggerMisuse(f"{kind} feedback needs a value")
+        if not isinstance(choice, int) or choice < 0:
+            raise LoggerMisuse(f"choice={choice!r}: the index of one of the response's choices (0 for n = 1)")
         if fk == FeedbackKind.preference and not other_request_id:
             raise LoggerMisuse("a preference needs other_request_id (the response it is compared with)")
         event = FeedbackSubmitted(
@@ -265,5 +269,6 @@ class FeedbackClient(_Client):
             source=fs,
             evaluator=evaluator,
             user_id=user_id,
+            choice=choice,
         )
         self._sender.submit(lambda: [(FEEDBACK, event)])

@@ -1,7 +1,7 @@
 """Training data from the durable buffer (ClickHouse, written by the sink), split deterministically.
 
-One row per request (its latest RewardedSample), never a request twice in a
-run; opted-out requests never became samples, and an erased person's samples are left out even when
+One row per rated choice of a request (its latest RewardedSample; one per request for n = 1), and
+the split keeps a request's choices on one side; opted-out requests never became samples, and an erased person's samples are left out even when
 a copy came back (``infra/erasure.py``). Each sample keeps where it came
 from (topic, partition, offset) for the version's lineage.
 """
@@ -36,8 +36,8 @@ FROM {db}.rewarded_samples FINAL
 WHERE model = {model:String} AND """
     + not_erased("{db}")
     + """
-GROUP BY request_id
-ORDER BY request_id
+GROUP BY request_id, choice
+ORDER BY request_id, choice
 """
 )
 

@@ -5,7 +5,8 @@ was preferred over B's (value > 0) or not (value < 0). Prompts come from Inferen
 responses from InferenceCompleted — all from ClickHouse (the sink's durable copy of the topics).
 A pair is used only when both requests asked the same thing, both succeeded, and neither opted out
 of training, and neither requester nor rater has been erased (``infra/erasure.py``); the latest
-judgement of a pair wins.
+judgement of a pair wins. A preference on choice k of an n > 1 response (``choice`` on the
+feedback) prefers that choice's text over the other request's response.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _KEPT = not_erased("{db}")
 
 PREFERENCES = (
     """
-SELECT request_id, other_request_id, argMax(value, occurred_at) AS preferred,
+SELECT request_id, other_request_id, choice, argMax(value, occurred_at) AS preferred,
        toString(argMax(event_id, occurred_at)) AS event_id,
        argMax(_topic, occurred_at) AS topic, argMax(_partition, occurred_at) AS partition,
        argMax(_offset, occurred_at) AS offset
@@ -28,9 +29,9 @@ FROM {db}.feedback_submitted FINAL
 WHERE kind = 'preference' AND model = {model:String} AND other_request_id IS NOT NULL AND """
     + _KEPT
     + """
-GROUP BY request_id, other_request_id
+GROUP BY request_id, other_request_id, choice
 HAVING preferred IS NOT NULL AND preferred != 0
-ORDER BY request_id, other_request_id
+ORDER BY request_id, other_request_id, choice
 """
 )
 REQUESTS = (
@@ -43,7 +44,7 @@ GROUP BY request_id
 """
 )
 COMPLETIONS = """
-SELECT request_id, argMax(completion, occurred_at) AS completion
+SELECT request_id, argMax(completion, occurred_at) AS completion, argMax(choices, occurred_at) AS choices
 FROM {db}.inference_completed FINAL WHERE request_id IN {ids:Array(String)} AND status = 'ok'
 GROUP BY request_id
 """
@@ -72,14 +73,15 @@ def load_pairs(client: Any, db: str, model: str) -> tuple[list[Pair], int]:
         for r in client.query(REQUESTS.replace("{db}", db), parameters={"ids": ids}).named_results()
     }
     completions = {
-        r["request_id"]: r["completion"]
+        r["request_id"]: r
         for r in client.query(COMPLETIONS.replace("{db}", db), parameters={"ids": ids}).named_results()
     }
     pairs, skipped = [], 0
     for p in prefs:
         a, b = p["request_id"], p["other_request_id"]
         ra, rb = requests.get(a), requests.get(b)
-        if ra is None or rb is None or a not in completions or b not in completions:
+        text_a, text_b = _text(completions.get(a), int(p["choice"])), _text(completions.get(b), 0)
+        if ra is None or rb is None or text_a is None or text_b is None:
             skipped += 1
             continue
         # the messages compared as JSON values: rows decoded by ClickHouse and by the sink space them apart
@@ -93,10 +95,18 @@ def load_pairs(client: Any, db: str, model: str) -> tuple[list[Pair], int]:
         messages = (json.loads(ra["messages"]) if ra["messages"] else None) or [
             {"role": "user", "content": ra["prompt"]}
         ]
-        better, worse = (
-            (completions[a], completions[b]) if p["preferred"] > 0 else (completions[b], completions[a])
-        )
+        better, worse = (text_a, text_b) if p["preferred"] > 0 else (text_b, text_a)
         pairs.append(
             Pair(a, p["event_id"], messages, better, worse, p["topic"], int(p["partition"]), int(p["offset"]))
         )
     return pairs, skipped
+
+
+def _text(row: dict[str, Any] | None, choice: int) -> str | None:
+    """The text of one choice of a stored response; None when there is no such response or choice."""
+    if row is None:
+        return None
+    if choice == 0:
+        return str(row["completion"])
+    choices = json.loads(row["choices"] or "[]")
+    return str(choices[choice]["completion"]) if choice < len(choices) else None

@@ -158,7 +158,9 @@ def run_once(
             "data_new": described(lineage(new)),
             "data_replayed": described(lineage(older)),
         }
-    eval_set = [s for s in held if s.reference][: cfg.max_eval_samples]
+    # one per request: the gate answers each held-out prompt anew, and the rated choices of an n > 1
+    # request share their prompt (counted twice, one prompt would weigh double in the paired test)
+    eval_set = list({s.request_id: s for s in held if s.reference}.values())[: cfg.max_eval_samples]
     if len(eval_set) < cfg.min_eval_samples:
         raise NotEnoughData(
             f"{len(eval_set)} held-out samples with a reference; the gate needs "

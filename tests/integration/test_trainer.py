@@ -387,6 +387,55 @@ def test_dpo_trains_on_preference_pairs_chosen_automatically(
     assert "loss" in metrics and "rewards/margins" in metrics, metrics
 
 
+def test_a_preference_on_one_choice_of_an_n_gt_1_response_pairs_that_choices_text(
+    stack: Any, ch_database: str
+) -> None:
+    """n = 2: the user preferred choice 1 of request A over request B's answer; the pair's chosen
+    text is choice 1's, not choice 0's. A choice the response lacks makes no pair."""
+    from consumers.trainer.pairs import load_pairs
+    from infra.clickhouse.tables import event_table as table_of
+    from schemas.events import CompletionChoice, FeedbackKind, FeedbackSubmitted
+    from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
+    from tests.integration.streams_support import request_events, utc
+
+    client = connect(stack.clickhouse, database=ch_database)
+    migrate(client, ch_database)
+    now = utc(1_790_000_000)
+    tables = {spec.name: table_of(spec) for spec in (REQUESTED, COMPLETED, FEEDBACK)}
+    rows: dict[str, list[Any]] = {name: [] for name in tables}
+
+    def add(spec: Any, event: Any) -> None:
+        rows[spec.name].append(tables[spec.name].row(event.to_avro(), 0, len(rows[spec.name])))
+
+    for rid, text in (("A", "I cannot count"), ("B", "maybe 5")):
+        req, done = request_events(rid, version="base", at=now, completion=text)
+        add(REQUESTED, req.model_copy(update={"model": SERVED, "prompt": "What is 2 plus 3?"}))
+        if rid == "A":
+            choices = [CompletionChoice(index=0, completion=text), CompletionChoice(index=1, completion="5")]
+            done = done.model_copy(update={"choices": choices})
+        add(COMPLETED, done.model_copy(update={"model": SERVED}))
+    for choice in (1, 2):
+        add(
+            FEEDBACK,
+            FeedbackSubmitted(
+                producer="t",
+                request_id="A",
+                occurred_at=now,
+                model=SERVED,
+                kind=FeedbackKind.preference,
+                value=1.0,
+                other_request_id="B",
+                source=FeedbackSource.user,
+                choice=choice,
+            ),
+        )
+    for name, table in tables.items():
+        client.insert(table.name, rows[name], column_names=table.column_names)
+    pairs, skipped = load_pairs(client, ch_database, SERVED)
+    assert [(p.request_id, p.chosen, p.rejected) for p in pairs] == [("A", "5", "maybe 5")]
+    assert skipped == 1  # the preference on choice 2, which A does not have
+
+
 @pytest.mark.reliability
 def test_one_active_trainer_per_model_and_a_standby_takes_over(
     stack: Any, ch_database: str, unique: str, tmp_path: Path, record_figures: Any

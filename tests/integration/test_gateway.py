@@ -284,6 +284,19 @@ def test_the_openai_surface_behaves_as_openai_documents_it(gateway: Gateway) -> 
     msgs: Any = [{"role": "user", "content": "Say something."}]
     two = client.chat.completions.create(model=SERVED, messages=msgs, max_tokens=4, n=2)
     assert [c.index for c in two.choices] == [0, 1]
+    streamed_two: dict[int, str] = {}
+    two_stream = list(
+        client.chat.completions.create(model=SERVED, messages=msgs, max_tokens=4, n=2, stream=True)
+    )
+    for chunk in two_stream:
+        for c in chunk.choices:
+            streamed_two[c.index] = streamed_two.get(c.index, "") + (c.delta.content or "")
+    assert sorted(streamed_two) == [0, 1]
+    # the token ids the gateway asks vLLM for, to count each choice's tokens, never reach the client
+    assert not [c for k in two_stream for c in k.choices if getattr(c, "token_ids", None) is not None]
+    assert not [k for k in two_stream if getattr(k, "prompt_token_ids", None) is not None]
+    assert all(c.delta.content or c.delta.role or c.finish_reason for k in two_stream for c in k.choices)
+    assert all(getattr(c, "token_ids", None) is None for c in two.choices)
     plain = client.chat.completions.create(model=SERVED, messages=msgs, max_tokens=12, temperature=0)
     text = plain.choices[0].message.content or ""
     cut = text[len(text) // 2 :].strip()[:3]
@@ -345,6 +358,17 @@ def test_the_openai_surface_behaves_as_openai_documents_it(gateway: Gateway) -> 
     assert json.loads(requested[called.id].params["request.tools"])[0]["function"]["name"] == "lookup"
     assert requested[two.id].params["request.n"] == "2"
     completed = {e.request_id: e for e in gateway.events(COMPLETED)}
+    # every choice of an n = 2 response is recorded, streamed or not, with its own token count
+    for rid, texts in (
+        (two.id, [c.message.content or "" for c in two.choices]),
+        (two_stream[0].id, [streamed_two[0], streamed_two[1]]),
+    ):
+        done = completed[rid]
+        assert [(c.index, c.completion) for c in done.choices] == list(enumerate(texts))
+        assert done.completion == texts[0] and done.finish_reason == done.choices[0].finish_reason
+        assert all(1 <= c.completion_tokens <= 4 for c in done.choices), done.choices
+        assert sum(c.completion_tokens for c in done.choices) == done.completion_tokens
+    assert completed[plain.id].choices == []  # n = 1: the completion alone
     assert json.loads(completed[called.id].completion)[0]["name"] == "lookup"
     assert completed[chunks[0].id].completion_tokens == usage[0].completion_tokens
 
@@ -391,6 +415,18 @@ def test_feedback_and_ground_truth_only_from_keys_allowed_to_send_them(gateway: 
     assert evaluator.post("/v1/chat/completions", json=truth).status_code == 200
     spoof = mine.post("/v1/chat/completions", json=ask | {"metadata": {"request.n": "9"}})
     assert spoof.status_code == 400
+    # n = 2: feedback names the choice it rates; a choice the response does not have is refused
+    two = mine.post("/v1/chat/completions", json=ask | {"n": 2}).json()["id"]
+    on_0 = mine.post("/v1/feedback", json={"request_id": two, "kind": "thumbs", "value": -1})
+    on_1 = mine.post("/v1/feedback", json={"request_id": two, "kind": "thumbs", "value": 1, "choice": 1})
+    assert on_0.status_code == on_1.status_code == 202 and on_0.json()["event_id"] != on_1.json()["event_id"]
+    for asked, choice in ((two, 2), (rid, 1)):
+        bad = mine.post(
+            "/v1/feedback", json={"request_id": asked, "kind": "thumbs", "value": 1, "choice": choice}
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "no_such_choice", bad.text
+    votes = {e.event_id: e.choice for e in gateway.events(FEEDBACK) if e.request_id == two}
+    assert sorted(votes.values()) == [0, 1]
 
 
 def test_a_w3c_traceparent_becomes_the_events_trace_id(gateway: Gateway) -> None:

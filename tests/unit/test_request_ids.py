@@ -26,5 +26,13 @@ def test_a_made_up_or_foreign_id_names_no_version() -> None:
 
 def test_the_id_names_the_key_that_made_the_request() -> None:
     ids = RequestIds(b"shared")
-    assert ids.read(ids.new("cmpl", "v2", "k-1f2e")) == ("v2", "k-1f2e")
-    assert ids.read(ids.new("cmpl", "base")) == ("base", "")
+    assert ids.read(ids.new("cmpl", "v2", "k-1f2e")) == ("v2", "k-1f2e", 1)
+    assert ids.read(ids.new("cmpl", "base")) == ("base", "", 1)
+
+
+def test_the_id_of_an_n_gt_1_request_says_how_many_choices_it_has_and_cannot_be_stretched() -> None:
+    ids = RequestIds(b"shared")
+    rid = ids.new("chatcmpl", "v2", "k", choices=3)
+    assert ids.read(rid) == ("v2", "k", 3)
+    body, _, tag = rid.rpartition(".")
+    assert ids.read(f"{body[:-1]}9.{tag}") is None  # a client claiming 9 choices breaks the tag

@@ -242,6 +242,50 @@ def test_join_never_emits_samples_for_opted_out_requests() -> None:
     assert not [o for o in out if isinstance(o, RewardedSample)]
 
 
+def test_each_choice_of_an_n_gt_1_response_is_scored_and_sampled_on_its_own() -> None:
+    """n = 3: the evaluator scores every choice; a thumbs on choice 2 makes a sample of choice 2's
+    text; feedback naming a choice the response lacks is kept but makes no sample."""
+    from schemas.events import CompletionChoice
+
+    evaluators = rewards.resolve(["number_match"])
+    req, done, fb = _events("r3")
+    texts = ["2", "3", "two is 2"]
+    done = done.model_copy(
+        update={
+            "choices": [
+                CompletionChoice(index=i, completion=t, completion_tokens=i + 1) for i, t in enumerate(texts)
+            ]
+        }
+    )
+    state = JoinState(partition=0, expires_at=0)
+    out = state.apply(req, evaluators, 0, 60) + state.apply(done, evaluators, 0, 60)
+    scores = [o for o in out if isinstance(o, FeedbackSubmitted)]
+    assert [(s.choice, s.value) for s in scores] == [(0, 1.0), (1, 0.0), (2, 1.0)]
+    assert len({s.event_id for s in scores}) == 3
+    on_2 = fb.model_copy(update={"choice": 2, "event_id": uuid.uuid4()})
+    on_7 = fb.model_copy(update={"choice": 7, "event_id": uuid.uuid4()})
+    state = JoinState.from_json(json.loads(json.dumps(state.to_json())))
+    samples = [o for o in state.apply(on_2, evaluators, 1, 60) if isinstance(o, RewardedSample)]
+    assert [(x.choice, x.completion, x.completion_tokens, x.reward) for x in samples] == [
+        (2, "two is 2", 3, -1.0)
+    ]
+    assert not state.apply(on_7, evaluators, 2, 60)
+    # the scores come back through the feedback topic: one sample per choice, each its own text
+    later: list[object] = []
+    for sc in scores:
+        later += state.apply(sc, evaluators, 3, 60)
+    by_choice = {x.choice: x for x in later if isinstance(x, RewardedSample)}
+    assert {c: (x.completion, x.reward) for c, x in by_choice.items()} == {
+        0: ("2", 1.0),
+        1: ("3", -1.0),  # scores map 0..1 to rewards -1..1
+        2: ("two is 2", 0.0),  # its thumbs (-1) and its score (1)
+    }
+    assert len({x.event_id for x in by_choice.values()} | {samples[0].event_id}) == 4
+    # a replay of choice 1's score re-sends choice 1's sample only, with the same id
+    again = [o for o in state.apply(scores[1], evaluators, 4, 60) if isinstance(o, RewardedSample)]
+    assert [(x.choice, x.event_id) for x in again] == [(1, by_choice[1].event_id)]
+
+
 # -- stage 1 (streams/buckets.py) ---------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ def test_gateway_fuzzed_from_its_openapi_spec_answers_no_5xx(
         fixed={
             "/v1/chat/completions": {"model": SERVED, "max_tokens": 2},
             "/v1/completions": {"model": SERVED, "max_tokens": 2},
-            "/v1/feedback": {"request_id": rid, "kind": "thumbs", "value": 1},
+            "/v1/feedback": {"request_id": rid, "kind": "thumbs", "value": 1, "choice": 0},  # rid: n = 1
         },
     )
     assert {c.path for c in todo} == {"/v1/chat/completions", "/v1/completions", "/v1/feedback"}

@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 venv:
 	@bash infra/scripts/ensure_venv.sh
 
-# Everything but the `slow` fault variants (they run in `make reliability` and `make test-all`),
+# Everything but the `slow` tests (fault variants and the two-replica gateway; they run in
+# `make reliability` and `make test-all`),
 # to keep `make test` inside CI's 25 minutes on 2 cores.
 test: venv browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -22,7 +22,10 @@ import pytest
 from schemas.topics import COMPLETED
 from tests.integration.gateway_support import ADMIN, SERVED, make_adapter, publish, running_gateways
 
-pytestmark = pytest.mark.reliability
+# `slow`: two vLLM engines starting side by side on 2 cores take 150-200 s of `make test`'s 25 minutes;
+# `make reliability` and `make test-all` run it. The version-following it proves for two processes is
+# the same code `test_gateway.py` and the canary loop exercise in one.
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 SHARE = 0.25
 N = 240

@@ -322,6 +322,14 @@ class TrainerSettings(BaseSettings):
     grpo_rollouts: str = Field(
         "vllm", description="GRPO rollouts from the run's vLLM engine (vllm) or TRL's generate (transformers)"
     )
+    gateway_url: str = Field(
+        "",
+        description="gate and sample GRPO rollouts on this gateway's engine (shadow versions, "
+        "POST /v1/shadows) instead of starting an engine of the run's own; empty: the run's own",
+    )
+    gateway_key: SecretStr = Field(
+        SecretStr(""), description="a trusted key of that gateway (RFTLOOP_GATEWAY_TRUSTED_KEYS)"
+    )
     grpo_screen_prompts: int = Field(
         64,
         ge=0,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from consumers.trainer.data import Sample, chat
 
@@ -30,6 +30,25 @@ class Answer:
     prompt_ids: list[int]
     token_ids: list[int]
     logprobs: list[float]  # the sampled tokens' log-probabilities (as the engine sampled them)
+
+
+class Generates(Protocol):
+    """What the gate and GRPO need of an engine: this module's ``Engine`` (the run's own) or
+    ``consumers.trainer.gateway_engine.GatewayEngine`` (a serving gateway's, shadow versions)."""
+
+    def prompt(self, sample: Sample | list[dict[str, str]]) -> str: ...
+
+    def generate(
+        self,
+        prompts: list[str],
+        adapter: str | None,
+        max_tokens: int,
+        temperature: float,
+        *,
+        fresh: bool = False,
+    ) -> list[Answer]: ...
+
+    def close(self) -> None: ...
 
 
 class Engine:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from consumers.trainer.data import Sample
-from consumers.trainer.engine import Engine
+from consumers.trainer.engine import Generates
 from consumers.trainer.paired import Gain, paired_gain
 from infra import rewards
 
@@ -45,7 +45,7 @@ class Decision:
 
 
 def evaluate(
-    engine: Engine,
+    engine: Generates,
     samples: list[Sample],
     adapters: dict[str, str | None],
     max_new_tokens: int,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from consumers.trainer.data import Sample, chat
-from consumers.trainer.engine import Engine
+from consumers.trainer.engine import Generates
 from consumers.trainer.steps import Trained, common_args, fit, trainable
 from infra import rewards
 
@@ -66,7 +66,7 @@ class Screen:
 
 
 def screen(
-    engine: Engine,
+    engine: Generates,
     samples: list[Sample],
     adapter: str | None,
     temperatures: list[float],
@@ -99,7 +99,7 @@ def screen(
     return best
 
 
-def vllm_rollouts(engine: Engine, policy_dir: Path, max_tokens: int, temperature: float) -> Any:
+def vllm_rollouts(engine: Generates, policy_dir: Path, max_tokens: int, temperature: float) -> Any:
     """TRL ``rollout_func``: one answer per prompt it is given (TRL's sampler already repeats each
     prompt ``num_generations`` times), from the current policy's adapter loaded into vLLM."""
     state = {"step": -1, "path": None}
@@ -128,7 +128,7 @@ def train_grpo(
     out_dir: Path,
     cfg: Any,
     parent: str | None = None,
-    engine: Engine | None = None,
+    engine: Generates | None = None,
 ) -> Trained:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer

@@ -31,8 +31,9 @@ from consumers.trainer.data import (
     version_id,
 )
 from consumers.trainer.dpo import train_dpo
-from consumers.trainer.engine import Engine
+from consumers.trainer.engine import Engine, Generates
 from consumers.trainer.gate import decide, evaluate
+from consumers.trainer.gateway_engine import GatewayEngine
 from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
 from consumers.trainer.paired import needed_prompts
@@ -207,6 +208,26 @@ def run_once(
     base_path = models.resolve(cfg.base_model, cache_dir)
     run_id = f"run-{version}"
     hyper = {**{k: str(v) for k, v in config.items()}, **data_note}
+    if cfg.gateway_url:
+        hyper["engine"] = f"gateway {cfg.gateway_url} (shadow versions)"
+
+    def start_engine() -> Generates:
+        """The run's own vLLM engine, or the gateway's (RFTLOOP_TRAINER_GATEWAY_URL)."""
+        if not cfg.gateway_url:
+            say("trainer: starting the run's vLLM engine ...")
+            return Engine(base_path, max_lora_rank=serving_rank)
+        say(f"trainer: generating on the gateway's engine at {cfg.gateway_url} (shadow versions)")
+        # the incumbent is pinned as users get it; a clean ancestor standing in for a tainted
+        # incumbent may not be live there, so it is loaded as a shadow like the candidate
+        live = {str(parent_dir): incumbent} if parent and incumbent == serving else {}
+        return GatewayEngine(
+            cfg.gateway_url,
+            cfg.gateway_key.get_secret_value(),
+            cfg.served_name,
+            base_path,
+            run=f"eval-{version}",
+            versions=live,
+        )
 
     def run_event(kind: TrainingRunKind, **end: Any) -> None:
         _send(
@@ -275,10 +296,9 @@ def run_once(
             )
         # GRPO samples its rollouts from the engine the gate then uses; the other methods start it
         # after training (it is not held in memory while they train).
-        engine = None
+        engine: Generates | None = None
         if method == "grpo" and cfg.grpo_rollouts == "vllm":
-            say("trainer: starting the run's vLLM engine (GRPO rollouts, then the gate) ...")
-            engine = Engine(base_path, max_lora_rank=serving_rank)
+            engine = start_engine()  # GRPO rollouts, then the gate
         try:
             if method == "dpo":
                 trained = train_dpo(base_path, train_pairs, tmp, cfg, parent)
@@ -299,7 +319,7 @@ def run_once(
             say(
                 f"trainer: trained in {metrics['train_seconds']:.0f} s (loss {metrics['train_loss']:.4f}); gating on vLLM ..."
             )
-            engine = engine or Engine(base_path, max_lora_rank=serving_rank)
+            engine = engine or start_engine()
             gate_t0 = time.monotonic()
             result = evaluate(
                 engine,

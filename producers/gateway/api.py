@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.events import FeedbackKind
 
 # OpenAI request fields that vLLM implements as OpenAI defines them, plus vLLM's common sampling
-# extensions (top_k, min_p, repetition_penalty, min_tokens).
+# extensions (top_k, min_p, repetition_penalty, min_tokens) and its ``return_token_ids`` (the
+# prompt's and each choice's token ids: what RL rollouts need, the trainer's among them).
 SAMPLING = {
     "model", "max_tokens", "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
     "presence_penalty", "frequency_penalty", "logit_bias", "user", "top_k", "min_p",
-    "repetition_penalty", "min_tokens",
+    "repetition_penalty", "min_tokens", "return_token_ids",
 }  # fmt: skip
 CHAT_FIELDS = SAMPLING | {
     "messages", "max_completion_tokens", "logprobs", "top_logprobs", "response_format", "tools",

@@ -3,7 +3,8 @@ Prometheus metrics and the admin API, over ``gateway.Gateway``.
 
 POST /v1/chat/completions, POST /v1/completions (``stream=true`` = SSE), GET /v1/models,
 POST /v1/feedback, GET /healthz, GET /metrics (prometheus_client),
-POST /admin/versions/{version}/promote|rollback, POST /admin/forget (admin key; ``admin.py``).
+POST /admin/versions/{version}/promote|rollback, POST /admin/forget (admin key; ``admin.py``),
+POST/DELETE /v1/shadows (trusted keys: evaluation on this engine; ``shadows.py``).
 
 A request names the model as ``<served_name>`` (routed) or ``<served_name>:<version>``
 (pinned). Every request emits InferenceRequested and InferenceCompleted (errors too)
@@ -39,6 +40,7 @@ from producers.gateway.api import (
 from producers.gateway.gateway import Gateway
 from producers.gateway.metrics import CONTENT_TYPE
 from producers.gateway.serving import Serving
+from producers.gateway.shadows import EVALUATION_HEADER, Shadows, add_shadow_routes
 from producers.gateway.versions import VersionFollower
 from schemas.events import Endpoint
 
@@ -113,6 +115,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="rftloop gateway", version="1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     s = gateway.settings
+    shadows = Shadows(gateway.serving, gateway.router, s.adapter_root)
     if s.cors_origins.strip():
         # Closed by default (no CORS headers: browsers refuse cross-origin calls); opened per origin.
         from fastapi.middleware.cors import CORSMiddleware
@@ -182,13 +185,25 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def chat(request: Request) -> Any:
         caller = gateway.keys.check(request)
         data = await body_of(request)
-        return await gateway.run(caller, data, Endpoint.chat, request.headers.get("traceparent"))
+        return await gateway.run(
+            caller,
+            data,
+            Endpoint.chat,
+            request.headers.get("traceparent"),
+            request.headers.get(EVALUATION_HEADER),
+        )
 
     @app.post("/v1/completions", openapi_extra=_body("CompletionRequest"))
     async def completions(request: Request) -> Any:
         caller = gateway.keys.check(request)
         data = await body_of(request)
-        return await gateway.run(caller, data, Endpoint.completion, request.headers.get("traceparent"))
+        return await gateway.run(
+            caller,
+            data,
+            Endpoint.completion,
+            request.headers.get("traceparent"),
+            request.headers.get(EVALUATION_HEADER),
+        )
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -289,6 +304,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             "incumbent": gateway.router.incumbent,
             "versions_caught_up": bool(follower and follower.caught_up.is_set()),
             "refused_versions": follower.refused if follower else {},
+            "shadows": list(shadows.loaded),
             "versions_follower": versions_kafka,
             "events": events,
             "feedback_events": fb,
@@ -300,6 +316,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     add_admin_routes(app, gateway, parse)
+    add_shadow_routes(app, shadows, gateway.keys, parse)
     return app
 
 

@@ -86,3 +86,14 @@ class Keys:
                 headers={"Retry-After": str(max(1, round(wait + 0.5)))},
             )
         return caller
+
+
+def require_trusted(caller: Caller, what: str) -> None:
+    """403 unless ``caller`` holds a trusted key (evaluations: shadow versions, unrecorded requests)."""
+    if not caller.trusted:
+        raise ApiError(
+            403,
+            f"{what}: only trusted keys (RFTLOOP_GATEWAY_TRUSTED_KEYS) may run evaluations",
+            "permission_error",
+            "untrusted_evaluation",
+        )

@@ -80,15 +80,15 @@ class Outcome:
             if self.ttft_s is None:
                 self.ttft_s = ((m.get("queue_time_ms") or 0.0) + ttft) / 1000
 
-    def take_token_ids(self, obj: dict[str, Any], blank: bool) -> None:
-        """Count each choice's token ids (asked only for counting) and take them out of the
-        response: set to None where the response shape has the field (``blank``), else removed."""
+    def take_token_ids(self, obj: dict[str, Any], blank: bool, keep: bool = False) -> None:
+        """Count each choice's token ids and, unless the client asked for them (``keep``), take
+        them out of the response: set to None where its shape has the field (``blank``), else removed."""
         for holder in [obj, *(obj.get("choices") or [])]:
             for key in ("token_ids", "prompt_token_ids"):
                 if key not in holder:
                     continue
-                ids = holder.pop(key)
-                if blank:
+                ids = holder[key] if keep else holder.pop(key)
+                if blank and not keep:
                     holder[key] = None
                 if key == "token_ids" and ids and holder is not obj:
                     self.choice(int(holder.get("index") or 0)).tokens += len(ids)

@@ -36,7 +36,7 @@ from producers.gateway.api import (
     rftloop_fields,
     text_of,
 )
-from producers.gateway.auth import Caller, Keys
+from producers.gateway.auth import Caller, Keys, require_trusted
 from producers.gateway.events import Outcome, Request, Served
 from producers.gateway.events import build as build_events
 from producers.gateway.metrics import Metrics
@@ -107,7 +107,7 @@ class Gateway:
         self.telemetry = Telemetry(settings, self.instance)
 
     # -- routing ---------------------------------------------------------------
-    def pick(self, model: str, sticky: str | None) -> tuple[str, Any]:
+    def pick(self, model: str, sticky: str | None, evaluation: bool = False) -> tuple[str, Any]:
         base, _, pinned = model.partition(":")
         if base != self.settings.served_name:
             raise ApiError(
@@ -118,7 +118,7 @@ class Gateway:
                 param="model",
             )
         try:
-            route = self.router.choose(sticky, pinned or None)
+            route = self.router.choose(sticky, pinned or None, evaluation)
         except UnknownVersion:
             live = ", ".join(sorted(self.router.live()))
             ended = self.router.ended(pinned)
@@ -197,8 +197,17 @@ class Gateway:
 
     # -- generation -------------------------------------------------------------
     async def run(
-        self, caller: Caller, data: dict[str, Any], endpoint: Endpoint, traceparent: str | None
+        self,
+        caller: Caller,
+        data: dict[str, Any],
+        endpoint: Endpoint,
+        traceparent: str | None,
+        evaluation: str | None = None,
     ) -> Any:
+        """``evaluation``: the X-Rftloop-Evaluation header (trusted keys): may pin a shadow version,
+        and is not recorded as events (``shadows.py``)."""
+        if evaluation is not None:
+            require_trusted(caller, "X-Rftloop-Evaluation")
         self._check(caller, data, endpoint)
         session, opt_out, metadata = rftloop_fields(data)
         sent = [k for k in GROUND_TRUTH if k in metadata]
@@ -211,7 +220,8 @@ class Gateway:
                 param=f"metadata.{sent[0]}",
             )
         chat = endpoint == Endpoint.chat
-        version, route = self.pick(data["model"], data.get("user") or session)
+        version, route = self.pick(data["model"], data.get("user") or session, evaluation is not None)
+        label = "shadow" if route.shadow else version  # one metrics label for every shadow
         prefix = "chatcmpl" if chat else "cmpl"
         asked_n = data.get("n") or 1  # vLLM validates it below; the id only needs its value
         rid = self.request_ids.new(prefix, version, caller.key_id, asked_n if isinstance(asked_n, int) else 1)
@@ -227,6 +237,7 @@ class Gateway:
         # token ids, asked of vLLM here and taken out of the response (``Outcome.take_token_ids``).
         # Not with echo: vLLM then skips detokenizing the prompt it echoes.
         count_ids = isinstance(asked_n, int) and asked_n > 1 and not data.get("echo")
+        keep_ids = data.get("return_token_ids") is True  # asked by the client: counted, left in
         if count_ids:
             data["return_token_ids"] = True
         try:
@@ -276,7 +287,7 @@ class Gateway:
             engine_s = min(seconds, out.engine_s) if out.engine_s is not None else seconds
             n = out.completion_tokens
             self.metrics.served(
-                version, endpoint.value, out.error is None, seconds, out.ttft_s, out.prompt_tokens, n
+                label, endpoint.value, out.error is None, seconds, out.ttft_s, out.prompt_tokens, n
             )
             self.telemetry.finish(
                 span,
@@ -290,6 +301,8 @@ class Gateway:
                 ttft_s=out.ttft_s,
                 error=out.error,
             )
+            if evaluation is not None:
+                return  # an evaluation is not users' traffic: no events (shadows.py)
             served = Served(seconds, engine_s, self.cost(out.prompt_tokens, n, engine_s))
             # redaction, the chat template and the events are built on the sender thread (events.py)
             self.events.submit_built(
@@ -320,7 +333,7 @@ class Gateway:
             payload = result.model_dump()
             out.take_metrics(payload.pop("metrics", None))
             if count_ids:
-                out.take_token_ids(payload, blank=True)
+                out.take_token_ids(payload, blank=True, keep=keep_ids)
             for choice in payload.get("choices") or []:
                 out.take_choice(choice, chat)
             usage = payload.get("usage") or {}
@@ -331,7 +344,7 @@ class Gateway:
             finish()
             return JSONResponse(payload, headers=headers)
         return StreamingResponse(
-            self._relay(result, out, chat, wants_usage, count_ids, t0, finish),
+            self._relay(result, out, chat, wants_usage, count_ids, keep_ids, t0, finish),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -343,6 +356,7 @@ class Gateway:
         chat: bool,
         wants_usage: bool,
         count_ids: bool,
+        keep_ids: bool,
         t0: float,
         finish: Any,
     ) -> AsyncIterator[str]:
@@ -365,7 +379,9 @@ class Gateway:
                         continue
                     line = f"data: {json.dumps(obj)}\n\n"
                 else:
-                    if count_ids:  # the token ids asked for counting, out; and the chunks only they filled
+                    if count_ids and keep_ids:  # the client asked for them too: counted, left in
+                        out.take_token_ids(obj, blank=False, keep=True)
+                    elif count_ids:  # the token ids asked for counting, out; and the chunks only they filled
                         out.take_token_ids(obj, blank=False)
                         obj["choices"] = [c for c in obj.get("choices") or [] if _carries(c)]
                         if not obj["choices"]:

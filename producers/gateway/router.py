@@ -30,6 +30,7 @@ class Route:
     weight: float
     adapter_path: str | None = None
     lora_id: int = 0
+    shadow: bool = False  # loaded for evaluation only (``shadows.py``): never routed, never listed
 
 
 class Router:
@@ -53,6 +54,27 @@ class Router:
         with self._lock:
             self.routes[version] = Route(version, 0.0, adapter_path, lora_id)
             self._reweigh()
+
+    def add_shadow(self, name: str, adapter_path: str, lora_id: int) -> Route:
+        """A shadow (``shadows.py``): served only to evaluation requests pinned to it."""
+        with self._lock:
+            route = self.routes[name] = Route(name, 0.0, adapter_path, lora_id, shadow=True)
+            return route
+
+    def remove_shadow(self, name: str) -> Route | None:
+        with self._lock:
+            route = self.routes.get(name)
+            if route is None or not route.shadow:
+                return None
+            return self.routes.pop(name)
+
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is a version of the fold (any state) or loaded here."""
+        with self._lock:
+            return name in self.routes or any(
+                name in m.published or name in m.ended or name in m.canaries
+                for m in self.fold.models.values()
+            )
 
     def apply(self, event: ModelVersionEvent) -> None:
         """Fold one event of this gateway's model; raises UnknownVersion for a decision on a version
@@ -99,11 +121,14 @@ class Router:
         """The versions serving traffic now (the incumbent and its canaries), with their shares."""
         return {v: w for v, w in self.weights().items() if w > 0 or v == self.incumbent}
 
-    def choose(self, sticky_key: str | None = None, pinned: str | None = None) -> Route:
+    def choose(
+        self, sticky_key: str | None = None, pinned: str | None = None, evaluation: bool = False
+    ) -> Route:
+        """A pinned version if it serves (a shadow only for an evaluation), else a routed one."""
         with self._lock:
             if pinned is not None:
                 route = self.routes.get(pinned)
-                if route is None or self.ended(pinned) is not None:
+                if route is None or self.ended(pinned) is not None or (route.shadow and not evaluation):
                     raise UnknownVersion(pinned)
                 return route
             live = sorted((r for r in self.routes.values() if r.weight > 0), key=lambda r: r.version)

@@ -106,6 +106,10 @@ class Serving:
             raise RuntimeError(f"vLLM refused adapter {version} at {path}")
         self.state.openai_serving_models.lora_requests[name] = request
 
+    async def unload_adapter(self, version: str, lora_id: int) -> None:
+        self.state.openai_serving_models.lora_requests.pop(self.model_name(version), None)
+        await self.engine.remove_lora(lora_id)
+
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 

@@ -549,3 +549,148 @@ def test_the_admin_api_erases_a_user_with_the_admin_key_only(
     assert left == [("erik",)]
     (event,) = [e for e in gateway.events(ERASURES) if e.user_id == "dana"]
     assert event.reason == "ticket 9" and event.deleted["inference_requested"] == 2
+
+
+def test_a_shadow_version_is_served_only_to_trusted_evaluations_and_never_recorded(gateway: Gateway) -> None:
+    """The trainer's gate and GRPO rollouts on the serving engine: load, pin, answer with token ids
+    and log-probabilities, no events, unload (producers/gateway/shadows.py, the trainer's client)."""
+    from consumers.trainer.gateway_engine import GatewayEngine, GatewayUnavailable
+    from infra.models import prepare_tiny
+    from infra.settings import LocalStackSettings
+
+    path, _ = make_adapter(gateway.adapter_root, "shadow-src")
+    app, evaluator = gateway.http(), gateway.http(TRUSTED)
+    body = {"name": "eval-t-1", "path": str(path)}
+    assert app.post("/v1/shadows", json=body).status_code == 403  # an application key
+    assert evaluator.post("/v1/shadows", json={**body, "name": "base"}).status_code == 409
+    outside = evaluator.post("/v1/shadows", json={**body, "path": "/tmp"})
+    assert outside.status_code == 400 and "artifact root" in outside.json()["error"]["message"]
+    loaded = evaluator.post("/v1/shadows", json=body)
+    assert loaded.status_code == 201, loaded.text
+    assert "eval-t-1" in app.get("/healthz").json()["shadows"]
+    assert f"{SERVED}:eval-t-1" not in [m["id"] for m in app.get("/v1/models").json()["data"]]
+
+    ask = {"model": f"{SERVED}:eval-t-1", "prompt": "Two plus two is", "max_tokens": 5, "temperature": 1.0}
+    assert app.post("/v1/completions", json=ask).status_code == 404  # unknown unless evaluating
+    header = {"X-Rftloop-Evaluation": "test-run"}
+    assert app.post("/v1/completions", json=ask, headers=header).status_code == 403
+    assert evaluator.post("/v1/completions", json=ask).status_code == 404
+    r = evaluator.post(
+        "/v1/completions", json={**ask, "logprobs": 0, "return_token_ids": True}, headers=header
+    )
+    assert r.status_code == 200, r.text
+    got = r.json()
+    choice = got["choices"][0]
+    assert got["model"] == f"{SERVED}:eval-t-1" and r.headers["x-rftloop-version"] == "eval-t-1"
+    assert (
+        len(choice["token_ids"])
+        == got["usage"]["completion_tokens"]
+        == len(choice["logprobs"]["token_logprobs"])
+    )
+    assert len(choice["prompt_token_ids"]) == got["usage"]["prompt_tokens"]
+    # an evaluation pinned to the live incumbent is served and is not recorded either
+    pinned = evaluator.post("/v1/completions", json={**ask, "model": f"{SERVED}:base"}, headers=header)
+    marker = app.post("/v1/completions", json={**ask, "model": SERVED})  # users' traffic: recorded
+    assert pinned.status_code == marker.status_code == 200
+    ids = {e.request_id for e in gateway.events(COMPLETED)}
+    assert marker.json()["id"] in ids
+    assert got["id"] not in ids and pinned.json()["id"] not in ids
+
+    assert evaluator.delete("/v1/shadows/eval-t-1").status_code == 200
+    assert evaluator.delete("/v1/shadows/eval-t-1").status_code == 404
+    assert evaluator.post("/v1/completions", json=ask, headers=header).status_code == 404
+
+    # the trainer's client: a shadow per adapter (a fresh one when the policy's files change),
+    # answers with token ids and log-probabilities, every shadow unloaded on close
+    engine = GatewayEngine(
+        gateway.url, TRUSTED, SERVED, prepare_tiny(LocalStackSettings().cache_dir), run="eval-unit"
+    )
+    try:
+        prompt = engine.prompt([{"role": "user", "content": "Count: one, two,"}])
+        answers = engine.generate([prompt] * 3, str(path), 4, 1.0, fresh=True)
+        assert len(answers) == 3 and all(a.token_ids and len(a.logprobs) == len(a.token_ids) for a in answers)
+        assert all(a.prompt_ids == answers[0].prompt_ids and a.prompt_ids for a in answers)
+        engine.generate([prompt], str(path), 4, 1.0, fresh=True)  # the policy changed: reloaded
+        assert app.get("/healthz").json()["shadows"] == ["eval-unit-2"]
+        base = engine.generate([prompt], None, 4, 0.0)
+        assert base[0].token_ids
+    finally:
+        engine.close()
+    assert app.get("/healthz").json()["shadows"] == []
+    with pytest.raises(GatewayUnavailable, match="403"):
+        GatewayEngine(
+            gateway.url, KEY, SERVED, prepare_tiny(LocalStackSettings().cache_dir), run="x"
+        ).generate(["hi"], str(path), 2, 1.0)
+
+
+def test_a_training_run_gates_and_samples_its_rollouts_on_the_gateways_engine(
+    gateway: Gateway, gateway_db: str, stack: Any
+) -> None:
+    """`rftloop train --now` with RFTLOOP_TRAINER_GATEWAY_URL: no engine of its own; GRPO rollouts
+    and the gate through shadow versions; nothing of it recorded as users' traffic."""
+    import os
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    from infra import registry as registry_mod
+    from infra.clickhouse.client import connect
+    from infra.clickhouse.tables import event_table
+    from infra.kafka import ensure_topics
+    from schemas.events import FeedbackSource, RewardedSample, RewardSource
+    from schemas.topics import REWARDED, TRAINING, VERSIONS
+    from tests.integration.gateway_support import ROOT
+    from tests.integration.streams_support import read_topic
+
+    training = replace(TRAINING, name=TRAINING.name + gateway.suffix)
+    ensure_topics(stack.kafka, only=[training])
+    registry_mod.register(registry_mod.client(stack.registry), training)
+    table = event_table(REWARDED)
+    rows = []
+    for i in range(24):
+        sample = RewardedSample(
+            producer="t",
+            request_id=f"gw-train-{i}",
+            model=SERVED,
+            prompt=f"What is {i} plus 2?",
+            completion=str(i + 2) if i % 2 else "no idea",
+            reward=1.0 if i % 2 else -1.0,
+            reference=str(i + 2),
+            reward_sources=[RewardSource(source=FeedbackSource.user, kind="thumbs", value=1.0)],
+        )
+        rows.append(table.row(sample.to_avro(), 0, 5000 + i))
+    connect(stack.clickhouse, database=gateway_db).insert(table.name, rows, column_names=table.column_names)
+    recorded_before = len(gateway.events(COMPLETED))
+    env = {
+        **os.environ,
+        **stack.env(),
+        "RFTLOOP_CLICKHOUSE_DATABASE": gateway_db,
+        "RFTLOOP_TRAINER_TOPIC_SUFFIX": gateway.suffix,
+        "RFTLOOP_TRAINER_ADAPTER_ROOT": str(gateway.adapter_root),
+        "RFTLOOP_TRAINER_GATEWAY_URL": gateway.url,
+        "RFTLOOP_TRAINER_GATEWAY_KEY": TRUSTED,
+        "RFTLOOP_TRAINER_METHOD": "grpo",
+        "RFTLOOP_TRAINER_MAX_STEPS": "1",
+        "RFTLOOP_TRAINER_GRPO_SCREEN_PROMPTS": "6",
+        "RFTLOOP_TRAINER_HOLDOUT_PERCENT": "40",
+        # an unreachable bar: the candidate is rejected, so the shared gateway keeps its routing
+        "RFTLOOP_TRAINER_MIN_QUALITY_GAIN": "5",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "train", "--now", "--model", "tiny"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"generating on the gateway's engine at {gateway.url}" in out.stdout
+    assert "starting the run's vLLM engine" not in out.stdout
+    assert "GRPO rollouts at temperature" in out.stdout, out.stdout[-3000:]
+    topic, serde = gateway.serde[VERSIONS.name]
+    (decided,) = [e for e in read_topic(gateway.kafka, topic.name, serde, idle_s=1.0) if e.method == "grpo"]
+    assert decided.kind == "rejected" and "gateway" in decided.hyperparameters["engine"]
+    assert decided.eval["candidate_latency_ms"] > 0 and decided.eval["incumbent_latency_ms"] > 0
+    assert gateway.http().get("/healthz").json()["shadows"] == []  # every shadow unloaded
+    assert len(gateway.events(COMPLETED)) == recorded_before  # none of the run's requests recorded

@@ -77,3 +77,19 @@ def test_a_rolled_back_version_is_not_served_even_when_pinned_nor_listed_as_live
     r.apply(event(VersionEventKind.promoted, "v2", 1.0))
     assert r.live() == {"v2": 1.0}
     assert r.choose(pinned="base").version == "base"  # a replaced incumbent may still be pinned
+
+
+def test_a_shadow_gets_no_traffic_is_not_live_and_is_served_only_to_evaluations() -> None:
+    r = Router(canary_share=0.2)
+    publish(r, "v1")
+    r.add_shadow("eval-1", "/a/eval-1", 1_000_000)
+    assert r.known("v1") and r.known("base") and r.known("eval-1") and not r.known("eval-2")
+    assert r.weights()["eval-1"] == 0.0 and "eval-1" not in r.live()
+    assert {r.choose(f"user-{i}").version for i in range(200)} == {"base", "v1"}
+    with pytest.raises(UnknownVersion):
+        r.choose(pinned="eval-1")  # users cannot reach it
+    assert r.choose(pinned="eval-1", evaluation=True).shadow
+    r.apply(event(VersionEventKind.promoted, "v1", 1.0))  # reweighing leaves it at 0
+    assert r.weights()["eval-1"] == 0.0 and r.live() == {"v1": 1.0}
+    assert r.remove_shadow("v1") is None and "v1" in r.routes  # only shadows are removed so
+    assert r.remove_shadow("eval-1") is not None and "eval-1" not in r.routes

@@ -193,6 +193,13 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         # at 3e-4 took held-out accuracy 0.170 -> 0.485 in 148 s of training; 30 steps at 1e-4
         # reached 0.450 in 382 s.
         "RFTLOOP_TRAINER_METHOD": os.environ.get("RFTLOOP_TRAINER_METHOD", "auto"),
+        # The run generates on the gateway's engine (shadow versions: GRPO rollouts and the gate),
+        # not an engine of its own: no second engine start (~50 s) or memory (~3 GB) per generation,
+        # and the gate's latency is the path users get. The simulated users' key is trusted.
+        "RFTLOOP_TRAINER_GATEWAY_URL": os.environ.get(
+            "RFTLOOP_TRAINER_GATEWAY_URL", f"http://127.0.0.1:{gw_port}"
+        ),
+        "RFTLOOP_TRAINER_GATEWAY_KEY": os.environ.get("RFTLOOP_TRAINER_GATEWAY_KEY", KEY),
         "RFTLOOP_TRAINER_MAX_STEPS": os.environ.get("RFTLOOP_TRAINER_MAX_STEPS", "12"),
         "RFTLOOP_TRAINER_LEARNING_RATE": os.environ.get("RFTLOOP_TRAINER_LEARNING_RATE", "3e-4"),
         "RFTLOOP_TRAINER_GRPO_PROMPTS": os.environ.get("RFTLOOP_TRAINER_GRPO_PROMPTS", "4"),
@@ -462,5 +469,5 @@ def _generation(
     if version in work.first_served:
         gen.feedback_to_serving_s = work.first_served[version] - last_sample_s
         if not quick:
-            record_loop_time(gen.feedback_to_serving_s, console)
+            record_loop_time(gen.feedback_to_serving_s, gen.figures, console)
     return gen

@@ -78,6 +78,13 @@ def summary(console: Console, client: Any, db: str, model: str, traffic: dict[st
     return rows
 
 
+def gate_engine(figures: dict[str, float]) -> str:
+    """Where the run generated (its gate figure ``gate_on_gateway``), for the Method lines."""
+    if figures.get("gate_on_gateway"):
+        return "the gateway's own engine: the candidate as a shadow version, the incumbent pinned"
+    return "the training run's own vLLM engine"
+
+
 def record_quality_gain(run: dict[str, Any], console: Console) -> None:
     """trainer.quality_gain and trainer.gate_ci_width from the gate's figures of the published run
     (held-out set, paired, vLLM)."""
@@ -91,7 +98,8 @@ def record_quality_gain(run: dict[str, Any], console: Console) -> None:
     where = (
         f"held-out accuracy (final number matches, {n} prompts x answers sampled at temperature "
         f"{fig.get('eval_temperature', 0):g}) of the published version {fig['candidate_accuracy']:.3f} vs its parent "
-        f"{fig['incumbent_accuracy']:.3f} on vLLM-CPU, paired bootstrap 95 % interval [{lower:+.1f}, {upper:+.1f}] points"
+        f"{fig['incumbent_accuracy']:.3f} on vLLM-CPU ({gate_engine(fig)}), paired bootstrap 95 % interval "
+        f"[{lower:+.1f}, {upper:+.1f}] points"
     )
     record(
         [
@@ -129,7 +137,7 @@ def record_quality_gain(run: dict[str, Any], console: Console) -> None:
     )
 
 
-def record_loop_time(seconds: float, console: Console) -> None:
+def record_loop_time(seconds: float, figures: dict[str, float], console: Console) -> None:
     from bench.harness import Result, record
 
     console.print(
@@ -149,10 +157,9 @@ def record_loop_time(seconds: float, console: Console) -> None:
                 higher_is_better=False,
                 method=(
                     "measured by `make demo` (SmolLM2-135M, vLLM-CPU, 2 cores): the newest rewarded sample in "
-                    "ClickHouse when `rftloop train --now` starts -> vLLM engine start -> training (the demo: `auto` = GRPO, 12 steps, "
-                    "rollouts on that engine) -> gate on the same engine ("
-                    "held-out scoring) -> atomic publish -> gateway hot-load -> the first response served by the "
-                    "candidate to the demo's users"
+                    "ClickHouse when `rftloop train --now` starts -> training (the demo: `auto` = GRPO, 12 steps) "
+                    f"with rollouts and then the gate (held-out scoring) on {gate_engine(figures)} -> atomic "
+                    "publish -> gateway hot-load -> the first response served by the candidate to the demo's users"
                 ),
             )
         ]
@@ -361,8 +368,8 @@ def record_generations(generations: list[Generation], seconds: float, planned: i
                     None,
                     "≤ 1.10x",
                     f"{where}: the largest gate latency per answer of a promoted generation over its "
-                    "parent's, same engine, one request at a time (vLLM-CPU's LoRA path vs the bare base "
-                    "model for generation 1)",
+                    f"parent's, one request at a time on {gate_engine(promoted[-1].figures)} (vLLM-CPU's "
+                    "LoRA path vs the bare base model for generation 1)",
                     higher_is_better=False,
                     goal_value=1.10,
                 )

@@ -352,6 +352,7 @@ def run_once(
             "eval_prompts_needed": float(needed),
             "eval_temperature": cfg.eval_temperature,
             "gate_seconds": gate_s,
+            "gate_on_gateway": 1.0 if cfg.gateway_url else 0.0,  # shadow versions on the serving engine
         }
         decision_reasons = decision.reasons
         say("trainer: " + "; ".join(decision.reasons))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -119,10 +120,25 @@ class InferenceLogger(_Client):
         session_id: str | None = None,
         training_opt_out: bool = False,
         params: dict[str, str] | None = None,
+        choices: Sequence[str | Mapping[str, Any]] | None = None,
     ) -> str:
-        """Queue one call as InferenceRequested + InferenceCompleted; returns its request_id."""
+        """Queue one call as InferenceRequested + InferenceCompleted; returns its request_id.
+
+        ``choices``: every choice of an n > 1 response, in order, each its text or a mapping with
+        ``completion`` and optionally ``finish_reason`` and ``completion_tokens``. Choice 0 is also
+        the event's ``completion`` (give ``completion`` only if it is the same text); feedback can
+        then rate each choice (``FeedbackClient.send(choice=k)``)."""
         if prompt is None and not messages:
             raise LoggerMisuse("log() needs prompt= or messages=")
+        listed: list[dict[str, Any]] = []
+        if choices is not None and len(choices) > 1:
+            listed = _choices(choices)
+            first = listed[0]
+            if completion and completion != first["completion"]:
+                raise LoggerMisuse("completion= differs from choices[0]; give one or the same text")
+            completion = first["completion"]
+            finish_reason = finish_reason or first["finish_reason"]
+            completion_tokens = completion_tokens or sum(c["completion_tokens"] for c in listed)
         if latency_ms < 0 or latency_ms != latency_ms:
             raise LoggerMisuse(f"latency_ms={latency_ms}: must be a number >= 0")
         if status not in ("ok", "error"):
@@ -148,6 +164,7 @@ class InferenceLogger(_Client):
             session_id,
             training_opt_out,
             params,
+            listed,
             now,
         )
         self._sender.submit(lambda: self._build(*args))
@@ -173,6 +190,7 @@ class InferenceLogger(_Client):
         session_id: str | None,
         opt_out: bool,
         params: dict[str, str] | None,
+        choices: list[dict[str, Any]],
         at: datetime,
     ) -> list[tuple[TopicSpec, Event | dict[str, Any]]]:
         # Hot path of the sender thread: build the Avro records without pydantic validation (the
@@ -214,8 +232,36 @@ class InferenceLogger(_Client):
             else None,
             cost=Decimal(str(cost)).quantize(Decimal("0.000000001")),
             engine_seconds=latency_ms / 1000,
+            choices=[{**c, "completion": r(c["completion"])} for c in choices],  # type: ignore[misc]
         )
         return [(REQUESTED, dict(req.__dict__)), (COMPLETED, dict(done.__dict__))]
+
+
+def _choices(choices: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``log(choices=...)`` as CompletionChoice records (checked here, in the caller's thread)."""
+    out = []
+    for index, c in enumerate(choices):
+        item = {"completion": c} if isinstance(c, str) else c
+        if not isinstance(item, Mapping) or not isinstance(item.get("completion"), str):
+            raise LoggerMisuse(f"choices[{index}]: a string or a mapping with completion= (a string)")
+        unknown = sorted(set(item) - {"completion", "finish_reason", "completion_tokens"})
+        if unknown:
+            raise LoggerMisuse(f"choices[{index}]: unknown key(s) {', '.join(unknown)}")
+        tokens = item.get("completion_tokens", 0)
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise LoggerMisuse(f"choices[{index}].completion_tokens={tokens!r}: an int >= 0")
+        finish = item.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):
+            raise LoggerMisuse(f"choices[{index}].finish_reason={finish!r}: a string")
+        out.append(
+            {
+                "index": index,
+                "completion": item["completion"],
+                "finish_reason": finish,
+                "completion_tokens": tokens,
+            }
+        )
+    return out
 
 
 class FeedbackClient(_Client):

@@ -689,7 +689,9 @@ def test_a_training_run_gates_and_samples_its_rollouts_on_the_gateways_engine(
     assert "starting the run's vLLM engine" not in out.stdout
     assert "GRPO rollouts at temperature" in out.stdout, out.stdout[-3000:]
     topic, serde = gateway.serde[VERSIONS.name]
-    (decided,) = [e for e in read_topic(gateway.kafka, topic.name, serde, idle_s=1.0) if e.method == "grpo"]
+    (decided,) = [
+        e for e in read_topic(gateway.kafka, topic.name, serde, idle_s=1.0) if e.producer == "rftloop-trainer"
+    ]
     assert decided.kind == "rejected" and "gateway" in decided.hyperparameters["engine"]
     assert decided.eval["candidate_latency_ms"] > 0 and decided.eval["incumbent_latency_ms"] > 0
     assert gateway.http().get("/healthz").json()["shadows"] == []  # every shadow unloaded

@@ -39,6 +39,16 @@ def test_logger_delivers_every_call_and_feedback(stack: Any, event_topic: Any, u
             status="error",
             error="rate limited",
         )
+        # an n > 1 response from another API: every choice recorded, each ratable on its own
+        multi_id = log.log(
+            model="gpt-4o",
+            prompt="name a colour",
+            latency_ms=7,
+            choices=[
+                "red",
+                {"completion": "blue, ask x@y.com", "finish_reason": "stop", "completion_tokens": 6},
+            ],
+        )
         assert log.flush(30)
         assert log.stats.dropped == 0 and log.stats.encode_errors == 0
     with pytest.raises(SenderClosed):
@@ -56,8 +66,19 @@ def test_logger_delivers_every_call_and_feedback(stack: Any, event_topic: Any, u
     requested = read_topic(stack.kafka, topics[REQUESTED.name][0].name, topics[REQUESTED.name][1])
     completed = read_topic(stack.kafka, topics[COMPLETED.name][0].name, topics[COMPLETED.name][1])
     feedback = read_topic(stack.kafka, topics[FEEDBACK.name][0].name, topics[FEEDBACK.name][1])
-    assert {e.request_id for e in requested} == {e.request_id for e in completed} == set(ids) | {chat_id}
-    assert len(requested) == len(completed) == 2001
+    assert (
+        {e.request_id for e in requested}
+        == {e.request_id for e in completed}
+        == set(ids) | {chat_id, multi_id}
+    )
+    assert len(requested) == len(completed) == 2002
+    multi = next(e for e in completed if e.request_id == multi_id)
+    assert multi.completion == "red" and multi.completion_tokens == 6
+    assert [(c.index, c.completion, c.finish_reason, c.completion_tokens) for c in multi.choices] == [
+        (0, "red", None, 0),
+        (1, "blue, ask [EMAIL]", "stop", 6),
+    ]
+    assert all(e.choices == [] for e in completed if e.request_id != multi_id)  # n = 1: none listed
     assert all("x@y.com" not in e.prompt for e in requested)
     err = next(e for e in completed if e.request_id == chat_id)
     assert err.status == "error" and err.error_message == "rate limited"
@@ -82,3 +103,14 @@ def test_misuse_is_refused_with_a_named_error(stack: Any, event_topic: Any, uniq
             log.log(model="m", prompt="p", latency_ms=-5)
         with pytest.raises(LoggerMisuse, match="status"):
             log.log(model="m", prompt="p", latency_ms=5, status="maybe")
+        with pytest.raises(LoggerMisuse, match="differs from choices"):
+            log.log(model="m", prompt="p", latency_ms=5, completion="a", choices=["b", "c"])
+        with pytest.raises(LoggerMisuse, match=r"choices\[1\]: unknown key"):
+            log.log(model="m", prompt="p", latency_ms=5, choices=["a", {"completion": "b", "score": 1}])
+        with pytest.raises(LoggerMisuse, match=r"choices\[0\].completion_tokens"):
+            log.log(
+                model="m",
+                prompt="p",
+                latency_ms=5,
+                choices=[{"completion": "a", "completion_tokens": -1}, "b"],
+            )

@@ -422,11 +422,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from consumers.trainer.gateway_engine import GatewayRefused, GatewayUnavailable
+
     try:
         result = run_once(_kafka(), _registry(), _clickhouse(), cfg, _local().cache_dir)
     except NotEnoughData as exc:
         print(f"rftloop train: {exc}", file=sys.stderr)
         return 3
+    except (GatewayUnavailable, GatewayRefused) as exc:  # RFTLOOP_TRAINER_GATEWAY_URL
+        print(f"rftloop train: {exc}", file=sys.stderr)
+        return 1
     print(
         json.dumps(
             {
@@ -449,6 +454,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
     from confluent_kafka import KafkaException
 
+    from consumers.trainer.gateway_engine import GatewayRefused, GatewayUnavailable
     from consumers.trainer.lease import Lease
     from consumers.trainer.run import NotEnoughData, incumbent_of, run_once
     from consumers.trainer.triggers import LastRun, TriggerConfig, due, observe
@@ -502,9 +508,13 @@ def cmd_trainer(args: argparse.Namespace) -> int:
                 print(f"trainer: {result.version} {result.status}: {'; '.join(result.reasons)}", flush=True)
             except NotEnoughData as exc:
                 print(f"trainer: {exc}", flush=True)
-            except KafkaException as exc:  # FatalKafkaError (not retriable) stops the daemon
+            except (KafkaException, GatewayUnavailable) as exc:  # FatalKafkaError stops the daemon
                 retry.failed("training run", exc)  # logs, backs off; the run is tried again
                 continue
+            except GatewayRefused as exc:  # a key or root to fix: retrying cannot help
+                print(f"rftloop trainer: stopping: {exc}", file=sys.stderr, flush=True)
+                lease.close()
+                return 1
             retry.recovered("training run")
             last = LastRun(at=time.time(), newest_sample=(newest or 0) / 1000)
             last.save(state)

@@ -33,7 +33,13 @@ EVALUATION_HEADER = "X-Rftloop-Evaluation"  # producers/gateway/shadows.py
 
 
 class GatewayUnavailable(RuntimeError):
-    """The gateway refused or failed an evaluation request; the message names the URL and the answer."""
+    """The gateway could not be reached, or kept failing (5xx, 429), through every retry: retriable
+    (``rftloop trainer`` backs off and runs again)."""
+
+
+class GatewayRefused(RuntimeError):
+    """The gateway refused a request (4xx): a key that is not trusted there, an adapter outside its
+    root, ... — a configuration to fix, named in the message."""
 
 
 class GatewayEngine:
@@ -86,10 +92,17 @@ class GatewayEngine:
             if (r.status_code == 429 or r.status_code >= 500) and attempt < 7:  # busy or restarting
                 time.sleep(float(r.headers.get("retry-after", min(5.0, 0.5 * 2**attempt))))
                 continue
+            if 400 <= r.status_code < 500 and r.status_code != 429:
+                raise GatewayRefused(
+                    f"{method} {self.url}{path} answered {r.status_code} {r.text[:500]} "
+                    "(RFTLOOP_TRAINER_GATEWAY_URL; RFTLOOP_TRAINER_GATEWAY_KEY must be one of its trusted keys)"
+                )
             if r.status_code >= 400:
-                raise GatewayUnavailable(f"{method} {self.url}{path}: {r.status_code} {r.text[:500]}")
+                break
             return cast(dict[str, Any], r.json())
-        raise GatewayUnavailable(f"{method} {self.url}{path}: still refused after 8 tries")
+        raise GatewayUnavailable(
+            f"{method} {self.url}{path}: still failing after 8 tries (RFTLOOP_TRAINER_GATEWAY_URL)"
+        )
 
     def model(self, path: str | None, fresh: bool = False) -> str:
         """The model name to pin for ``path`` (None: the base model), loading a shadow if needed.
@@ -144,7 +157,7 @@ class GatewayEngine:
         """Unload this run's shadows (the gateway also drops the oldest when it holds too many)."""
         for name in list(self._shadows.values()):
             # gone already, or the gateway is down: it holds no shadow across a restart
-            with contextlib.suppress(GatewayUnavailable):
+            with contextlib.suppress(GatewayUnavailable, GatewayRefused):
                 self._call("DELETE", f"/v1/shadows/{name}")
         self._shadows.clear()
         self.http.close()

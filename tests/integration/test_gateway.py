@@ -554,7 +554,7 @@ def test_the_admin_api_erases_a_user_with_the_admin_key_only(
 def test_a_shadow_version_is_served_only_to_trusted_evaluations_and_never_recorded(gateway: Gateway) -> None:
     """The trainer's gate and GRPO rollouts on the serving engine: load, pin, answer with token ids
     and log-probabilities, no events, unload (producers/gateway/shadows.py, the trainer's client)."""
-    from consumers.trainer.gateway_engine import GatewayEngine, GatewayUnavailable
+    from consumers.trainer.gateway_engine import GatewayEngine, GatewayRefused
     from infra.models import prepare_tiny
     from infra.settings import LocalStackSettings
 
@@ -617,7 +617,7 @@ def test_a_shadow_version_is_served_only_to_trusted_evaluations_and_never_record
     finally:
         engine.close()
     assert app.get("/healthz").json()["shadows"] == []
-    with pytest.raises(GatewayUnavailable, match="403"):
+    with pytest.raises(GatewayRefused, match=r"403.*RFTLOOP_TRAINER_GATEWAY_KEY"):
         GatewayEngine(
             gateway.url, KEY, SERVED, prepare_tiny(LocalStackSettings().cache_dir), run="x"
         ).generate(["hi"], str(path), 2, 1.0)

@@ -11,8 +11,8 @@ PYTEST_ARGS ?=
 venv:
 	@bash infra/scripts/ensure_venv.sh
 
-# Everything but the `slow` tests (fault variants and the two-replica gateway; they run in
-# `make reliability` and `make test-all`),
+# Everything but the `slow` tests (fault variants, the two-replica gateway, the trainer daemon on
+# its own engine; they run in `make test-all`, the fault ones in `make reliability` too),
 # to keep `make test` inside CI's 25 minutes on 2 cores.
 test: venv browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

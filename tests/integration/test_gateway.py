@@ -694,5 +694,15 @@ def test_a_training_run_gates_and_samples_its_rollouts_on_the_gateways_engine(
     ]
     assert decided.kind == "rejected" and "gateway" in decided.hyperparameters["engine"]
     assert decided.eval["candidate_latency_ms"] > 0 and decided.eval["incumbent_latency_ms"] > 0
+    # TRL's per-step log is in ClickHouse: the group's mean reward and the loss of step 1
+    steps = (
+        connect(stack.clickhouse, database=gateway_db)
+        .query(
+            "SELECT metric, value FROM training_steps WHERE version = {v:String} AND step = 1",
+            parameters={"v": decided.version},
+        )
+        .result_rows
+    )
+    assert {"loss", "reward"} <= set(dict(steps)) and 0.0 <= dict(steps)["reward"] <= 1.0, steps
     assert gateway.http().get("/healthz").json()["shadows"] == []  # every shadow unloaded
     assert len(gateway.events(COMPLETED)) == recorded_before  # none of the run's requests recorded

@@ -203,6 +203,7 @@ def test_train_refuses_without_enough_data(stack: Any, ch_database: str) -> None
     assert out.returncode == 3 and "RFTLOOP_TRAINER_MIN_SAMPLES" in out.stderr
 
 
+@pytest.mark.slow  # GRPO on the run's own engine; make test's GRPO run is the gateway one (test_gateway.py)
 def test_trainer_daemon_runs_on_its_new_sample_trigger(
     stack: Any, ch_database: str, event_topic: Any, unique: str, tmp_path: Path
 ) -> None:

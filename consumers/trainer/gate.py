@@ -33,6 +33,19 @@ class Figures:
     n: int
     per_prompt: list[float] = field(default_factory=list)  # share right per held-out prompt
 
+    def extend(self, more: Figures) -> Figures:
+        """These figures and those of more held-out prompts (a later look of the sequential gate):
+        quality and tokens over all the prompts, latency as timed on the first slice."""
+        n = self.n + more.n
+        return Figures(
+            accuracy=(self.accuracy * self.n + more.accuracy * more.n) / n,
+            latency_ms=self.latency_ms,
+            tokens_per_answer=(self.tokens_per_answer * self.n + more.tokens_per_answer * more.n) / n,
+            tokens_per_s=self.tokens_per_s,
+            n=n,
+            per_prompt=self.per_prompt + more.per_prompt,
+        )
+
     def scalars(self) -> dict[str, float]:
         """What the version event's ``eval`` carries (per-prompt shares stay out)."""
         return {k: float(v) for k, v in asdict(self).items() if k != "per_prompt"}
@@ -53,13 +66,17 @@ def evaluate(
     *,
     temperature: float = 1.0,
     answers_per_prompt: int = 4,
+    warm_up: bool = True,
 ) -> dict[str, Figures]:
-    """Figures per name in ``adapters`` (None = the base model) on the run's vLLM engine."""
+    """Figures per name in ``adapters`` (None = the base model) on the run's vLLM engine.
+    ``warm_up``: load each adapter anew first (the first slice of the gate; later slices reuse it).
+    ``latency_samples`` 0: no latency timed (later slices keep the first one's)."""
     k = answers_per_prompt if temperature > 0 else 1  # greedy answers repeat: one is enough
     prompts = [engine.prompt(s) for s in samples]
     out: dict[str, Figures] = {}
     for name, path in adapters.items():
-        engine.generate(prompts[:1], path, max_new_tokens, temperature, fresh=True)  # load + warm up
+        if warm_up:
+            engine.generate(prompts[:1], path, max_new_tokens, temperature, fresh=True)  # load + warm up
         # Quality on every held-out prompt (k answers each) in one batch; latency one request at a
         # time on a few.
         results = engine.generate([p for p in prompts for _ in range(k)], path, max_new_tokens, temperature)
@@ -82,7 +99,7 @@ def evaluate(
         total_s = sum(latencies) / 1000
         out[name] = Figures(
             accuracy=statistics.fmean(correct),
-            latency_ms=statistics.fmean(latencies),
+            latency_ms=statistics.fmean(latencies) if latencies else 0.0,
             tokens_per_answer=statistics.fmean(len(r.token_ids) for r in results),
             tokens_per_s=sum(timed_tokens) / total_s if total_s else 0.0,
             n=len(samples),
@@ -91,9 +108,13 @@ def evaluate(
     return out
 
 
-def decide(candidate: Figures, incumbent: Figures, cfg: Any) -> tuple[Decision, Gain]:
+def decide(
+    candidate: Figures, incumbent: Figures, cfg: Any, gain: Gain | None = None
+) -> tuple[Decision, Gain]:
+    """Publish or not. ``gain``: the sequential gate's look that stopped it (``SequentialGate``);
+    None: the fixed-size paired test at 95 % on all the prompts."""
     reasons = []
-    gain = paired_gain(candidate.per_prompt, incumbent.per_prompt)
+    gain = gain or paired_gain(candidate.per_prompt, incumbent.per_prompt)
     if gain.lower <= cfg.min_quality_gain:
         reasons.append(
             f"quality: accuracy {candidate.accuracy:.3f} vs incumbent {incumbent.accuracy:.3f}, gain {gain}: "

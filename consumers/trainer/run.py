@@ -32,11 +32,11 @@ from consumers.trainer.data import (
 )
 from consumers.trainer.dpo import train_dpo
 from consumers.trainer.engine import Engine, Generates
-from consumers.trainer.gate import decide, evaluate
+from consumers.trainer.gate import Figures, decide, evaluate
 from consumers.trainer.gateway_engine import GatewayEngine
 from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
-from consumers.trainer.paired import needed_prompts
+from consumers.trainer.paired import SequentialGate, needed_prompts
 from consumers.trainer.pairs import load_pairs
 from consumers.trainer.steps import write_steps
 from infra import adapters, failpoints, models
@@ -321,20 +321,32 @@ def run_once(
             )
             engine = engine or start_engine()
             gate_t0 = time.monotonic()
-            result = evaluate(
-                engine,
-                eval_set,
-                {"incumbent": parent, "candidate": str(tmp)},
-                cfg.max_new_tokens,
-                temperature=cfg.eval_temperature,
-                answers_per_prompt=cfg.eval_answers_per_prompt,
-            )
+            seq = SequentialGate(len(eval_set), cfg.gate_looks, cfg.min_quality_gain)
+            result: dict[str, Figures] = {}
+            for k, (lo, hi) in enumerate(seq.slices()):
+                part = evaluate(
+                    engine,
+                    eval_set[lo:hi],
+                    {"incumbent": parent, "candidate": str(tmp)},
+                    cfg.max_new_tokens,
+                    latency_samples=8 if k == 0 else 0,
+                    temperature=cfg.eval_temperature,
+                    answers_per_prompt=cfg.eval_answers_per_prompt,
+                    warm_up=k == 0,
+                )
+                result = {name: result[name].extend(f) if result else f for name, f in part.items()}
+                look = seq.look(result["candidate"].per_prompt, result["incumbent"].per_prompt)
+                say(
+                    f"trainer: gate look {look.look} of {look.of} on {hi} prompts: gain {look.gain}: {look.verdict}"
+                )
+                if look.verdict != "continue":
+                    break
             gate_s = time.monotonic() - gate_t0
         finally:
             if engine is not None:
                 engine.close()
         cand, inc = result["candidate"], result["incumbent"]
-        decision, gain = decide(cand, inc, cfg)
+        decision, gain = decide(cand, inc, cfg, look.gain)
         needed = needed_prompts(gain.sd, cfg.target_quality_gain, cfg.min_quality_gain)
         say(
             f"trainer: gated in {gate_s:.0f} s; gain {gain}; {needed} prompts would show a {cfg.target_quality_gain:+.2f} gain "
@@ -349,6 +361,10 @@ def run_once(
             "gain_upper": gain.upper,
             "gain_ci_width": gain.width,
             "eval_prompts": float(gain.n),
+            "eval_prompts_held_out": float(len(eval_set)),
+            "gate_look": float(look.look),
+            "gate_looks": float(look.of),
+            "gain_level": gain.level,
             "eval_prompts_needed": float(needed),
             "eval_temperature": cfg.eval_temperature,
             "gate_seconds": gate_s,

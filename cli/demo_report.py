@@ -276,7 +276,7 @@ def generation_table(console: Console, generations: list[Generation], client: An
         "parent → version",
         "method",
         "samples",
-        "held-out acc. (parent → cand.) [gain interval] prompts scored",
+        "held-out acc. (parent → cand.) \\[gain interval] prompts scored",
         "live acc. cand. / parent",
         "tokens/ans.",
         "latency",

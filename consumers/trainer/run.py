@@ -350,7 +350,7 @@ def run_once(
         needed = needed_prompts(gain.sd, cfg.target_quality_gain, cfg.min_quality_gain)
         say(
             f"trainer: gated in {gate_s:.0f} s; gain {gain}; {needed} prompts would show a {cfg.target_quality_gain:+.2f} gain "
-            f"with 80 % power (held out: {gain.n})"
+            f"with 80 % power (held out: {len(eval_set)}, scored: {gain.n})"
         )
         figures = {
             **metrics,

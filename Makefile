@@ -12,7 +12,7 @@ venv:
 	@bash infra/scripts/ensure_venv.sh
 
 # Everything but the `slow` tests (fault variants, the two-replica gateway, the trainer daemon on
-# its own engine; they run in `make test-all`, the fault ones in `make reliability` too),
+# its own engine, the three-broker kill, the sink kill, DPO training, the two rebalance tests; they run in `make test-all`, the fault ones in `make reliability` too),
 # to keep `make test` inside CI's 25 minutes on 2 cores.
 test: venv browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

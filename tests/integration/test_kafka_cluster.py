@@ -103,6 +103,7 @@ def _lag(stack: Stack, group: str, topic: str) -> int:
         c.close()
 
 
+@pytest.mark.slow
 def test_broker_killed_in_a_three_broker_cluster_loses_and_duplicates_nothing(
     cluster: Stack, tmp_path: Path, record_figures: Any, request: pytest.FixtureRequest
 ) -> None:

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 20_000
 
 
+@pytest.mark.slow
 def test_sink_killed_mid_batch_loses_nothing_and_shows_no_duplicates(
     stack: Any, event_topic: Any, ch_database: str, unique: str, tmp_path: Path, record_figures: Any
 ) -> None:

@@ -213,6 +213,7 @@ def test_join_rewards_and_windows_match_a_direct_computation(
     assert all(all(c == copies[0] for c in copies) for copies in by_id.values())
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_two_workers_split_the_partitions_and_count_every_event_once(
     stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
@@ -312,6 +313,7 @@ def test_poison_goes_to_the_dlq_with_headers_and_the_worker_keeps_counting(
     assert all(d.headers["dlq.source.topic"] == topic.name for d in letters)
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_a_second_worker_with_the_same_instance_id_stops_the_first(
     stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path

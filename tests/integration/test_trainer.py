@@ -270,6 +270,7 @@ def test_trainer_daemon_runs_on_its_new_sample_trigger(
     assert last["newest_sample"] > 0 and last["at"] > 0
 
 
+@pytest.mark.slow
 def test_dpo_trains_on_preference_pairs_chosen_automatically(
     stack: Any, ch_database: str, event_topic: Any, unique: str, tmp_path: Path
 ) -> None:

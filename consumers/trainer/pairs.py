@@ -7,6 +7,11 @@ A pair is used only when both requests asked the same thing, both succeeded, and
 of training, and neither requester nor rater has been erased (``infra/erasure.py``); the latest
 judgement of a pair wins. A preference on choice k of an n > 1 response (``choice`` on the
 feedback) prefers that choice's text over the other request's response.
+
+Within one response: when the choices of an n > 1 response got thumbs of both signs (choice 0 up,
+choice 1 down), each up-voted choice is preferred over each down-voted one — the same prompt by
+construction, the cleanest pair there is. The latest thumb on a choice wins; the pair's lineage
+is the up vote's event.
 """
 
 from __future__ import annotations
@@ -32,6 +37,21 @@ WHERE kind = 'preference' AND model = {model:String} AND other_request_id IS NOT
 GROUP BY request_id, other_request_id, choice
 HAVING preferred IS NOT NULL AND preferred != 0
 ORDER BY request_id, other_request_id, choice
+"""
+)
+CHOICE_VOTES = (
+    """
+SELECT request_id, choice, argMax(value, occurred_at) AS vote,
+       toString(argMax(event_id, occurred_at)) AS event_id,
+       argMax(_topic, occurred_at) AS topic, argMax(_partition, occurred_at) AS partition,
+       argMax(_offset, occurred_at) AS offset
+FROM {db}.feedback_submitted FINAL
+WHERE kind = 'thumbs' AND model = {model:String} AND other_request_id IS NULL AND """
+    + _KEPT
+    + """
+GROUP BY request_id, choice
+HAVING vote IS NOT NULL AND vote != 0
+ORDER BY request_id, choice
 """
 )
 REQUESTS = (
@@ -64,10 +84,15 @@ class Pair:
 
 def load_pairs(client: Any, db: str, model: str) -> tuple[list[Pair], int]:
     """The usable pairs, and how many preferences were skipped (different prompts, failures, opt-outs)."""
-    prefs = list(client.query(PREFERENCES.replace("{db}", db), parameters={"model": model}).named_results())
-    if not prefs:
+    params = {"model": model}
+    prefs = list(client.query(PREFERENCES.replace("{db}", db), parameters=params).named_results())
+    votes: dict[str, list[dict[str, Any]]] = {}
+    for v in client.query(CHOICE_VOTES.replace("{db}", db), parameters=params).named_results():
+        votes.setdefault(v["request_id"], []).append(v)
+    split = {rid: vs for rid, vs in votes.items() if {v["vote"] > 0 for v in vs} == {True, False}}
+    if not prefs and not split:
         return [], 0
-    ids = sorted({p["request_id"] for p in prefs} | {p["other_request_id"] for p in prefs})
+    ids = sorted({p["request_id"] for p in prefs} | {p["other_request_id"] for p in prefs} | set(split))
     requests = {
         r["request_id"]: r
         for r in client.query(REQUESTS.replace("{db}", db), parameters={"ids": ids}).named_results()
@@ -92,14 +117,51 @@ def load_pairs(client: Any, db: str, model: str) -> tuple[list[Pair], int]:
         if ra["opt_out"] or rb["opt_out"] or not same:
             skipped += 1
             continue
-        messages = (json.loads(ra["messages"]) if ra["messages"] else None) or [
-            {"role": "user", "content": ra["prompt"]}
-        ]
         better, worse = (text_a, text_b) if p["preferred"] > 0 else (text_b, text_a)
         pairs.append(
-            Pair(a, p["event_id"], messages, better, worse, p["topic"], int(p["partition"]), int(p["offset"]))
+            Pair(
+                a,
+                p["event_id"],
+                _messages(ra),
+                better,
+                worse,
+                p["topic"],
+                int(p["partition"]),
+                int(p["offset"]),
+            )
         )
+    for rid, vs in split.items():
+        request, completion = requests.get(rid), completions.get(rid)
+        if request is None or completion is None or request["opt_out"]:
+            skipped += 1
+            continue
+        texts = {int(v["choice"]): _text(completion, int(v["choice"])) for v in vs}
+        downs = [texts[int(v["choice"])] for v in vs if v["vote"] < 0]
+        for up in (v for v in vs if v["vote"] > 0):
+            chosen = texts[int(up["choice"])]
+            for rejected in downs:
+                if chosen is None or rejected is None or chosen == rejected:
+                    skipped += 1
+                    continue
+                pairs.append(
+                    Pair(
+                        rid,
+                        up["event_id"],
+                        _messages(request),
+                        chosen,
+                        rejected,
+                        up["topic"],
+                        int(up["partition"]),
+                        int(up["offset"]),
+                    )
+                )
     return pairs, skipped
+
+
+def _messages(request: dict[str, Any]) -> list[dict[str, str]]:
+    return (json.loads(request["messages"]) if request["messages"] else None) or [
+        {"role": "user", "content": request["prompt"]}
+    ]
 
 
 def _text(row: dict[str, Any] | None, choice: int) -> str | None:

@@ -438,6 +438,62 @@ def test_a_preference_on_one_choice_of_an_n_gt_1_response_pairs_that_choices_tex
     assert skipped == 1  # the preference on choice 2, which A does not have
 
 
+def test_thumbs_of_both_signs_on_the_choices_of_one_response_pair_those_choices(
+    stack: Any, ch_database: str
+) -> None:
+    """n = 3 on request C: choice 0 up, choice 1 down, choice 2 down then up (the latest thumb
+    wins): each up-voted choice is preferred over the down-voted one, with the up vote's event as
+    lineage. D's choices were all liked (no pair); E opted out of training (skipped)."""
+    from consumers.trainer.pairs import load_pairs
+    from infra.clickhouse.tables import event_table as table_of
+    from schemas.events import CompletionChoice, FeedbackKind, FeedbackSubmitted
+    from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
+    from tests.integration.streams_support import request_events, utc
+
+    client = connect(stack.clickhouse, database=ch_database)
+    migrate(client, ch_database)
+    now = utc(1_790_000_000)
+    tables = {spec.name: table_of(spec) for spec in (REQUESTED, COMPLETED, FEEDBACK)}
+    rows: dict[str, list[Any]] = {name: [] for name in tables}
+
+    def add(spec: Any, event: Any) -> None:
+        rows[spec.name].append(tables[spec.name].row(event.to_avro(), 0, len(rows[spec.name])))
+
+    texts = ["5", "six", "five"]
+    for rid in ("C", "D", "E"):
+        req, done = request_events(rid, version="base", at=now, completion=texts[0], opt_out=rid == "E")
+        add(REQUESTED, req.model_copy(update={"model": SERVED, "prompt": "What is 2 plus 3?"}))
+        choices = [CompletionChoice(index=i, completion=text) for i, text in enumerate(texts)]
+        add(COMPLETED, done.model_copy(update={"model": SERVED, "choices": choices}))
+    votes = {
+        "C": [(0, 1.0, 0), (1, -1.0, 0), (2, -1.0, 0), (2, 1.0, 5)],
+        "D": [(0, 1.0, 0), (1, 1.0, 0)],
+        "E": [(0, 1.0, 0), (1, -1.0, 0)],
+    }
+    ids: dict[tuple[str, int], str] = {}
+    for rid, given in votes.items():
+        for choice, value, later_s in given:
+            event = FeedbackSubmitted(
+                producer="t",
+                request_id=rid,
+                occurred_at=utc(1_790_000_000 + later_s),
+                model=SERVED,
+                kind=FeedbackKind.thumbs,
+                value=value,
+                source=FeedbackSource.user,
+                choice=choice,
+            )
+            ids[(rid, choice)] = str(event.event_id)
+            add(FEEDBACK, event)
+    for name, table in tables.items():
+        client.insert(table.name, rows[name], column_names=table.column_names)
+    pairs, skipped = load_pairs(client, ch_database, SERVED)
+    got = sorted((p.request_id, p.chosen, p.rejected, p.event_id) for p in pairs)
+    assert got == [("C", "5", "six", ids[("C", 0)]), ("C", "five", "six", ids[("C", 2)])]
+    assert all(p.messages == [{"role": "user", "content": "What is 2 plus 3?"}] for p in pairs)
+    assert skipped == 1  # E: opted out of training
+
+
 @pytest.mark.reliability
 def test_one_active_trainer_per_model_and_a_standby_takes_over(
     stack: Any, ch_database: str, unique: str, tmp_path: Path, record_figures: Any

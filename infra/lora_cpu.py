@@ -12,6 +12,13 @@ adapter present: no per-token copies. Tokens with index -1 (no adapter: base-mod
 mixed batch) get no LoRA delta, as vLLM documents for the index and as its GPU kernels do; the
 stock CPU ops index ``weights[-1]`` for them, which is the last adapter slot.
 
+Prefill (``sgmv_*``) no longer expands per-sequence indices to per-token ones when the sequences
+share one adapter. At small batches the per-call Python cost dominates instead (a decode step
+makes ~14 calls per layer: every LoRA-capable projection, targeted by the adapter or not), so two
+facts are memoized per tensor identity and in-place version: whether an index tensor names one
+slot for every row, and whether a slot's weights are all zero (a module the adapter does not
+target, an empty slot); an all-zero delta costs nothing.
+
 Why hand-written: vLLM 0.32 has no faster CPU LoRA kernel to select; these are drop-in
 replacements with the stock ops' signatures, installed by ``install()`` into the modules that call
 them (``vllm.lora.ops.torch_ops.lora_ops``, whose ``sgmv_*`` call the ``bgmv_*`` ones, and
@@ -30,50 +37,138 @@ WORKER_EXTENSION = "infra.lora_cpu_worker.GroupedLoRAWorker"
 _installed = False
 
 
+# Memo entries hold a reference to their tensor, so that its identity cannot be reused while the
+# entry lives; an in-place write (vLLM loading an adapter into a slot) bumps the version in the key.
+_MEMO: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+_MEMO_MAX = 4096
+_GATHER_ROWS = 64  # mixed batches up to this many rows gather per-row weights (as vLLM does), minus -1
+
+
+def _memo(kind: str, tensor: Any, extra: int, compute: Any) -> Any:
+    # a view (vLLM slices its persistent index buffers anew on every call) is keyed by the tensor it
+    # views, whose version counter it shares
+    owner = tensor._base if tensor._base is not None else tensor
+    key = (kind, id(owner), tensor.storage_offset(), tuple(tensor.shape), owner._version, extra)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is owner:
+        return hit[1]
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    value = compute()
+    _MEMO[key] = (owner, value)
+    return value
+
+
+def _uniform(indices: Any) -> int | None:
+    """The one slot every row uses (-1: none), or None when the rows differ."""
+    if indices.numel() == 1:
+        return int(indices[0])
+
+    def compute() -> int | None:
+        first = int(indices[0])
+        return first if bool((indices == first).all()) else None
+
+    if not indices.numel():
+        return -1
+    # memoized for views only: vLLM's persistent index buffers, sliced anew per call
+    return _memo("uniform", indices, 0, compute) if indices._base is not None else compute()
+
+
+def _slot_t(weights: Any, slot: int) -> Any:
+    """The slot's weights transposed (``[in, out]``), or None when they are all zero."""
+
+    def compute() -> Any:
+        w = weights[slot, 0] if weights.dim() == 4 else weights[slot]
+        return w.T if bool(w.any()) else None
+
+    return _memo("slot", weights, slot, compute)
+
+
+def _dense(inputs: Any, weights: Any, indices: Any, out: Any, alpha: float, add: bool) -> bool:
+    """The common case in one in-place GEMM: every row uses one slot. ``out (+)= alpha * inputs @
+    W.T``; nothing at all for an all-zero delta. False when the shapes call for the general path."""
+    n = inputs.shape[0]
+    if indices.numel() not in (1, n) or out.shape[0] != n:
+        return False
+    slot = _uniform(indices)
+    if slot is None:
+        return False
+    wt = None if slot < 0 else _slot_t(weights, slot)
+    if wt is None:
+        if not add:
+            out.zero_()
+        return True
+    if wt.shape[1] != out.shape[1] or wt.dtype != inputs.dtype:
+        return False
+    out.addmm_(inputs, wt, beta=1 if add else 0, alpha=alpha)
+    return True
+
+
 def _grouped(inputs: Any, weights: Any, indices: Any) -> Any:
-    """``out[t] = inputs[t] @ weights[indices[t]].T``, zero where ``indices[t] == -1``.
+    """``out[t] = inputs[t] @ weights[indices[t]].T``, zero where ``indices[t] == -1``; None when
+    every row's delta is zero (no adapter, or all-zero weights): the caller adds nothing.
 
     ``weights``: ``[slots, out, in]`` (or ``[slots, 1, out, in]``); ``inputs``: ``[tokens, in]``.
     """
     import torch
 
-    if weights.dim() == 4:
-        weights = weights.squeeze(1)
-    weights = weights.to(dtype=inputs.dtype)
     n = inputs.shape[0]
-    if indices.numel() == 1 and n != 1:  # one index for every row (stock einsum broadcasts it)
-        indices = indices.expand(n)
-    if indices.numel() != n:  # shapes the stock einsum broadcasts some other way: compute it as it does
-        return torch.einsum("bi, boi -> bo", inputs, weights[indices])
-    first = int(indices[0]) if indices.numel() else -1
-    if indices.numel() and bool((indices == first).all()):
-        if first < 0:
-            return inputs.new_zeros(n, weights.shape[1])
-        return inputs @ weights[first].T
-    out = inputs.new_zeros(n, weights.shape[1])
-    for slot in torch.unique(indices).tolist():
-        if slot < 0:
+    if indices.numel() != n and indices.numel() != 1:  # shapes the stock einsum broadcasts otherwise
+        w = weights.squeeze(1) if weights.dim() == 4 else weights
+        return torch.einsum("bi, boi -> bo", inputs, w[indices].to(dtype=inputs.dtype))
+    slot = _uniform(indices)
+    if slot is not None:
+        wt = None if slot < 0 else _slot_t(weights, slot)
+        return None if wt is None else inputs @ wt.to(dtype=inputs.dtype)
+    w = (weights.squeeze(1) if weights.dim() == 4 else weights).to(dtype=inputs.dtype)
+    if n <= _GATHER_ROWS:  # a decode batch of several adapters: gathering a few rows' weights is cheap
+        out = torch.einsum("bi, boi -> bo", inputs, w[indices.clamp(min=0)])
+        out[indices < 0] = 0
+        return out
+    out = inputs.new_zeros(n, w.shape[1])
+    for s in torch.unique(indices).tolist():
+        if s < 0:
             continue
-        rows = (indices == slot).nonzero(as_tuple=True)[0]
-        out[rows] = inputs[rows] @ weights[slot].T
+        rows = (indices == s).nonzero(as_tuple=True)[0]
+        out[rows] = inputs[rows] @ w[s].T
     return out
 
 
 def bgmv_shrink(
     inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any, scaling: float = 1.0
 ) -> None:
-    outputs = _grouped(inputs.to(dtype=output_tensor.dtype), lora_b_weights, lora_indices_tensor)
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+    inputs = inputs.to(dtype=output_tensor.dtype)
+    if _dense(
+        inputs,
+        lora_b_weights,
+        lora_indices_tensor,
+        output_tensor[:, : lora_b_weights.shape[-2]],
+        scaling,
+        False,
+    ):
+        return
+    outputs = _grouped(inputs, lora_b_weights, lora_indices_tensor)
+    if outputs is None:
+        output_tensor[:, : lora_b_weights.shape[-2]] = 0
+    else:
+        output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
 
 def bgmv_expand(
     inputs: Any, lora_b_weights: Any, output_tensor: Any, lora_indices_tensor: Any, add_inputs: bool = True
 ) -> None:
-    outputs = _grouped(inputs.to(dtype=output_tensor.dtype), lora_b_weights, lora_indices_tensor)
+    inputs = inputs.to(dtype=output_tensor.dtype)
+    common = min(lora_b_weights.shape[-2], output_tensor.shape[1])
+    if _dense(inputs, lora_b_weights, lora_indices_tensor, output_tensor[:, :common], 1.0, add_inputs):
+        return
+    outputs = _grouped(inputs, lora_b_weights, lora_indices_tensor)
+    if outputs is None:
+        if not add_inputs:
+            output_tensor[:, :common] = 0
+        return
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
         limit = 1
-    common = min(outputs.shape[1], output_tensor.shape[1])
     if add_inputs:
         output_tensor[:, :common] += outputs[:limit, :common]
     else:
@@ -89,11 +184,81 @@ def bgmv_expand_slice(
     slice_size: int,
     add_inputs: bool = True,
 ) -> None:
-    outputs = _grouped(inputs.to(dtype=output_tensor.dtype), lora_b_weights, lora_indices_tensor)
+    inputs = inputs.to(dtype=output_tensor.dtype)
+    out = output_tensor[:, slice_offset : slice_offset + slice_size]
+    if _dense(inputs, lora_b_weights, lora_indices_tensor, out, 1.0, add_inputs):
+        return
+    outputs = _grouped(inputs, lora_b_weights, lora_indices_tensor)
+    if outputs is None:
+        if not add_inputs:
+            output_tensor[:, slice_offset : slice_offset + slice_size] = 0
+        return
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
     else:
         output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+
+
+def _per_token(per_sequence: Any, seq_lens: Any) -> Any:
+    """Prefill: the sequences' slots, one per token — or one index for all when they share one."""
+    import torch
+
+    if per_sequence.numel() and _uniform(per_sequence) is not None:
+        return per_sequence[:1]
+    return torch.repeat_interleave(per_sequence, seq_lens)
+
+
+def sgmv_shrink(
+    inputs: Any,
+    lora_a_weights: Any,
+    output_tensor: Any,
+    b_seq_start_loc: Any,
+    seq_len_tensor: Any,
+    lora_indices_tensor: Any,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    scaling: float,
+) -> None:
+    indices = _per_token(lora_indices_tensor, seq_len_tensor)
+    bgmv_shrink(inputs, lora_a_weights, output_tensor, indices, scaling)
+
+
+def sgmv_expand(
+    inputs: Any,
+    lora_b_weights: Any,
+    output_tensor: Any,
+    b_seq_start_loc: Any,
+    seq_len_tensor: Any,
+    lora_indices_tensor: Any,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    add_inputs: bool = False,
+) -> None:
+    indices = _per_token(lora_indices_tensor, seq_len_tensor)
+    bgmv_expand(inputs, lora_b_weights, output_tensor, indices, add_inputs)
+
+
+def sgmv_expand_slice(
+    inputs: Any,
+    lora_b_weights: Any,
+    output_tensor: Any,
+    b_seq_start_loc: Any,
+    seq_len_tensor: Any,
+    lora_indices_tensor: Any,
+    batches: int,
+    max_seq_length: int,
+    token_nums: int,
+    slice_offset: int,
+    slice_size: int,
+    add_inputs: bool = False,
+) -> None:
+    indices = _per_token(lora_indices_tensor, seq_len_tensor)
+    bgmv_expand_slice(inputs, lora_b_weights, output_tensor, indices, slice_offset, slice_size, add_inputs)
+
+
+OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
 def enabled() -> bool:
@@ -119,9 +284,9 @@ def install() -> bool:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
+    ours = globals()
     for module in (lora_ops, punica_cpu):
-        module.bgmv_shrink = bgmv_shrink  # type: ignore[attr-defined]
-        module.bgmv_expand = bgmv_expand  # type: ignore[attr-defined]
-        module.bgmv_expand_slice = bgmv_expand_slice  # type: ignore[attr-defined]
+        for name in OPS:
+            setattr(module, name, ours[name])
     _installed = True
     return True

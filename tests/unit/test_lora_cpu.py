@@ -22,8 +22,8 @@ def weights() -> tuple[object, object]:
 
 @pytest.mark.parametrize(
     "indices",
-    [[0] * 40, [2] * 40, [0, 1, 2, 3] * 10, [3, 3, 1, 1, 0] * 8, [1]],
-    ids=["one adapter", "another slot", "four interleaved", "runs", "one token"],
+    [[0] * 40, [2] * 40, [0, 1, 2, 3] * 10, [3, 3, 1, 1, 0] * 8, [1], [0, 3, 1] * 30],
+    ids=["one adapter", "another slot", "four interleaved", "runs", "one token", "a prefill of three"],
 )
 def test_grouped_ops_equal_the_stock_ops_for_rows_with_an_adapter(
     weights: tuple[object, object], indices: list[int]
@@ -60,6 +60,12 @@ def test_rows_without_an_adapter_get_no_delta_where_the_stock_ops_apply_the_last
     assert torch.count_nonzero(ours[1::2]) == 0  # base-model rows: no LoRA, as vLLM documents -1
     torch.testing.assert_close(theirs[1::2], x[1::2] @ a[SLOTS - 1, 0].T)  # stock: the last slot's adapter
     torch.testing.assert_close(ours[0::2], theirs[0::2])
+    many = torch.tensor([2, -1, 2] * 30)  # past the gather size: one GEMM per slot
+    xs = torch.randn(90, HIDDEN)
+    got = torch.zeros(90, RANK)
+    lora_cpu.bgmv_shrink(xs, a, got, many, 1.0)
+    assert torch.count_nonzero(got[1::3]) == 0
+    torch.testing.assert_close(got[0::3], xs[0::3] @ a[2, 0].T)
     only_base = torch.zeros(2, RANK)
     lora_cpu.bgmv_shrink(x[:2], a, only_base, torch.tensor([-1, -1]), 1.0)
     assert torch.count_nonzero(only_base) == 0
@@ -74,9 +80,53 @@ def test_install_replaces_the_ops_vllm_cpu_calls_and_can_be_turned_off(
     assert lora_cpu.install() is False
     monkeypatch.setenv("RFTLOOP_VLLM_GROUPED_LORA", "true")
     for module in (stock, punica_cpu):
-        for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"):
+        for name in lora_cpu.OPS:
             monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     monkeypatch.setattr(lora_cpu, "_installed", False)
     assert lora_cpu.install() is True
     assert punica_cpu.bgmv_shrink is lora_cpu.bgmv_shrink
-    assert stock.bgmv_expand_slice is lora_cpu.bgmv_expand_slice  # sgmv_* (prefill) call it by name
+    assert punica_cpu.sgmv_expand_slice is lora_cpu.sgmv_expand_slice  # prefill
+    assert stock.bgmv_expand_slice is lora_cpu.bgmv_expand_slice
+
+
+def test_prefill_ops_equal_the_stock_ops_for_one_shared_adapter_and_for_mixed_sequences(
+    weights: tuple[object, object],
+) -> None:
+    a, b = weights
+    seq_lens = torch.tensor([5, 3, 7])
+    starts = torch.tensor([0, 5, 8])
+    x = torch.randn(15, HIDDEN)
+    for per_seq in ([2, 2, 2], [0, 3, 1]):
+        idx = torch.tensor(per_seq)
+        meta = (starts, seq_lens, idx, 3, 7, 15)
+        ys = [torch.zeros(15, RANK) for _ in range(2)]
+        for module, y in zip((stock, lora_cpu), ys, strict=True):
+            module.sgmv_shrink(x, a, y, *meta, 0.25)
+        torch.testing.assert_close(ys[1], ys[0])
+        base = torch.randn(15, HIDDEN)
+        outs = [base.clone(), base.clone()]
+        for module, out in zip((stock, lora_cpu), outs, strict=True):
+            module.sgmv_expand_slice(ys[0], b, out, *meta, 0, HIDDEN, True)
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_an_all_zero_slot_adds_nothing_until_an_adapter_is_written_into_it(
+    weights: tuple[object, object],
+) -> None:
+    _, b = weights
+    b = b.clone()
+    b[1].zero_()  # slot 1: a module this adapter does not target
+    buffer = torch.zeros(64, dtype=torch.long)
+    idx = buffer[:8]  # a view of a persistent buffer, as vLLM passes them
+    buffer[:8] = 1
+    y = torch.randn(8, RANK)
+    out = torch.ones(8, HIDDEN)
+    lora_cpu.bgmv_expand_slice(y, b, out, buffer[:8], 0, HIDDEN, True)
+    assert torch.equal(out, torch.ones(8, HIDDEN))
+    b[1].copy_(torch.randn(HIDDEN, RANK).unsqueeze(0))  # vLLM loads an adapter into the slot
+    lora_cpu.bgmv_expand_slice(y, b, out, idx, 0, HIDDEN, True)
+    torch.testing.assert_close(out, 1 + y @ b[1, 0].T)
+    buffer[:8] = 0  # the next step's tokens use another slot: the index memo sees the write
+    expected = out + y @ b[0, 0].T
+    lora_cpu.bgmv_expand_slice(y, b, out, buffer[:8], 0, HIDDEN, True)
+    torch.testing.assert_close(out, expected)

@@ -159,10 +159,6 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
     registry.register_all(registry.client(reg))
     migrate(connect(ch, database="default"), ch.database, ttls=ch.ttl_days)
     console.print(f"  topics ready ({len(created)} created), schemas registered, ClickHouse migrated")
-    console.print(
-        "  note: latency and cost budgets are 4x here (vLLM-CPU's LoRA path: ~1.2x the bare base with the "
-        "grouped ops, up to ~4x with vLLM's own)"
-    )
     gw_port, web_port = free_port(), free_port()
     adapter_root = gw.adapter_root
     adapter_root.mkdir(parents=True, exist_ok=True)
@@ -218,6 +214,11 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         # (a run here rolled a good candidate back at 1.51x cost with the default 1.5x budget)
         "RFTLOOP_JUDGE_MAX_COST_RATIO": os.environ.get("RFTLOOP_JUDGE_MAX_COST_RATIO", "4"),
     }
+    console.print(
+        f"  budgets against the parent: gate latency {env['RFTLOOP_TRAINER_MAX_LATENCY_RATIO']}x, "
+        f"canary p95 latency {env['RFTLOOP_JUDGE_MAX_LATENCY_RATIO']}x and cost "
+        f"{env['RFTLOOP_JUDGE_MAX_COST_RATIO']}x"
+    )
     procs = Procs(env, local.state_dir / "logs")
     url = f"http://127.0.0.1:{gw_port}"
     try:
@@ -297,7 +298,8 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
             work.drive(1000, progress, f"canary traffic ({bad})", until=_decided(http, bad))
         _wait_decision(http, bad, procs, console)
         time.sleep(3)  # let the sink flush the last batch
-        record_exposure(client, ch.database, bad, console, quick)
+        lag = http.get("/healthz").json().get("decision_lag_ms", {}).get(bad)
+        record_exposure(client, ch.database, bad, console, quick, lag)
 
         console.rule("[bold]summary")
         time.sleep(3)  # let the sink flush the last batch
@@ -451,7 +453,8 @@ def _generation(
     if more:
         with _progress(console) as progress:
             work.drive(more, progress, f"requests ({incumbent})")
-    needed = int(env["RFTLOOP_TRAINER_MIN_SAMPLES"]) if g == 1 else before + (16 if more else 0)
+    # the new requests' samples reached ClickHouse (half of them: a few may still be joining)
+    needed = int(env["RFTLOOP_TRAINER_MIN_SAMPLES"]) if g == 1 else before + min(16, (more + 1) // 2)
     with console.status("waiting for rewarded samples in ClickHouse ..."):
         deadline = time.monotonic() + 120
         while _samples(client, db) < needed and time.monotonic() < deadline:

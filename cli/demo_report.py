@@ -186,8 +186,12 @@ FROM {db}.inference_requested FINAL
 """
 
 
-def record_exposure(client: Any, db: str, bad: str, console: Console, quick: bool) -> None:
-    """loop.bad_version_exposure from the events themselves (requests routed, model.versions decisions)."""
+def record_exposure(
+    client: Any, db: str, bad: str, console: Console, quick: bool, lag_ms: float | None = None
+) -> None:
+    """loop.bad_version_exposure from the events themselves (requests routed, model.versions
+    decisions); ``lag_ms``: the gateway's own measure of how long after the judge's decision it
+    applied the rollback (requests routed in that gap count as after the rollback event)."""
     from bench.harness import Result, record
 
     row = client.query(EXPOSURE.replace("{db}", db), parameters={"v": bad}).first_row
@@ -198,7 +202,8 @@ def record_exposure(client: Any, db: str, bad: str, console: Console, quick: boo
     share = exposed / canary
     console.print(
         f"  exposure: {exposed} of {canary} requests ({share:.1%}) went to {bad} during its {canary_s:.0f} s "
-        f"canary; {after} after the rollback event"
+        f"canary; {after} routed after the rollback event"
+        + (f" (the gateway applied it {lag_ms:.0f} ms after the judge decided)" if lag_ms is not None else "")
     )
     if quick:
         return
@@ -231,7 +236,13 @@ def record_exposure(client: Any, db: str, bad: str, console: Console, quick: boo
                 higher_is_better=False,
                 method=(
                     "measured by `make demo`: requests routed to the injected bad version with "
-                    "occurred_at at or after the judge's ModelVersionRolledBack event (inference_requested)"
+                    "occurred_at (the time the gateway routed it) at or after the judge's "
+                    "ModelVersionRolledBack event (inference_requested)"
+                    + (
+                        f"; the gateway applied the rollback {lag_ms:.0f} ms after it"
+                        if lag_ms is not None
+                        else ""
+                    )
                 ),
             ),
         ]

@@ -306,6 +306,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             "incumbent": gateway.router.incumbent,
             "versions_caught_up": bool(follower and follower.caught_up.is_set()),
             "refused_versions": follower.refused if follower else {},
+            "decision_lag_ms": follower.decision_lag_ms if follower else {},
             "shadows": list(shadows.loaded),
             "versions_follower": versions_kafka,
             "events": events,

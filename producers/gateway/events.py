@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +30,7 @@ from schemas.events import (
     Event,
     InferenceCompleted,
     InferenceRequested,
+    utcnow,
 )
 from schemas.topics import COMPLETED, REQUESTED, TopicSpec
 
@@ -124,6 +126,9 @@ class Request:
     temperature: float
     top_p: float
     params: dict[str, str]
+    # when the request was routed: InferenceRequested's occurred_at (the events are built after the
+    # response ends, and a request routed before a rollback must not read as routed after it)
+    routed_at: datetime = field(default_factory=utcnow)
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ def build(
         messages, prompt = [], redact(req.prompt)
     requested = InferenceRequested(
         **req.common,
+        occurred_at=req.routed_at,
         endpoint=req.endpoint,
         prompt=prompt,
         messages=messages,

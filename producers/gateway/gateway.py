@@ -51,6 +51,7 @@ from schemas.events import (
     Endpoint,
     ModelVersionEvent,
     VersionEventKind,
+    utcnow,
 )
 from schemas.topics import VERSIONS
 
@@ -221,6 +222,7 @@ class Gateway:
             )
         chat = endpoint == Endpoint.chat
         version, route = self.pick(data["model"], data.get("user") or session, evaluation is not None)
+        routed_at = utcnow()
         label = "shadow" if route.shadow else version  # one metrics label for every shadow
         prefix = "chatcmpl" if chat else "cmpl"
         asked_n = data.get("n") or 1  # vLLM validates it below; the id only needs its value
@@ -269,6 +271,7 @@ class Gateway:
             temperature=_number(vreq.temperature, 1.0, float),
             top_p=_number(vreq.top_p, 1.0, float),
             params=params,
+            routed_at=routed_at,
         )
         out = Outcome()
         asked = Asked(

@@ -56,6 +56,9 @@ class VersionFollower:
         self.applied = 0
         self.refused: dict[str, str] = {}
         self.loaded_at: dict[str, float] = {}  # version -> time.time() when it began serving
+        # version -> ms from its latest decision's occurred_at (the judge's clock) to applied here;
+        # requests routed in that gap still follow the decision before it (/healthz)
+        self.decision_lag_ms: dict[str, float] = {}
         self.caught_up = threading.Event()
         self._stop = threading.Event()
         self.kafka_retry = Retrier("gateway version follower", self._stop)  # shown in /healthz
@@ -70,7 +73,8 @@ class VersionFollower:
         self._thread.join(5)
 
     def _run(self) -> None:
-        c = consumer(self.kafka, f"rftloop-gateway-{uuid.uuid4().hex[:8]}")
+        # a tiny topic whose events must take effect at once: fetch without librdkafka's 500 ms wait
+        c = consumer(self.kafka, f"rftloop-gateway-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 20})
         try:
             try:
                 ends = assign_from_start(c, [self.topic.name], self.kafka_retry)
@@ -122,7 +126,16 @@ class VersionFollower:
                 log.info("version %s loaded from %s, traffic %s", version, path, self.router.weights())
             else:
                 self.router.apply(event)
-                log.info("version %s %s: %s", version, event.kind.value, self.router.weights())
+                lag = (time.time() - event.occurred_at.timestamp()) * 1000
+                if self.caught_up.is_set():  # a replayed decision's age is not a lag
+                    self.decision_lag_ms[version] = round(lag, 1)
+                log.info(
+                    "version %s %s (%.0f ms after the decision): %s",
+                    version,
+                    event.kind.value,
+                    lag,
+                    self.router.weights(),
+                )
             self.applied += 1
         except adapters.AdapterRefused as exc:
             self.router.apply(event)  # the fold knows it as every reader does; it gets no traffic here

@@ -101,6 +101,10 @@ def test_openai_client_chats_streams_and_every_call_becomes_events(gateway: Gate
     assert done.cost > 0 and done.tokens_per_s and done.finish_reason == chat.choices[0].finish_reason
     # cost counts the engine's time on the request (vLLM's scheduled -> last token), not the wall time
     assert done.engine_seconds is not None and 0 < done.engine_seconds <= done.latency_ms / 1000
+    # InferenceRequested is stamped when the request was routed, not when its events were built at
+    # the end (a request routed before a rollback must not read as routed after it)
+    waited_ms = (done.occurred_at - requested[chat.id].occurred_at).total_seconds() * 1000
+    assert waited_ms >= done.latency_ms * 0.9 - 2, (waited_ms, done.latency_ms)
     prompt = requested[chat.id].messages[0].content
     assert "bob@example.com" not in prompt and "[EMAIL]" in prompt
     assert "415 555 0100" not in prompt and "4111 1111 1111 1111" not in prompt
@@ -234,7 +238,10 @@ def test_published_adapter_is_served_without_restart_and_bad_ones_are_refused(ga
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and http.get("/healthz").json()["traffic"].get("v-good") != 0.0:
         time.sleep(0.1)
-    assert http.get("/healthz").json()["incumbent"] == "base"
+    health = http.get("/healthz").json()
+    assert health["incumbent"] == "base"
+    # how long after the decision this gateway applied it (the same host's clock here)
+    assert 0 <= health["decision_lag_ms"]["v-good"] < 30_000
     pinned = http.post(
         "/v1/chat/completions",
         json={"model": f"{SERVED}:v-good", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},

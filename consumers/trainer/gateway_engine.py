@@ -10,9 +10,10 @@ gate's latency is the serving path's, and nothing the run sends becomes users' t
 judge's figures or the training data.
 
 The prompt is the chat template applied by the base model's tokenizer, as the gateway applies it
-to chat requests; one HTTP request per answer, sent side by side (``concurrency``) so the engine
-batches them as it batches users. Token ids and the sampled tokens' log-probabilities come from
-vLLM (``return_token_ids``, ``logprobs: 0``): what TRL's ``rollout_func`` needs. The interface is
+to chat requests; one HTTP request per prompt, sent side by side (``concurrency``) so the engine
+batches them as it batches users; repeats of one prompt (a GRPO group) are one request with ``n``
+(one prefill for the group). Token ids and the sampled tokens' log-probabilities come from vLLM
+(``return_token_ids``, ``logprobs: 0``): what TRL's ``rollout_func`` needs. The interface is
 ``consumers.trainer.engine.Engine``'s, so the gate and GRPO take either.
 """
 
@@ -123,29 +124,40 @@ class GatewayEngine:
         *,
         fresh: bool = False,
     ) -> list[Answer]:
-        """One answer per prompt (repeat a prompt for several), sent side by side."""
+        """One answer per prompt, in order (repeat a prompt for several). Runs of one prompt are
+        asked as one request with ``n`` (one prefill for the group, as GRPO's groups and the
+        screening repeat each prompt); the requests are sent side by side."""
         model = self.model(adapter, fresh)
+        runs = [(p, len(list(g))) for p, g in itertools.groupby(prompts)]
 
-        def one(prompt: str) -> Answer:
+        def one(run: tuple[str, int]) -> list[Answer]:
+            prompt, n = run
             body = self._call(
                 "POST",
                 "/v1/completions",
                 json={
                     "model": model,
                     "prompt": prompt,
+                    "n": n,
                     "max_tokens": max_tokens,
                     "temperature": temperature,
                     "logprobs": 0,
                     "return_token_ids": True,
                 },
             )
-            c = body["choices"][0]
-            ids = list(c.get("token_ids") or [])
-            logprobs = [float(x or 0.0) for x in (c.get("logprobs") or {}).get("token_logprobs") or []]
-            return Answer(str(c.get("text") or ""), list(c.get("prompt_token_ids") or []), ids, logprobs)
+            out = []
+            for c in sorted(body["choices"], key=lambda c: int(c.get("index", 0))):
+                ids = list(c.get("token_ids") or [])
+                logprobs = [float(x or 0.0) for x in (c.get("logprobs") or {}).get("token_logprobs") or []]
+                out.append(
+                    Answer(str(c.get("text") or ""), list(c.get("prompt_token_ids") or []), ids, logprobs)
+                )
+            if len(out) != n:
+                raise GatewayUnavailable(f"{self.url}/v1/completions: asked n={n}, got {len(out)} choices")
+            return out
 
-        with ThreadPoolExecutor(min(self.concurrency, max(1, len(prompts)))) as pool:
-            return list(pool.map(one, prompts))
+        with ThreadPoolExecutor(min(self.concurrency, max(1, len(runs)))) as pool:
+            return [a for answers in pool.map(one, runs) for a in answers]
 
     def close(self) -> None:
         """Unload this run's shadows (the gateway also drops the oldest when it holds too many)."""

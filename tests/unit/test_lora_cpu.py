@@ -130,3 +130,27 @@ def test_an_all_zero_slot_adds_nothing_until_an_adapter_is_written_into_it(
     expected = out + y @ b[0, 0].T
     lora_cpu.bgmv_expand_slice(y, b, out, buffer[:8], 0, HIDDEN, True)
     torch.testing.assert_close(out, expected)
+
+
+def test_prefill_ops_over_vllms_persistent_buffers_follow_each_steps_rewrite_in_inference_mode(
+    weights: tuple[object, object],
+) -> None:
+    """vLLM slices its index buffers anew per call and rewrites them in place each step, under
+    torch.inference_mode; the memoized per-token expansion and its groups must follow every rewrite."""
+    a, _ = weights
+    per_seq_buf, lens_buf = torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long)
+    starts = torch.tensor([0, 5, 8])
+    x = torch.randn(15, HIDDEN)
+    with torch.inference_mode():
+        for step in ([0, 3, 1], [3, 0, -1], [1, -1, 1], [0, 3, 1]):  # mixed slots; -1: base rows
+            per_seq_buf[:3] = torch.tensor(step)
+            lens_buf[:3] = torch.tensor([5, 3, 7] if step != [3, 0, -1] else [2, 6, 7])
+            for _ in range(3):  # several layers' calls within one step
+                meta = (starts, lens_buf[:3], per_seq_buf[:3], 3, 7, 15)
+                ours, expected = torch.zeros(15, RANK), torch.zeros(15, RANK)
+                lora_cpu.sgmv_shrink(x, a, ours, *meta, 0.5)
+                rows = torch.repeat_interleave(per_seq_buf[:3], lens_buf[:3])
+                for t, s in enumerate(rows.tolist()):
+                    if s >= 0:
+                        expected[t] = 0.5 * x[t] @ a[s, 0].T
+                torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)

@@ -302,7 +302,9 @@ def gateway(ctx: Context) -> list[Result]:
             goal_ratio=0.95,
             method=method + f"; the same streaming HTTP client (include_usage) against each: ours = the "
             f"gateway ({gw_tps:.1f} tok/s), peer = `python -m vllm.entrypoints.openai.api_server` "
-            f"({bare_tokens / bare_wall:.1f} tok/s), one after the other in this run",
+            f"({bare_tokens / bare_wall:.1f} tok/s) with the gateway's own command line (Serving.argv: on "
+            "CPU that includes the grouped LoRA ops' --worker-extension-cls, so both run the same "
+            "kernels), one after the other in this run",
         ),
         Result(
             name="gateway.proxy_design_vs_bare_vllm",

@@ -142,6 +142,7 @@ def registry() -> dict[str, Benchmark]:
         "sink.rows_per_s": sink_benchmark.sink_rows,
         "streams.events_per_s": streams_benchmark.events_per_s,
         "streams.join_events_per_s": streams_benchmark.join_events_per_s,
+        "streams.evaluate_events_per_s": streams_benchmark.evaluate_events_per_s,
         "e2e.freshness_ms": streams_benchmark.freshness_ms,
         "scale.streams_events_per_s": scale_benchmark.streams_scaling,
         "scale.sink_rows_per_s": scale_benchmark.sink_scaling,

@@ -37,11 +37,11 @@ def _topics(ctx: Context, suffix: str) -> dict[str, Any]:
     from infra import registry
     from infra.kafka import ensure_topics
     from infra.serde import TopicSerde
-    from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED
+    from schemas.topics import COMPLETED, EVALUATIONS, FEEDBACK, METRICS, REQUESTED, REWARDED
 
     reg = registry.client(ctx.stack["registry"])
     out = {}
-    for spec in (REQUESTED, COMPLETED, FEEDBACK, REWARDED, METRICS):
+    for spec in (REQUESTED, COMPLETED, FEEDBACK, EVALUATIONS, REWARDED, METRICS):
         topic = replace(spec, name=spec.name + suffix)
         ensure_topics(ctx.stack["kafka"], only=[topic])
         registry.register(reg, topic)
@@ -232,10 +232,9 @@ def _join_inputs(i: int, at: Any) -> list[tuple[str, Any]]:
 def join_events_per_s(ctx: Context) -> list[Result]:
     from confluent_kafka import TopicPartition
 
-    from infra import rewards
     from infra.kafka import consumer, produce, producing
     from schemas.events import RewardedSample, utcnow
-    from schemas.topics import COMPLETED, FEEDBACK, REQUESTED, REWARDED
+    from schemas.topics import COMPLETED, EVALUATIONS, FEEDBACK, REQUESTED, REWARDED
     from streams.join import JoinState
 
     suffix = f"-benchjoin{uuid.uuid4().hex[:6]}"
@@ -253,7 +252,7 @@ def join_events_per_s(ctx: Context) -> list[Result]:
 
     # -- peer: one loop, the same decode, JoinState (JSON round trip per event) and output encoding
     by_topic = {topic.name: serde for topic, serde in topics.values()}
-    evaluators = rewards.resolve(["number_match"])
+    evaluators = ["number_match"]  # the join only names them; scoring is the evaluate stage's
     c = consumer(ctx.stack["kafka"], f"bench-plainjoin{suffix}", **{"fetch.max.bytes": 64 * 1024 * 1024})
     c.assign(
         [
@@ -276,7 +275,7 @@ def join_events_per_s(ctx: Context) -> list[Result]:
             current = table.get(rid)
             state = JoinState.from_json(current) if current else JoinState(msg.partition() or 0, 0.0)
             for out in state.apply(event, evaluators, time.time(), 86_400):
-                base = REWARDED.name if isinstance(out, RewardedSample) else FEEDBACK.name
+                base = REWARDED.name if isinstance(out, RewardedSample) else EVALUATIONS.name
                 topics[base][1].encode_event(out)
             table[rid] = state.to_json()
             seen += 1
@@ -293,11 +292,88 @@ def join_events_per_s(ctx: Context) -> list[Result]:
             method=(
                 f"{JOIN_REQUESTS:,} requests × (requested, completed, thumbs feedback) waiting on 3-partition "
                 "topics; ours = one `rftloop streams` worker (the join only: a transactional confluent-kafka "
-                "loop, state changelogged, evaluator number_match, RewardedSample out, one transaction per "
-                "batch) from its first joined event to the last, "
+                "loop, state changelogged, RewardedSample and EvaluationRequested out, one transaction per "
+                "batch; the evaluate stage, which scores outside the join, does not run) from its first "
+                "joined event to the last, "
                 "read from its /stats/ page; peer = one Python loop over consume(5000) with the same "
                 "TopicSerde.decode_event, JoinState.apply and output encoding, a dict for the table, no "
                 "produce, no changelog, no commit"
+            ),
+        )
+    ]
+
+
+EVAL_REQUESTS = 20_000
+
+
+def evaluate_events_per_s(ctx: Context) -> list[Result]:
+    """The evaluate stage: what scoring in the evaluators' own process (the deadline's price) costs
+    against scoring in the loop's own thread."""
+    from confluent_kafka import TopicPartition
+
+    from infra import rewards
+    from infra.kafka import consumer, produce, producing
+    from schemas.events import CompletionChoice, EvaluationRequested, utcnow
+    from schemas.topics import EVALUATIONS, FEEDBACK
+    from streams import evaluate
+
+    suffix = f"-benchevaluate{uuid.uuid4().hex[:6]}"
+    topics = _topics(ctx, suffix)
+    topic, serde = topics[EVALUATIONS.name]
+    at = utcnow()
+    with producing(ctx.stack["kafka"]) as p:
+        for i in range(EVAL_REQUESTS):
+            event = EvaluationRequested(
+                producer="bench",
+                request_id=f"e{i}",
+                occurred_at=at,
+                model="smollm2",
+                version="v1",
+                prompt=f"What is {i} + 1? Answer with the number.",
+                reference=str(i + 1),
+                choices=[
+                    CompletionChoice(index=0, completion=f"The answer is {i + i % 2}.", completion_tokens=6)
+                ],
+            )
+            produce(p, topic.name, event.request_id, serde.encode_event(event))
+    print(f"bench: {EVAL_REQUESTS:,} EvaluationRequested waiting on {topic.name}", flush=True)
+
+    ours = _worker_rate(ctx, suffix, "evaluate", "evaluator_scores", EVAL_REQUESTS)
+
+    # -- peer: one loop, the same decode, the evaluator called in this thread, the same encoding
+    evaluators = rewards.resolve(["number_match"])
+    fb_serde = topics[FEEDBACK.name][1]
+    c = consumer(ctx.stack["kafka"], f"bench-plainevaluate{suffix}", **{"fetch.max.bytes": 64 * 1024 * 1024})
+    c.assign([TopicPartition(topic.name, n, 0) for n in range(ctx.stack["kafka"].partitions)])
+    seen, t0 = 0, None
+    while seen < EVAL_REQUESTS:
+        for msg in c.consume(5000, 1.0):
+            if msg.error():
+                continue
+            if t0 is None:
+                t0 = time.perf_counter()
+            req = serde.decode_event(msg.value())
+            for score in evaluate.scores(req, evaluators):
+                fb_serde.encode_event(score)
+            seen += 1
+    plain = EVAL_REQUESTS / (time.perf_counter() - (t0 or time.perf_counter()))
+    c.close()
+    return [
+        Result(
+            name="streams.evaluate_events_per_s",
+            value=ours,
+            unit="responses/s",
+            peer="plain confluent-kafka loop, same decode, evaluator in-thread (no deadline), same encoding",
+            peer_value=plain,
+            goal="report (the price of scoring in a process that can be killed at a deadline)",
+            method=(
+                f"{EVAL_REQUESTS:,} EvaluationRequested (one choice each) waiting on a 3-partition topic; "
+                "ours = one `rftloop streams` worker (the evaluate stage only: a transactional "
+                "confluent-kafka loop, number_match in the evaluators' spawned process with a 2 s deadline "
+                "per response, FeedbackSubmitted out, one transaction per batch) from its first score to "
+                "the last, read from its /stats/ page; peer = one Python loop over consume(5000) with the "
+                "same TopicSerde.decode_event, rewards.run in the loop's thread and the same encoding, no "
+                "produce, no commit"
             ),
         )
     ]

@@ -201,7 +201,17 @@ class StreamsSettings(BaseSettings):
         "number_match,json_valid,regex,tool_call", description="registered evaluators to run"
     )
     evaluator_modules: str = Field("", description="comma-separated modules that register evaluators")
-    agents: str = Field("join,metrics", description="what this worker runs: join, metrics, or both")
+    evaluator_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="longest the evaluators may take on one response (all its choices); past it their "
+        "process is replaced and the response dead-lettered naming the evaluators that hung",
+    )
+    agents: str = Field(
+        "evaluate,join,metrics",
+        description="what this worker runs: any of join, evaluate (the evaluators), metrics",
+    )
     batch_size: int = Field(2000, ge=1, description="events per batch of the join and of stage 1")
     batch_seconds: float = Field(0.2, gt=0, description="longest wait to fill a batch")
     web_port: int = Field(6066, ge=0, le=65535, description="worker HTTP port (open windows); 0 = off")
@@ -224,8 +234,10 @@ class StreamsSettings(BaseSettings):
     @classmethod
     def _agents(cls, v: str) -> str:
         names = {a.strip() for a in v.split(",") if a.strip()}
-        if not names or names - {"join", "metrics"}:
-            raise ValueError(f"RFTLOOP_STREAMS_AGENTS={v!r}: expected join, metrics or join,metrics")
+        if not names or names - {"join", "evaluate", "metrics"}:
+            raise ValueError(
+                f"RFTLOOP_STREAMS_AGENTS={v!r}: expected a comma-separated subset of join, evaluate, metrics"
+            )
         return ",".join(sorted(names))
 
 

@@ -168,6 +168,16 @@ class FeedbackSubmitted(RequestEvent, ModelRef):
     choice: int = Field(0, ge=0)
 
 
+class EvaluationRequested(RequestEvent, ModelRef):
+    """A joined request and response for the evaluators (streams/evaluate_stage.py scores it)."""
+
+    avro_name: ClassVar[str] = "EvaluationRequested"
+    prompt: str
+    reference: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+    choices: list[CompletionChoice]
+
+
 class RewardSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: FeedbackSource
@@ -291,6 +301,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     InferenceRequested,
     InferenceCompleted,
     FeedbackSubmitted,
+    EvaluationRequested,
     RewardedSample,
     MetricsWindow,
     ModelVersionEvent,

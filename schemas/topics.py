@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.events import (
+    EvaluationRequested,
     Event,
     FeedbackSubmitted,
     InferenceCompleted,
@@ -36,6 +37,7 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
     compacted: bool = False
     partitions: int | None = None  # None: the KafkaSettings default
+    stored: bool = True  # False: work in flight between stream stages, not sunk into ClickHouse
 
     @property
     def subject(self) -> str:
@@ -82,6 +84,17 @@ FEEDBACK = TopicSpec(
     "request_id",
     "User and evaluator feedback on responses.",
     {"retention.ms": str(30 * DAY_MS)},
+)
+# The join's hand-off to the evaluators: scoring runs in its own transactional stage, outside the join's
+# transaction, so a slow evaluator delays scores, never the join. Its scores are FEEDBACK (stored there).
+EVALUATIONS = TopicSpec(
+    "llm.evaluations.requested",
+    EvaluationRequested,
+    "request_id",
+    "Joined request+response awaiting the evaluators (the join -> the evaluate stage).",
+    # read within seconds; a day bounds how long these (redacted) prompts and answers stay in Kafka
+    {"retention.ms": str(DAY_MS), "cleanup.policy": "delete"},
+    stored=False,
 )
 REWARDED = TopicSpec(
     "llm.samples.rewarded",
@@ -134,6 +147,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     REQUESTED,
     COMPLETED,
     FEEDBACK,
+    EVALUATIONS,
     REWARDED,
     METRICS,
     VERSIONS,
@@ -141,6 +155,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     ERASURES,
 )
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in ALL_TOPICS}
+STORED_TOPICS: tuple[TopicSpec, ...] = tuple(t for t in ALL_TOPICS if t.stored)  # the sink's
 DLQ_CONFIG = {"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"}
 
 

@@ -2,9 +2,12 @@
 
 - the join (streams/join_stage.py, a thread, its own group ``<app_id>-join``):
   InferenceRequested + InferenceCompleted + FeedbackSubmitted keyed by request_id into a
-  changelogged state (expiry after the feedback horizon); runs the evaluators and publishes
-  their scores as FeedbackSubmitted; publishes a RewardedSample whenever a response's reward
-  sources grow (streams/join.py). One Kafka transaction per batch: exact through a kill -9.
+  changelogged state (expiry after the feedback horizon); publishes an EvaluationRequested per
+  joined response and a RewardedSample whenever a response's reward sources grow
+  (streams/join.py). One Kafka transaction per batch: exact through a kill -9.
+- the evaluate stage (streams/evaluate_stage.py, a thread, group ``<app_id>-evaluate``): scores
+  each EvaluationRequested in the evaluators' own process, under a deadline per response, and
+  publishes the scores as FeedbackSubmitted (back to the join); one transaction per batch.
 - stage 1 of the windows (streams/buckets.py, a thread, its own group
   ``<app_id>-buckets``): InferenceCompleted + FeedbackSubmitted folded into
   base-width buckets per (model, version), published as partial accumulators keyed
@@ -38,13 +41,15 @@ import mode
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.web import Request, Response, View
 
-from infra import failpoints, rewards
+from infra import failpoints
 from infra import registry as registry_mod
 from infra.kafka import TrackedProducer, ensure_plain_topic, producer
 from infra.serde import TopicSerde
 from infra.settings import KafkaSettings, RegistrySettings, StreamsSettings
-from schemas.topics import COMPLETED, FEEDBACK, METRICS, REQUESTED, REWARDED, TopicSpec
+from schemas.topics import COMPLETED, EVALUATIONS, FEEDBACK, METRICS, REQUESTED, REWARDED, TopicSpec
 from streams.buckets import BucketStage
+from streams.evaluate_stage import EvaluateStage
+from streams.evaluator_sandbox import EvaluatorSandbox
 from streams.join import PRODUCER, derived_id
 from streams.join_stage import JoinStage
 from streams.stats import StreamStats
@@ -166,16 +171,20 @@ class StreamsApp:
         self.stats = StreamStats()
         self.specs = parse_windows(settings.windows)
         self.bucket_s = base_bucket_s(self.specs)
-        rewards.load_modules(m.strip() for m in settings.evaluator_modules.split(","))
-        self.evaluators = rewards.resolve(e.strip() for e in settings.evaluators.split(","))
+        # names only: the evaluators' code runs in the evaluate stage's own process (it imports the
+        # modules there, and an unknown name stops the worker at start with UnknownEvaluator's text)
+        self.evaluators = [e.strip() for e in settings.evaluators.split(",") if e.strip()]
+        self.evaluator_modules = [m.strip() for m in settings.evaluator_modules.split(",") if m.strip()]
         reg = registry_mod.client(registry)
         sfx = settings.topic_suffix
         self.specs_by_topic: dict[str, TopicSpec] = {}
         self.serde: dict[str, TopicSerde] = {}
-        for spec in (REQUESTED, COMPLETED, FEEDBACK, REWARDED, METRICS):
+        for spec in (REQUESTED, COMPLETED, FEEDBACK, EVALUATIONS, REWARDED, METRICS):
             named = replace(spec, name=spec.name + sfx)
             self.specs_by_topic[named.name] = named
-            self.serde[spec.name] = TopicSerde(reg, named)
+            # the evaluations topic is this worker's own hand-off (join -> evaluate): it registers
+            # its schema itself, as faust creates its changelogs (the registry's compatibility holds)
+            self.serde[spec.name] = TopicSerde(reg, named, auto_register=spec is EVALUATIONS)
         self._dlq: TrackedProducer = producer(kafka)
 
         failover: dict[str, float] = (
@@ -239,11 +248,25 @@ class StreamsApp:
                 completed=self.serde[COMPLETED.name],
                 feedback=self.serde[FEEDBACK.name],
                 rewarded=self.serde[REWARDED.name],
+                evaluations=self.serde[EVALUATIONS.name],
                 state_topic=f"{settings.app_id}-join-state{sfx}",
                 evaluators=self.evaluators,
                 stats=self.stats,
             )
             app.service(_thread_service(self.join))
+        self.evaluate: EvaluateStage | None = None
+        if "evaluate" in agents and self.evaluators:
+            self.evaluate = EvaluateStage(
+                kafka,
+                settings,
+                evaluations=self.serde[EVALUATIONS.name],
+                feedback=self.serde[FEEDBACK.name],
+                sandbox=EvaluatorSandbox(
+                    self.evaluators, self.evaluator_modules, settings.evaluator_timeout_s
+                ),
+                stats=self.stats,
+            )
+            app.service(_thread_service(self.evaluate))
         self.buckets: BucketStage | None = None
         if "metrics" in agents:
             self.buckets = BucketStage(
@@ -269,7 +292,7 @@ class StreamsApp:
         @app.page("/stats/")
         class Stats(View):
             async def get(self, request: Request) -> Response:
-                stages = [s for s in (streams_app.join, streams_app.buckets) if s is not None]
+                stages = [s for s in (streams_app.join, streams_app.evaluate, streams_app.buckets) if s]
                 kafka = {s.name: s.kafka_retry.health() for s in stages}
                 return self.json({**streams_app.stats.__dict__, "kafka": kafka})
 

@@ -5,19 +5,21 @@ changelogged, and calls ``JoinState.apply`` for every event, in whatever
 order the events arrive. ``apply`` is idempotent per ``event_id`` (a duplicate
 changes nothing and emits nothing) and returns what to publish:
 
-- evaluator scores, as FeedbackSubmitted(source=evaluator) with an event_id
-  derived from (request_id, evaluator), once request and response are both
-  known and the response is ok; they come back through the feedback topic like
-  any other feedback, so ClickHouse, the metrics and the sample all see them;
+- an EvaluationRequested (id derived from request_id), once request and response
+  are both known, the response is ok and evaluators are configured (``evaluators``
+  names them): the evaluate stage (streams/evaluate_stage.py) scores it outside
+  this join's transaction and publishes FeedbackSubmitted(source=evaluator), which
+  comes back through the feedback topic like any other feedback, so ClickHouse,
+  the metrics and the sample all see the scores;
 - a RewardedSample whenever the set of reward sources grows and request and
   response are known. Its event_id is derived from the request and the
   sources, so a replay publishes the same id (ClickHouse keeps one row) and
   the latest sample of a request supersedes the earlier ones.
 
 A response to a request that asked n > 1 carries every choice. Evaluators score each choice (the
-score names it in ``choice``), and feedback names the choice it rates; each choice with reward
-sources becomes its own RewardedSample (``choice`` k, that choice's completion), emitted and
-superseded independently of the others. Feedback naming a choice the response does not have (an
+evaluation request carries them all; a score names its ``choice``), and feedback names the
+choice it rates; each choice with reward sources becomes its own RewardedSample (``choice`` k, that
+choice's completion), emitted and superseded independently of the others. Feedback naming a choice the response does not have (an
 SDK-logged response has choice 0 only) is kept but never becomes a sample.
 
 Requests that opted out of training (``training_opt_out`` on the request or
@@ -27,6 +29,7 @@ the response) are joined and scored but never become a RewardedSample.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +37,8 @@ from typing import Any
 from infra import rewards
 from schemas.events import (
     ChatMessage,
-    FeedbackKind,
+    CompletionChoice,
+    EvaluationRequested,
     FeedbackSource,
     FeedbackSubmitted,
     InferenceCompleted,
@@ -67,7 +71,7 @@ class JoinState:
     seen: list[str] = field(default_factory=list)
     evaluated: bool = False
     emitted: str = ""
-    evaluated_by: str = ""  # the input whose arrival ran the evaluators
+    evaluated_by: str = ""  # the input whose arrival requested the evaluation
     emitted_by: str = ""  # the input whose arrival emitted the current sample
     evaluated_at: float = 0.0  # when: a re-send carries the same occurred_at (same id, same content)
     emitted_at: float = 0.0
@@ -114,10 +118,10 @@ class JoinState:
     def apply(
         self,
         event: InferenceRequested | InferenceCompleted | FeedbackSubmitted,
-        evaluators: dict[str, rewards.Evaluator],
+        evaluators: Collection[str],
         now: float,
         horizon_s: float,
-    ) -> list[FeedbackSubmitted | RewardedSample]:
+    ) -> list[EvaluationRequested | RewardedSample]:
         eid = str(event.event_id)
         if eid in self.seen or eid in self.feedback:
             # A replay (a worker died after this state reached the changelog, before its input offset
@@ -166,15 +170,15 @@ class JoinState:
         return self._outputs(eid, now, evaluators, event.request_id or "")
 
     def _outputs(
-        self, eid: str, now: float, evaluators: dict[str, rewards.Evaluator], request_id: str
-    ) -> list[FeedbackSubmitted | RewardedSample]:
-        out: list[FeedbackSubmitted | RewardedSample] = []
+        self, eid: str, now: float, evaluators: Collection[str], request_id: str
+    ) -> list[EvaluationRequested | RewardedSample]:
+        out: list[EvaluationRequested | RewardedSample] = []
         rq, rs = self.request, self.response
         if rq is None or rs is None or not rs["ok"]:
             return out
         if not self.evaluated and evaluators:
             self.evaluated, self.evaluated_by, self.evaluated_at = True, eid, now
-            out += self._scores(evaluators, request_id)
+            out.append(self._evaluation(request_id))
         if rq["opt_out"] or rs["opt_out"]:
             return out
         for choice in range(self.choice_count()):
@@ -217,11 +221,11 @@ class JoinState:
             self.emitted_more[str(choice)] = [signature, by, at]
 
     def _replay(
-        self, eid: str, now: float, evaluators: dict[str, rewards.Evaluator], request_id: str
-    ) -> list[FeedbackSubmitted | RewardedSample]:
+        self, eid: str, now: float, evaluators: Collection[str], request_id: str
+    ) -> list[EvaluationRequested | RewardedSample]:
         """What input ``eid`` emitted (same ids), if it is still the latest of its kind; a sample
         superseded by later feedback is not sent again (the later one carries its sources)."""
-        out: list[FeedbackSubmitted | RewardedSample] = []
+        out: list[EvaluationRequested | RewardedSample] = []
         rq, rs = self.request, self.response
         if rq is None or rs is None or not rs["ok"]:
             return out
@@ -231,7 +235,7 @@ class JoinState:
         if self.emitted and not self.emitted_at:
             self.emitted_at = now
         if self.evaluated and evaluators and self.evaluated_by == eid:
-            out += self._scores(evaluators, request_id)
+            out.append(self._evaluation(request_id))
         if rq["opt_out"] or rs["opt_out"]:
             return out
         for choice in range(self.choice_count()):
@@ -242,47 +246,28 @@ class JoinState:
                 out.append(self._sample(request_id, sources, choice))
         return out
 
-    def _scores(self, evaluators: dict[str, rewards.Evaluator], request_id: str) -> list[FeedbackSubmitted]:
-        out: list[FeedbackSubmitted] = []
-        for choice in range(self.choice_count()):
-            out += self._choice_scores(evaluators, request_id, choice)
-        return out
-
-    def _choice_scores(
-        self, evaluators: dict[str, rewards.Evaluator], request_id: str, choice: int
-    ) -> list[FeedbackSubmitted]:
+    def _evaluation(self, request_id: str) -> EvaluationRequested:
+        """Every choice for the evaluators (streams/evaluate_stage.py scores them outside this
+        join's transaction); its id and time are derived, so a replay publishes the same event."""
         rq, rs = self.request, self.response
         assert rq is not None and rs is not None
-        completion, tokens = self.completion_of(choice)
-        scores = rewards.run(
-            evaluators,
-            rewards.EvalInput(
-                prompt=rq["prompt"],
-                completion=completion,
-                reference=self.reference(),
-                completion_tokens=tokens,
-                params=rq["params"],
-            ),
+        choices = []
+        for choice in range(self.choice_count()):
+            completion, tokens = self.completion_of(choice)
+            choices.append(CompletionChoice(index=choice, completion=completion, completion_tokens=tokens))
+        return EvaluationRequested(
+            event_id=derived_id(request_id, "evaluate"),
+            producer=PRODUCER,
+            request_id=request_id,
+            model=rs["model"],
+            version=rs["version"],
+            adapter=rs["adapter"],
+            prompt=rq["prompt"],
+            reference=self.reference(),
+            params=rq["params"],
+            choices=choices,
+            occurred_at=_utc(self.evaluated_at),
         )
-        # choice 0's ids are those of n = 1 responses (unchanged by n > 1 support)
-        tail = (f"choice{choice}",) if choice else ()
-        return [
-            FeedbackSubmitted(
-                event_id=derived_id(request_id, "evaluator", name, *tail),
-                producer=PRODUCER,
-                request_id=request_id,
-                model=rs["model"],
-                version=rs["version"],
-                adapter=rs["adapter"],
-                kind=FeedbackKind.score,
-                value=score,
-                source=FeedbackSource.evaluator,
-                evaluator=name,
-                occurred_at=_utc(self.evaluated_at),
-                choice=choice,
-            )
-            for name, score in sorted(scores.items())
-        ]
 
     def reference(self) -> str | None:
         corrections = [fb for fb in self.feedback.values() if fb["correction"]]

@@ -5,9 +5,10 @@ A transactional consume-transform-produce loop (streams/transactional.py) in the
 (keyed by request_id, same partition count; the range assignor gives partition n of all three to
 one worker). Each request's ``JoinState`` (streams/join.py) lives in memory per input partition and
 in a compacted changelog topic ``<app_id>-join-state`` (partition n holds the states of input
-partition n). A batch's outputs — RewardedSamples, evaluator scores (to the feedback topic, on the
-request's partition, so they come back to this join), dead letters — its changed states and its
-input offsets commit in one Kafka transaction: after a kill -9 anywhere the restarted owner restores
+partition n). A batch's outputs — RewardedSamples, evaluation requests (to ``llm.evaluations.requested``, on the
+request's partition: the evaluate stage scores them outside this transaction and its scores come
+back to this join on the feedback topic), dead letters — its changed states and its input offsets
+commit in one Kafka transaction: after a kill -9 anywhere the restarted owner restores
 the state of exactly the inputs whose offsets were committed, and nothing is emitted twice.
 
 A worker restores a partition's states from the changelog (``read_committed``) when the group
@@ -22,12 +23,12 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
-from infra import rewards
 from infra.dlq import send_to_dlq
-from infra.kafka import TransactionalProducer, consumer, ensure_plain_topic
+from infra.kafka import TransactionalProducer, consumer, ensure_plain_topic, ensure_topics
 from infra.serde import InvalidRecord, SerdeError, TopicSerde
 from infra.settings import KafkaSettings, StreamsSettings
 from schemas.events import FeedbackSubmitted, InferenceCompleted, InferenceRequested, RewardedSample
@@ -56,15 +57,16 @@ class JoinStage(TransactionalStage):
         completed: TopicSerde,
         feedback: TopicSerde,
         rewarded: TopicSerde,
+        evaluations: TopicSerde,
         state_topic: str,
-        evaluators: dict[str, rewards.Evaluator],
+        evaluators: Collection[str],
         stats: StreamStats,
     ) -> None:
         inputs = [requested, completed, feedback]
         super().__init__(kafka, settings, stats, [s.topic.name for s in inputs])
         self.serdes = {s.topic.name: s for s in inputs}
-        self.feedback = feedback
         self.rewarded = rewarded
+        self.evaluations = evaluations
         self.state_topic = state_topic
         self.evaluators = evaluators
         self.consumer_name = f"{settings.app_id}.join"
@@ -72,10 +74,10 @@ class JoinStage(TransactionalStage):
         self._sweep_at = 0.0
 
     def prepare(self) -> None:
-        """The changelog: compacted, one record (the latest state) per request kept."""
-        ensure_plain_topic(
-            self.kafka, self.state_topic, self.kafka.partitions, {"cleanup.policy": "compact"}
-        )
+        """The changelog (compacted, one record — the latest state — per request kept) and the
+        evaluations topic (this stage's output, the evaluate stage's input)."""
+        ensure_plain_topic(self.kafka, self.state_topic, self.kafka.partitions, {"cleanup.policy": "compact"})
+        ensure_topics(self.kafka, only=[self.evaluations.topic])
 
     # -- partitions ------------------------------------------------------------------
     def assigned(self, partitions: list[TopicPartition]) -> None:
@@ -165,9 +167,10 @@ class JoinStage(TransactionalStage):
                 if isinstance(out, RewardedSample):
                     counts["samples"] += 1
                     p.produce(self.rewarded.topic.name, self.rewarded.encode_event(out), request_id)
-                else:  # an evaluator's score: back to this join, on the request's partition
-                    counts["evaluator_scores"] += 1
-                    p.produce(self.feedback.topic.name, self.feedback.encode_event(out), request_id, partition=n)
+                else:  # for the evaluate stage, on the request's partition (its scores come back here)
+                    counts["evaluations"] += 1
+                    topic = self.evaluations.topic.name
+                    p.produce(topic, self.evaluations.encode_event(out), request_id, partition=n)
             changed[request_id] = n
             counts["joined"] += 1
         for request_id, n in changed.items():

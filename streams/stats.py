@@ -9,7 +9,9 @@ from dataclasses import dataclass
 class StreamStats:
     joined: int = 0
     samples: int = 0
+    evaluations: int = 0  # evaluation requests the join published
     evaluator_scores: int = 0
+    evaluator_timeouts: int = 0  # responses dead-lettered with an evaluator past its deadline
     bucketed: int = 0
     duplicates: int = 0
     repeat_votes: int = 0  # a user's further votes on a request already rated

@@ -49,7 +49,7 @@ from infra.kafka import consumer, producer
 from infra.retry import Retrier, Stopped
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import ClickHouseSettings, KafkaSettings
-from schemas.topics import ALL_TOPICS, TopicSpec
+from schemas.topics import STORED_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 NAME = "clickhouse-sink"
@@ -110,7 +110,7 @@ class ClickHouseSink:
         max_backoff_s: float = 10.0,
         avro_registry_url: str | None = None,
     ) -> None:
-        self.topics = topics or list(ALL_TOPICS)
+        self.topics = topics or list(STORED_TOPICS)
         self._kafka = kafka
         self._ch_settings = clickhouse
         self._tables: dict[str, EventTable] = {t.name: event_table(t) for t in self.topics}

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from schemas.topics import ALL_TOPICS, TopicSpec
+from schemas.topics import STORED_TOPICS, TopicSpec
 
 KAFKA_COLUMNS = [("_topic", "LowCardinality(String)"), ("_partition", "UInt32"), ("_offset", "UInt64")]
 TABLE_NAMES = {  # by event (Avro record name)
@@ -221,7 +221,7 @@ def event_table(topic: TopicSpec) -> EventTable:
 
 
 def all_tables() -> list[EventTable]:
-    return [event_table(t) for t in ALL_TOPICS]
+    return [event_table(t) for t in STORED_TOPICS]
 
 
 def render_migration(database: str = "{database}") -> str:

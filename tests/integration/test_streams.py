@@ -313,6 +313,77 @@ def test_poison_goes_to_the_dlq_with_headers_and_the_worker_keeps_counting(
     assert all(d.headers["dlq.source.topic"] == topic.name for d in letters)
 
 
+HANGING_EVALUATOR = """
+import time
+
+from infra.rewards import evaluator
+
+
+@evaluator("hangs_on_loop")
+def hangs(item):
+    while "loop" in item.completion:  # a user's evaluator stuck on one answer
+        time.sleep(1)
+    return 1.0
+"""
+
+
+@pytest.mark.reliability
+def test_an_evaluator_that_hangs_dead_letters_its_response_and_nothing_else_waits(
+    stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
+) -> None:
+    """A user's evaluator that never returns on one answer: past RFTLOOP_STREAMS_EVALUATOR_TIMEOUT_S that
+    response goes to llm.evaluations.requested.dlq naming the evaluator, its other evaluator's score
+    still lands, every other response is scored by both, and the worker keeps running."""
+    from infra.dlq import read_all
+
+    module = f"hang_evaluators_{unique.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(HANGING_EVALUATOR)
+    env = streams_env(
+        stack,
+        unique,
+        tmp_path,
+        RFTLOOP_STREAMS_EVALUATORS="number_match,hangs_on_loop",
+        RFTLOOP_STREAMS_EVALUATOR_MODULES=module,
+        RFTLOOP_STREAMS_EVALUATOR_TIMEOUT_S="1",
+        PYTHONPATH=str(tmp_path),
+    )
+    log = tmp_path / "worker.log"
+    ids = [f"e{i}-{unique}" for i in range(20)]
+    stuck = ids[7]
+    rtopic, rserde = streams_topics[REWARDED.name]
+    with worker(env, log) as proc:
+        wait_ready(log, proc)
+        with producing(stack.kafka) as p:
+            for rid in ids:
+                completion = "42 loop" if rid == stuck else "42"
+                req, done = request_events(
+                    rid, version="v1", at=utc(time.time()), completion=completion, reference="42"
+                )
+                for spec, ev in ((REQUESTED, req), (COMPLETED, done)):
+                    topic, serde = streams_topics[spec.name]
+                    produce(p, topic.name, rid, serde.encode_event(ev))
+        deadline = time.monotonic() + 90
+        scored: dict[str, set[str]] = {}
+        while time.monotonic() < deadline:
+            scored = defaultdict(set)
+            for s in read_topic(stack.kafka, rtopic.name, rserde, idle_s=1.0):
+                scored[s.request_id] |= {r.name for r in s.reward_sources if r.source.value == "evaluator"}
+            if all(scored.get(r) for r in ids) and all(len(scored[r]) == 2 for r in ids if r != stuck):
+                break
+            time.sleep(1)
+        assert proc.poll() is None, "the worker died on a hanging evaluator"
+    assert {r: sorted(scored.get(r, ())) for r in ids} == {
+        r: ["number_match"] if r == stuck else ["hangs_on_loop", "number_match"] for r in ids
+    }
+    evaluations = f"llm.evaluations.requested-{unique}"
+    letters = read_all(stack.kafka, evaluations)
+    assert [d.key for d in letters] == [stuck.encode()]
+    assert letters[0].headers["dlq.error.class"] == "EvaluatorTimeout"
+    assert "hangs_on_loop" in letters[0].headers["dlq.error.message"]
+    assert letters[0].headers["dlq.consumer"].endswith(".evaluate")
+    assert "did not answer" in log.read_text(errors="replace")  # the restart is logged
+
+
 @pytest.mark.slow
 @pytest.mark.reliability
 def test_a_second_worker_with_the_same_instance_id_stops_the_first(

@@ -152,6 +152,17 @@ def samples() -> list[ev.Event]:
                 source=ev.FeedbackSource.user,
                 **m,
             ),
+            ev.EvaluationRequested(
+                producer="t",
+                request_id="r1",
+                prompt=text,
+                reference=text,
+                params={"expect_regex": "\\d+"},
+                choices=[
+                    ev.CompletionChoice(index=i, completion=text, completion_tokens=i) for i in range(2)
+                ],
+                **m,
+            ),
             ev.RewardedSample(
                 producer="t",
                 request_id="r1",

@@ -15,6 +15,7 @@ from infra import rewards
 from schemas.events import (
     CompletionStatus,
     Endpoint,
+    EvaluationRequested,
     FeedbackKind,
     FeedbackSource,
     FeedbackSubmitted,
@@ -23,7 +24,8 @@ from schemas.events import (
     RewardedSample,
     WindowKind,
 )
-from streams.join import JoinState
+from streams import evaluate
+from streams.join import JoinState, derived_id
 from streams.sketch import DDSketch, SketchError
 from streams.windows import (
     Accumulator,
@@ -221,7 +223,10 @@ def test_join_is_order_independent_and_idempotent(order: tuple[int, int, int]) -
         assert state.to_json() == before
         assert [o.model_dump() for o in replayed] == [o.model_dump() for o in first]
         state = JoinState.from_json(state.to_json())
-    scores = [o for o in outputs if isinstance(o, FeedbackSubmitted)]
+    asked = [o for o in outputs if isinstance(o, EvaluationRequested)]
+    assert len(asked) == 1 and asked[0].event_id == derived_id("r1", "evaluate")
+    assert asked[0].reference == "2" and [c.completion for c in asked[0].choices] == ["2"]
+    scores = evaluate.scores(asked[0], evaluators)  # what the evaluate stage publishes
     assert [(s.evaluator, s.value) for s in scores] == [("number_match", 1.0)]
     for s in scores:  # the evaluator's score comes back through the feedback topic
         outputs += state.apply(s, evaluators, now=101, horizon_s=60)
@@ -259,7 +264,7 @@ def test_each_choice_of_an_n_gt_1_response_is_scored_and_sampled_on_its_own() ->
     )
     state = JoinState(partition=0, expires_at=0)
     out = state.apply(req, evaluators, 0, 60) + state.apply(done, evaluators, 0, 60)
-    scores = [o for o in out if isinstance(o, FeedbackSubmitted)]
+    scores = [s for o in out if isinstance(o, EvaluationRequested) for s in evaluate.scores(o, evaluators)]
     assert [(s.choice, s.value) for s in scores] == [(0, 1.0), (1, 0.0), (2, 1.0)]
     assert len({s.event_id for s in scores}) == 3
     on_2 = fb.model_copy(update={"choice": 2, "event_id": uuid.uuid4()})

@@ -193,10 +193,10 @@ def _sink_run(ctx: Context, sinks: int) -> float:
     from bench.serde_benchmark import _records
     from infra.clickhouse.client import connect
     from infra.clickhouse.migrate import migrate
-    from schemas.topics import ALL_TOPICS, COMPLETED
+    from schemas.topics import COMPLETED, STORED_TOPICS
 
     suffix = f"-scale{sinks}s{uuid.uuid4().hex[:6]}"
-    topics = _topics_for(ctx, suffix, [replace(s, partitions=PARTITIONS) for s in ALL_TOPICS])
+    topics = _topics_for(ctx, suffix, [replace(s, partitions=PARTITIONS) for s in STORED_TOPICS])
     topic, serde = topics[COMPLETED.name]
     database = f"bench_scale_{sinks}s_{uuid.uuid4().hex[:6]}"
     client = connect(ctx.stack["clickhouse"], database="default")

@@ -256,9 +256,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     from consumers.clickhouse_sink.sink import ClickHouseSink
     from infra import registry
-    from schemas.topics import ALL_TOPICS
+    from schemas.topics import STORED_TOPICS
 
-    topics = [replace(t, name=t.name + args.topic_suffix) for t in ALL_TOPICS]
+    topics = [replace(t, name=t.name + args.topic_suffix) for t in STORED_TOPICS]
     ch, reg = _clickhouse(), _registry()
     decode = args.decode or ch.sink_decode
     sink = ClickHouseSink(

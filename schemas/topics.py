@@ -92,8 +92,9 @@ EVALUATIONS = TopicSpec(
     EvaluationRequested,
     "request_id",
     "Joined request+response awaiting the evaluators (the join -> the evaluate stage).",
-    # read within seconds; a day bounds how long these (redacted) prompts and answers stay in Kafka
-    {"retention.ms": str(DAY_MS), "cleanup.policy": "delete"},
+    # read within seconds; a day (and hour-long segments: a segment is deleted whole, once its newest
+    # record is past retention) bounds how long these redacted prompts and answers stay in Kafka
+    {"retention.ms": str(DAY_MS), "segment.ms": str(3600 * 1000), "cleanup.policy": "delete"},
     stored=False,
 )
 REWARDED = TopicSpec(

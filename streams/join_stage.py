@@ -5,11 +5,12 @@ A transactional consume-transform-produce loop (streams/transactional.py) in the
 (keyed by request_id, same partition count; the range assignor gives partition n of all three to
 one worker). Each request's ``JoinState`` (streams/join.py) lives in memory per input partition and
 in a compacted changelog topic ``<app_id>-join-state`` (partition n holds the states of input
-partition n). A batch's outputs — RewardedSamples, evaluation requests (to ``llm.evaluations.requested``, on the
-request's partition: the evaluate stage scores them outside this transaction and its scores come
-back to this join on the feedback topic), dead letters — its changed states and its input offsets
-commit in one Kafka transaction: after a kill -9 anywhere the restarted owner restores
-the state of exactly the inputs whose offsets were committed, and nothing is emitted twice.
+partition n). A batch's outputs — RewardedSamples, evaluation requests (to
+``llm.evaluations.requested``, on the request's partition: the evaluate stage scores them outside
+this transaction and its scores come back to this join on the feedback topic), dead letters — its
+changed states and its input offsets commit in one Kafka transaction: after a kill -9 anywhere the
+restarted owner restores the state of exactly the inputs whose offsets were committed, and nothing
+is emitted twice.
 
 A worker restores a partition's states from the changelog (``read_committed``) when the group
 assigns it the partition, and after an aborted batch; states past the feedback horizon are deleted

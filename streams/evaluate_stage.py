@@ -71,19 +71,26 @@ class EvaluateStage(TransactionalStage):
             self.sandbox.close()
 
     def transform(self, p: TransactionalProducer, batch: list[Message]) -> Counter[str]:
+        # Score the whole batch before the first produce: the broker's transaction timer starts with
+        # the transaction's first partition, so time spent on evaluators that hang (their deadline and
+        # the process's restart, twice per such response) cannot run the transaction out and make the
+        # batch abort and hang again on every retry.
         counts: Counter[str] = Counter()
         todo: list[tuple[Message, EvaluationRequested]] = []
+        poison: list[tuple[Message, SerdeError]] = []
         for msg in records(batch):
             try:
                 event = self.evaluations.decode_event(msg.value())
                 assert isinstance(event, EvaluationRequested)
             except SerdeError as exc:
-                counts["dead_letters"] += 1
-                send_to_dlq(p, msg, exc, self.consumer_name)
+                poison.append((msg, exc))
                 continue
             todo.append((msg, event))
         items = [item for _, req in todo for item in evaluate.inputs(req)]
         outcomes = iter(self.sandbox.run(items))
+        for msg, error in poison:
+            counts["dead_letters"] += 1
+            send_to_dlq(p, msg, error, self.consumer_name)
         for msg, req in todo:
             mine = [next(outcomes) for _ in req.choices]
             request_id = req.request_id or ""
@@ -95,9 +102,9 @@ class EvaluateStage(TransactionalStage):
             if late:
                 counts["evaluator_timeouts"] += 1
                 counts["dead_letters"] += 1
-                error = EvaluatorTimeout(
+                late_error = EvaluatorTimeout(
                     f"evaluator(s) {', '.join(late)} did not score request {request_id} within "
                     f"{self.sandbox.timeout_s:g} s; the others' scores were published"
                 )
-                send_to_dlq(p, msg, error, self.consumer_name)
+                send_to_dlq(p, msg, late_error, self.consumer_name)
         return counts

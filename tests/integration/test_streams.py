@@ -331,9 +331,13 @@ def hangs(item):
 def test_an_evaluator_that_hangs_dead_letters_its_response_and_nothing_else_waits(
     stack: Any, streams_topics: dict[str, Any], unique: str, tmp_path: Path
 ) -> None:
-    """A user's evaluator that never returns on one answer: past RFTLOOP_STREAMS_EVALUATOR_TIMEOUT_S that
-    response goes to llm.evaluations.requested.dlq naming the evaluator, its other evaluator's score
-    still lands, every other response is scored by both, and the worker keeps running."""
+    """A user's evaluator that never returns on some answers: past RFTLOOP_STREAMS_EVALUATOR_TIMEOUT_S
+    each such response goes to llm.evaluations.requested.dlq naming the evaluator, its other
+    evaluator's score still lands, every other response is scored by both, and the worker keeps
+    running. The transaction timeout (3 s) is far shorter than what the hanging responses cost their
+    batch (two deadlines and two process starts each): the scoring happens before the batch's
+    transaction starts at the broker (its first partition), so the batch commits instead of being
+    aborted and hanging again on every retry."""
     from infra.dlq import read_all
 
     module = f"hang_evaluators_{unique.replace('-', '_')}"
@@ -345,17 +349,18 @@ def test_an_evaluator_that_hangs_dead_letters_its_response_and_nothing_else_wait
         RFTLOOP_STREAMS_EVALUATORS="number_match,hangs_on_loop",
         RFTLOOP_STREAMS_EVALUATOR_MODULES=module,
         RFTLOOP_STREAMS_EVALUATOR_TIMEOUT_S="1",
+        RFTLOOP_STREAMS_TRANSACTION_TIMEOUT_S="3",
         PYTHONPATH=str(tmp_path),
     )
     log = tmp_path / "worker.log"
     ids = [f"e{i}-{unique}" for i in range(20)]
-    stuck = ids[7]
+    stuck = set(ids[1::3])  # 7 responses: ~20 s of deadlines and restarts, past the broker's 10 s abort check
     rtopic, rserde = streams_topics[REWARDED.name]
     with worker(env, log) as proc:
         wait_ready(log, proc)
         with producing(stack.kafka) as p:
             for rid in ids:
-                completion = "42 loop" if rid == stuck else "42"
+                completion = "42 loop" if rid in stuck else "42"
                 req, done = request_events(
                     rid, version="v1", at=utc(time.time()), completion=completion, reference="42"
                 )
@@ -368,19 +373,20 @@ def test_an_evaluator_that_hangs_dead_letters_its_response_and_nothing_else_wait
             scored = defaultdict(set)
             for s in read_topic(stack.kafka, rtopic.name, rserde, idle_s=1.0):
                 scored[s.request_id] |= {r.name for r in s.reward_sources if r.source.value == "evaluator"}
-            if all(scored.get(r) for r in ids) and all(len(scored[r]) == 2 for r in ids if r != stuck):
+            if all(scored.get(r) for r in ids) and all(len(scored[r]) == 2 for r in ids if r not in stuck):
                 break
             time.sleep(1)
         assert proc.poll() is None, "the worker died on a hanging evaluator"
     assert {r: sorted(scored.get(r, ())) for r in ids} == {
-        r: ["number_match"] if r == stuck else ["hangs_on_loop", "number_match"] for r in ids
+        r: ["number_match"] if r in stuck else ["hangs_on_loop", "number_match"] for r in ids
     }
     evaluations = f"llm.evaluations.requested-{unique}"
     letters = read_all(stack.kafka, evaluations)
-    assert [d.key for d in letters] == [stuck.encode()]
-    assert letters[0].headers["dlq.error.class"] == "EvaluatorTimeout"
-    assert "hangs_on_loop" in letters[0].headers["dlq.error.message"]
-    assert letters[0].headers["dlq.consumer"].endswith(".evaluate")
+    assert sorted(d.key for d in letters) == sorted(r.encode() for r in stuck)  # once each: no abort
+    assert {d.headers["dlq.error.class"] for d in letters} == {"EvaluatorTimeout"}
+    assert all("hangs_on_loop" in d.headers["dlq.error.message"] for d in letters)
+    assert all(d.headers["dlq.consumer"].endswith(".evaluate") for d in letters)
+    assert "batch of" not in log.read_text(errors="replace")  # no "batch of N aborted" anywhere
     assert "did not answer" in log.read_text(errors="replace")  # the restart is logged
 
 

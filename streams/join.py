@@ -257,17 +257,25 @@ class JoinState:
             choices.append(CompletionChoice(index=choice, completion=completion, completion_tokens=tokens))
         return EvaluationRequested(
             event_id=derived_id(request_id, "evaluate"),
-            producer=PRODUCER,
-            request_id=request_id,
-            model=rs["model"],
-            version=rs["version"],
-            adapter=rs["adapter"],
-            prompt=rq["prompt"],
+            **self._about(request_id),
             reference=self.reference(),
             params=rq["params"],
             choices=choices,
             occurred_at=_utc(self.evaluated_at),
         )
+
+    def _about(self, request_id: str) -> dict[str, Any]:
+        """The fields every output shares: who made it, which request, version and prompt."""
+        rq, rs = self.request, self.response
+        assert rq is not None and rs is not None
+        return {
+            "producer": PRODUCER,
+            "request_id": request_id,
+            "model": rs["model"],
+            "version": rs["version"],
+            "adapter": rs["adapter"],
+            "prompt": rq["prompt"],
+        }
 
     def reference(self) -> str | None:
         corrections = [fb for fb in self.feedback.values() if fb["correction"]]
@@ -297,12 +305,7 @@ class JoinState:
         return RewardedSample(
             event_id=derived_id(request_id, "sample", *((f"choice{choice}",) if choice else ()), signature),
             occurred_at=_utc(emitted_at),
-            producer=PRODUCER,
-            request_id=request_id,
-            model=rs["model"],
-            version=rs["version"],
-            adapter=rs["adapter"],
-            prompt=rq["prompt"],
+            **self._about(request_id),
             messages=[ChatMessage(**m) for m in rq["messages"]],
             completion=completion,
             reward=reward,

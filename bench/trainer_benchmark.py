@@ -2,8 +2,10 @@
 
 Both run the trainer's own functions (`consumers/trainer/kto.py`, `grpo.py`) on synthetic
 arithmetic samples shaped like the demo's (prompt, completion, signed reward, reference).
-GRPO is measured twice in one run, same data and configuration: rollouts from the trainer's vLLM
-engine (ours, `consumers/trainer/engine.py`) and from TRL's transformers `generate` (the peer).
+GRPO is measured three times in one run, same data and configuration: rollouts from the trainer's
+vLLM engine (ours, `consumers/trainer/engine.py`) against TRL's transformers `generate` (the peer);
+and ours (no gradient checkpointing, RFTLOOP_TRAINER_GRADIENT_CHECKPOINTING's default) against
+the same vLLM-rollout step with TRL's default of recomputing activations in the backward pass.
 KTO has no peer to run beside it here; it is reported, with the configuration.
 """
 
@@ -62,12 +64,14 @@ def training(ctx: Context) -> list[Result]:
     }
     grpo_cfg = TrainerSettings(**shape, grpo_rollouts="vllm")
     peer_cfg = TrainerSettings(**shape, grpo_rollouts="transformers")
+    ckpt_cfg = TrainerSettings(**shape, grpo_rollouts="vllm", gradient_checkpointing=True)
     with tempfile.TemporaryDirectory(prefix="rftloop-bench-train-") as tmp:
         kto = train_kto(base, _samples(96), Path(tmp) / "kto", kto_cfg).figures
         peer = train_grpo(base, _samples(32), Path(tmp) / "grpo-generate", peer_cfg).figures
         engine = Engine(base)
         try:
             grpo = train_grpo(base, _samples(32), Path(tmp) / "grpo-vllm", grpo_cfg, None, engine).figures
+            ckpt = train_grpo(base, _samples(32), Path(tmp) / "grpo-ckpt", ckpt_cfg, None, engine).figures
         finally:
             engine.close()
     return [
@@ -100,6 +104,22 @@ def training(ctx: Context) -> list[Result]:
                 "(LoRA, the policy's adapter saved and re-loaded each step, TRL rollout_func); peer: TRL's "
                 f"own transformers generate. Mean over {grpo_cfg.max_steps} steps of trainer.train() wall time "
                 f"(ours {grpo['train_seconds']:.1f} s, peer {peer['train_seconds']:.1f} s); engine start excluded"
+            ),
+        ),
+        Result(
+            name="trainer.grpo_step_s_no_checkpointing",
+            value=grpo["step_seconds"],
+            unit="s/step",
+            peer="same GRPO step with TRL's default gradient checkpointing",
+            peer_value=ckpt["step_seconds"],
+            goal="report (ratio: checkpointing / none)",
+            higher_is_better=False,
+            method=(
+                "the trainer.grpo_step_s run's vLLM-rollout GRPO step (ours: gradient_checkpointing off, "
+                "RFTLOOP_TRAINER_GRADIENT_CHECKPOINTING's default) against the same step, same engine, same "
+                "prompts, run right after it with TRL's default gradient_checkpointing=True. Mean over "
+                f"{grpo_cfg.max_steps} steps of trainer.train() wall time (ours {grpo['train_seconds']:.1f} s, "
+                f"peer {ckpt['train_seconds']:.1f} s)"
             ),
         ),
     ]

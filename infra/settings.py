@@ -373,6 +373,12 @@ class TrainerSettings(BaseSettings):
     learning_rate: float = Field(1e-4, gt=0)
     lora_rank: int = Field(16, ge=1)
     beta: float = Field(0.1, gt=0)
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass (TRL's default): memory for time. Off: "
+        "a 135M model's activations are small, and on the CPU the recomputed forward cost GRPO "
+        "steps time (`rftloop bench trainer` measures both)",
+    )
     max_new_tokens: int = Field(16, ge=1, description="tokens per answer in the gate's evaluation")
     min_quality_gain: float = Field(
         0.0, description="the paired gain's 95 % lower bound must be above this (0: shown to be better)"

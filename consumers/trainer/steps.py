@@ -65,6 +65,8 @@ def common_args(cfg: Any, out_dir: Path) -> dict[str, Any]:
         "report_to": "none",
         "use_cpu": not torch.cuda.is_available(),
         "bf16": False,
+        # TRL turns it on by default; RFTLOOP_TRAINER_GRADIENT_CHECKPOINTING (off) decides here
+        "gradient_checkpointing": cfg.gradient_checkpointing,
         "disable_tqdm": False,
         "seed": 0,
         "data_seed": 0,

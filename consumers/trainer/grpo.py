@@ -12,9 +12,15 @@ transformers`` uses TRL's own ``generate`` instead (the peer `rftloop bench grpo
 
 Where rollouts teach: a group whose answers all score the same has zero advantage and no gradient.
 Before training, ``screen`` samples ``grpo_generations`` answers from the starting policy to each
-of the first ``grpo_screen_prompts`` training prompts at each temperature in ``grpo_temperatures``, keeps the temperature with the most
-prompts whose group has reward variance, and GRPO trains on those prompts only (all prompts when
-fewer than one step's worth have any).
+of ``grpo_screen_prompts`` training prompts at each temperature in ``grpo_temperatures``, keeps the
+temperature with the most prompts whose group has reward variance, and GRPO trains on those
+prompts only (all prompts when fewer than one step's worth have any).
+
+Which prompts are screened (``screening_order``): as many whose served answer was rewarded as
+whose answer was not, alternating. A prompt the serving version got right is likely all-right in a
+group once the model is good, one it got wrong likely all-wrong while it is bad; so the rarer kind
+is the likelier to have reward variance, and taking the first prompts by hash (mostly the common
+kind) screened 20 informative of 32 at ~60 % accuracy.
 """
 
 from __future__ import annotations
@@ -63,6 +69,16 @@ class Screen:
             out[f"informative_share_t{t:g}"] = share
             out[f"rollout_reward_t{t:g}"] = mean
         return out
+
+
+def screening_order(samples: list[Sample]) -> list[Sample]:
+    """``samples`` (in their deterministic order) re-ordered to alternate between prompts whose served
+    answer was rewarded (reward > 0) and the others, the rest of the larger kind at the end."""
+    right = [s for s in samples if s.reward > 0]
+    wrong = [s for s in samples if s.reward <= 0]
+    mixed = [s for pair in zip(wrong, right, strict=False) for s in pair]
+    k = min(len(right), len(wrong))
+    return mixed + wrong[k:] + right[k:]
 
 
 def screen(
@@ -143,7 +159,7 @@ def train_grpo(
         t0 = time.monotonic()
         found = screen(
             engine,
-            checkable[: cfg.grpo_screen_prompts],
+            screening_order(checkable)[: cfg.grpo_screen_prompts],
             parent,
             cfg.grpo_temperatures,
             cfg.grpo_generations,

@@ -31,3 +31,20 @@ def test_new_samples_are_those_past_the_parents_offsets_and_the_replay_is_bounde
     assert len(replayed) == 6 and not {s.request_id for s in replayed} & {s.request_id for s in new}
     assert since_parent(now, parent, replay=6)[1] == replayed  # deterministic
     assert described(lineage(new)).startswith("llm.samples.rewarded[0]:10-13 (4)")
+
+
+def test_screening_alternates_served_right_and_wrong_prompts_keeping_their_order() -> None:
+    from consumers.trainer.grpo import screening_order
+
+    def s(i: int, reward: float) -> Sample:
+        return Sample(f"r{i}", f"e{i}", "q", [], "a", reward, "1", "t", 0, i)
+
+    # 8 right and 2 wrong (a good model): the 2 wrong ones come first and second-but-one, not last
+    data = [s(i, 1.0) for i in range(8)] + [s(8, -1.0), s(9, 0.0)]
+    order = screening_order(data)
+    assert [x.offset for x in order] == [8, 0, 9, 1, 2, 3, 4, 5, 6, 7]
+    assert sorted(x.offset for x in order) == list(range(10))  # nothing lost or repeated
+    # a bad model: mostly wrong, the few right ones are screened early
+    bad = [s(i, -1.0) for i in range(6)] + [s(6, 0.5)]
+    assert [x.offset for x in screening_order(bad)][:4] == [0, 6, 1, 2]
+    assert screening_order([]) == []

@@ -5,7 +5,7 @@ exact_match), sampled as users are served (``eval_temperature``, 1.0 like the ga
 ``eval_answers_per_prompt`` answers to each prompt), both versions on the same prompts, compared
 *paired* (``consumers.trainer.paired``): publish only when the gain's 95 % interval lies above
 ``min_quality_gain``. Latency = wall time per answer, one request at a time on the first few,
-adapter loaded; cost = completion tokens per answer; both within their budgets. Otherwise the run
+adapter loaded, the versions interleaved prompt by prompt; cost = completion tokens per answer; both within their budgets. Otherwise the run
 is recorded as rejected with the numbers and reasons. The engine (``consumers.trainer.engine``, the
 one the run's GRPO rollouts use) allows LoRA ranks up to the gateway's
 ``RFTLOOP_GATEWAY_MAX_LORA_RANK``, so nothing passes the gate that a gateway refuses.
@@ -73,12 +73,11 @@ def evaluate(
     ``latency_samples`` 0: no latency timed (later slices keep the first one's)."""
     k = answers_per_prompt if temperature > 0 else 1  # greedy answers repeat: one is enough
     prompts = [engine.prompt(s) for s in samples]
-    out: dict[str, Figures] = {}
+    quality: dict[str, tuple[list[float], list[float], list[Any]]] = {}
     for name, path in adapters.items():
         if warm_up:
             engine.generate(prompts[:1], path, max_new_tokens, temperature, fresh=True)  # load + warm up
-        # Quality on every held-out prompt (k answers each) in one batch; latency one request at a
-        # time on a few.
+        # Quality on every held-out prompt (k answers each) in one batch.
         results = engine.generate([p for p in prompts for _ in range(k)], path, max_new_tokens, temperature)
         correct, per_prompt = [], []
         for j, sample in enumerate(samples):
@@ -90,18 +89,28 @@ def evaluate(
             ]
             correct += got
             per_prompt.append(statistics.fmean(got))
-        latencies, timed_tokens = [], []
-        for prompt in prompts[:latency_samples]:
+        quality[name] = (correct, per_prompt, results)
+    # Latency one request at a time on a few prompts, the versions interleaved prompt by prompt (in
+    # turn first), so a burst of other work on the machine lands on both sides alike rather than
+    # on whichever was timed during it.
+    latencies: dict[str, list[float]] = {name: [] for name in adapters}
+    timed_tokens: dict[str, list[int]] = {name: [] for name in adapters}
+    names = list(adapters)
+    for i, prompt in enumerate(prompts[:latency_samples]):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             t0 = time.perf_counter()
-            one = engine.generate([prompt], path, max_new_tokens, temperature)[0]
-            latencies.append((time.perf_counter() - t0) * 1000)
-            timed_tokens.append(len(one.token_ids))
-        total_s = sum(latencies) / 1000
+            one = engine.generate([prompt], adapters[name], max_new_tokens, temperature)[0]
+            latencies[name].append((time.perf_counter() - t0) * 1000)
+            timed_tokens[name].append(len(one.token_ids))
+    out: dict[str, Figures] = {}
+    for name in adapters:
+        correct, per_prompt, results = quality[name]
+        total_s = sum(latencies[name]) / 1000
         out[name] = Figures(
             accuracy=statistics.fmean(correct),
-            latency_ms=statistics.fmean(latencies) if latencies else 0.0,
+            latency_ms=statistics.fmean(latencies[name]) if latencies[name] else 0.0,
             tokens_per_answer=statistics.fmean(len(r.token_ids) for r in results),
-            tokens_per_s=sum(timed_tokens) / total_s if total_s else 0.0,
+            tokens_per_s=sum(timed_tokens[name]) / total_s if total_s else 0.0,
             n=len(samples),
             per_prompt=per_prompt,
         )

@@ -107,3 +107,34 @@ def test_a_small_held_out_set_gets_one_look_the_fixed_test() -> None:
     seq = SequentialGate(31, 2, min_gain=0.0)
     assert seq.looks == 1 and seq.slices() == [(0, 31)]
     assert seq.bounds == pytest.approx((1.960,), abs=1e-3)
+
+
+def test_the_gate_times_the_two_versions_interleaved_and_scores_every_prompt() -> None:
+    """Latency is timed one request at a time, the versions alternating prompt by prompt (a burst of
+    other work hits both), quality on every prompt in one batch per version."""
+    from consumers.trainer.data import Sample
+    from consumers.trainer.engine import Answer
+    from consumers.trainer.gate import evaluate
+
+    calls: list[tuple[str | None, int]] = []
+
+    class Fake:
+        def prompt(self, sample: Sample) -> str:
+            return sample.prompt
+
+        def generate(
+            self, prompts: list[str], adapter: str | None, max_tokens: int, temperature: float, *, fresh: bool = False
+        ) -> list[Answer]:
+            calls.append((adapter, len(prompts)))
+            # the candidate answers every question right, the incumbent none
+            text = (lambda p: p.split()[-1]) if adapter == "cand" else (lambda p: "0")
+            return [Answer(text(p), [1], [1, 2, 3], [0.0]) for p in prompts]
+
+    samples = [Sample(f"r{i}", f"e{i}", f"q {i + 10}", [], "a", 1.0, str(i + 10), "t", 0, i) for i in range(6)]
+    out = evaluate(
+        Fake(), samples, {"incumbent": None, "candidate": "cand"}, 8, latency_samples=4, temperature=0
+    )
+    assert out["candidate"].per_prompt == [1.0] * 6 and out["incumbent"].per_prompt == [0.0] * 6
+    timed = [adapter for adapter, n in calls if n == 1][2:]  # after the two warm-ups
+    assert timed == [None, "cand", "cand", None, None, "cand", "cand", None]
+    assert out["candidate"].latency_ms > 0 and out["incumbent"].tokens_per_answer == 3

@@ -38,6 +38,7 @@ from cli.demo_report import (
     BAD_SHARE,
     Generation,
     generation_table,
+    phase_times,
     record_exposure,
     record_generations,
     record_loop_time,
@@ -247,6 +248,7 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         )
         work = Workload(url, served_name)
         client = connect(ch)
+        startup_s = time.perf_counter() - t_start
 
         generations: list[Generation] = []
         for g in range(1, n_generations + 1):
@@ -268,6 +270,7 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
                 )
             )
 
+        t_bad = time.perf_counter()
         console.rule("[bold]a deliberately bad version: random LoRA weights")
         from infra.models import resolve
 
@@ -298,6 +301,7 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         time.sleep(3)  # let the sink flush the last batch
         lag = http.get("/healthz").json().get("decision_lag_ms", {}).get(bad)
         record_exposure(client, ch.database, bad, console, quick, lag)
+        bad_s = time.perf_counter() - t_bad
 
         console.rule("[bold]summary")
         time.sleep(3)  # let the sink flush the last batch
@@ -309,6 +313,11 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         console.print(f"  charts: {chart}, {local.state_dir / 'demo-generations.png'}")
         seconds = time.perf_counter() - t_start
         console.print(f"demo finished in {seconds:.0f} s ({work.sent} requests through the gateway)")
+        console.print(
+            f"  time: start {startup_s:.0f} s (stack, components, the gateway's engine), "
+            + ", ".join(f"generation {g.n} {sum(g.seconds.values()):.0f} s" for g in generations)
+            + f", bad version {bad_s:.0f} s, summary and charts {seconds - startup_s - bad_s - sum(sum(g.seconds.values()) for g in generations):.0f} s"
+        )
         if not quick:
             record_generations(generations, seconds, n_generations, console)
         return 0
@@ -440,6 +449,7 @@ def _generation(
     rewarded like any others and are this generation's new data (users do not pause while the judge
     watches), so only the rest of REQUESTS_PER_GENERATION is sent before training."""
     incumbent = http.get("/healthz").json()["incumbent"]
+    t0 = time.perf_counter()
     console.rule(f"[bold]generation {g} of {of}: users ask {incumbent}; the streams reward the answers")
     before = _samples(client, db)
     more = max(0, REQUESTS_PER_GENERATION - carried)
@@ -470,17 +480,24 @@ def _generation(
     newest = f"SELECT toUnixTimestamp64Milli(max(rewarded_at)) / 1000 FROM {db}.latest_samples"
     last_sample_s = float(client.query(newest).result_rows[0][0])
     console.rule(f"[bold]generation {g}: RFT from {incumbent}: train, gate (paired), publish")
+    seconds = {"traffic": time.perf_counter() - t0}
     log_dir = procs.log_dir
+    t_run = time.perf_counter()
     returncode, stdout, stderr = _train(model, env, log_dir / f"train-{g}.log", console)
+    seconds["run"] = time.perf_counter() - t_run
     if returncode == 3:  # not enough data: say so and go on
         console.print(f"  {stderr.strip()}")
-        return Generation(g, incumbent, None, "-", 0, {}, decision="no run: " + stderr.strip()[-120:])
+        return Generation(
+            g, incumbent, None, "-", 0, {}, decision="no run: " + stderr.strip()[-120:], seconds=seconds
+        )
     if returncode != 0:
         raise DemoFailed(f"training failed (log: {log_dir / f'train-{g}.log'}):\n{stderr[-2000:]}")
     run = json.loads(stdout[stdout.index("{\n") :])
     gen = Generation(g, run["parent"], run["version"], run["method"], run["samples"], run["figures"])
+    gen.seconds = seconds
     if run["status"] != "published":
         gen.decision = "rejected by the gate: " + "; ".join(run["reasons"])
+        console.print(f"  time: {phase_times(gen)}")
         return gen
     if not quick:
         record_quality_gain(run, console)
@@ -489,10 +506,13 @@ def _generation(
     console.rule(f"[bold]generation {g}: canary: {version} starts on {share:.0%}; the judge decides")
     _wait_for_version(http, version, procs)
     sent = work.sent
+    t_canary = time.perf_counter()
     with _progress(console) as progress:
         work.drive(3000, progress, f"canary traffic ({version})", until=_decided(http, version))
     gen.canary_requests = work.sent - sent
     gen.decision = _wait_decision(http, version, procs, console)
+    seconds["canary"] = time.perf_counter() - t_canary
+    console.print(f"  time: {phase_times(gen)}")
     gen.live = work.by_version.get(version, [])
     gen.parent_live = work.by_version.get(incumbent, [])
     if version in work.first_served:

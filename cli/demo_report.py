@@ -264,6 +264,7 @@ class Generation:
     parent_live: list[bool] = field(default_factory=list)  # the parent's answers right, live, all run
     feedback_to_serving_s: float | None = None
     canary_requests: int = 0  # sent while the judge watched it: the next generation's traffic
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase (phase_times)
 
     @property
     def promoted(self) -> bool:
@@ -272,6 +273,26 @@ class Generation:
     def ratio(self, name: str) -> float | None:
         c, i = self.figures.get(f"candidate_{name}"), self.figures.get(f"incumbent_{name}")
         return c / i if c is not None and i else None
+
+
+def phase_times(g: Generation) -> str:
+    """Where a generation's wall time went: traffic (and waiting for its rewards), the training
+    run (its screening, GRPO steps and gate from the run's own figures; the rest is the run's start:
+    imports, data, model load), and the canary."""
+    s, f = g.seconds, g.figures
+    if not s:
+        return "-"
+    parts = [f"traffic {s.get('traffic', 0):.0f}"]
+    if "run" in s:
+        inner = [
+            f"{label} {f[key]:.0f}"
+            for label, key in (("screen", "screen_seconds"), ("train", "train_seconds"), ("gate", "gate_seconds"))
+            if key in f
+        ]
+        parts.append(f"run {s['run']:.0f}" + (f" ({', '.join(inner)})" if inner else ""))
+    if "canary" in s:
+        parts.append(f"canary {s['canary']:.0f}")
+    return ", ".join(parts) + f" = {sum(s.values()):.0f} s"
 
 
 def _share(values: list[bool]) -> str:
@@ -292,6 +313,7 @@ def generation_table(console: Console, generations: list[Generation], client: An
         "tokens/ans.",
         "latency",
         "decision",
+        "time",
     ):
         table.add_column(col)
     for g in generations:
@@ -321,6 +343,7 @@ def generation_table(console: Console, generations: list[Generation], client: An
             "-" if tokens is None else f"{tokens:.2f}x",
             "-" if latency is None else f"{latency:.2f}x",
             (g.decision + reason)[:120],
+            phase_times(g),
         )
     console.print(table)
 

@@ -169,7 +169,12 @@ class Engine:
         settings: dict[str, str],
         session_id: str | None = None,
         session_timeout_s: float = 60,
+        before: list[str] | None = None,
+        after: list[str] | None = None,
     ) -> tuple[bytes, dict[str, Any]]:
+        """Run ``sql`` in a session of the pool (or the named one) with ``database`` and ``settings``
+        for it alone; ``before`` / ``after``: statements run in the same session around it (the
+        external tables' create and load / drop), ``after`` even when the query fails."""
         refused = _UNRUNNABLE_ENGINE.match(sql)
         if refused:
             raise QueryFailed(
@@ -188,7 +193,16 @@ class Engine:
                 for name, value in settings.items():
                     self._run(session, f"SET {name} = {quote_literal(value)}", "TabSeparated")
                     applied.append(name)
-                out, summary = self._query(session, sql, fmt, params)
+                try:
+                    for statement in before or []:
+                        self._run(session, statement, "TabSeparated")
+                    out, summary = self._query(session, sql, fmt, params)
+                finally:
+                    for statement in after or []:
+                        try:
+                            self._run(session, statement, "TabSeparated")
+                        except QueryFailed as exc:
+                            log.warning("could not clean up after a query (%s): %s", statement, exc)
             finally:
                 for name in applied:
                     try:

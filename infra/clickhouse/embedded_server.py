@@ -7,8 +7,9 @@ protocol that clickhouse-connect, curl, Grafana and every other ClickHouse HTTP
 client speak: GET/POST with ``query=``, ``database=``, ``default_format=``,
 ``param_<name>`` query parameters, settings as URL parameters, request bodies
 (chunked and/or lz4/zstd/gzip compressed), inserts with binary bodies (passed
-through a temp file, never through a decoded SQL string), ``/ping``, and errors
-as ``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``.
+through a temp file, never through a decoded SQL string), ``multipart/form-data``
+external tables (``external_tables``), ``/ping``, and errors as
+``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``.
 
 The engine, its session pool and what it refuses are in ``embedded_engine``.
 
@@ -32,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from infra.clickhouse import external_tables
 from infra.clickhouse.embedded_engine import Engine, QueryFailed, quote_literal
 
 log = logging.getLogger(__name__)
@@ -221,37 +223,50 @@ class Handler(BaseHTTPRequestHandler):
             return
         params = dict(parse_qsl(url.query, keep_blank_values=True, errors="backslashreplace"))
         query_id = params.get("query_id") or str(uuid.uuid4())
+        external: list[external_tables.ExternalTable] = []
+        infile = None
         try:
             if not self._authorized(params):
                 raise QueryFailed(516, "default: Authentication failed: password is incorrect")
             body = self._body() if read_body else iter(())
+            files: dict[str, bytes] = {}
+            content_type = self.headers.get("Content-Type", "")
+            if read_body and content_type.lower().startswith("multipart/form-data"):
+                fields, files = external_tables.parse_form(content_type, b"".join(body))
+                params = {**params, **fields}  # form fields are parameters as in the URL
+                body = iter(())
+                external = external_tables.tables(files, params, self.engine.tmpdir)
             sql, infile = self._statement(params.get("query", ""), body)
             fmt = params.get("default_format", "TabSeparated")
             qparams = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
             settings = {
                 k: v
                 for k, v in params.items()
-                if k not in _PROTOCOL_PARAMS and not k.startswith("param_") and _SETTING_NAME.match(k)
+                if k not in _PROTOCOL_PARAMS
+                and not k.startswith("param_")
+                and _SETTING_NAME.match(k)
+                and not external_tables.is_table_param(k, files)
             }
-            try:
-                out, summary = self.engine.execute(
-                    sql,
-                    fmt,
-                    params.get("database"),
-                    qparams,
-                    settings,
-                    params.get("session_id") or None,
-                    float(params.get("session_timeout") or 60),
-                )
-            finally:
-                if infile:
-                    os.unlink(infile)
+            out, summary = self.engine.execute(
+                sql,
+                fmt,
+                params.get("database"),
+                qparams,
+                settings,
+                params.get("session_id") or None,
+                float(params.get("session_timeout") or 60),
+                before=[s for t in external for s in t.before()],
+                after=[s for t in external for s in t.after()],
+            )
         except QueryFailed as exc:
             self._error(exc)
             return
         except (ValueError, OSError) as exc:
             self._error(QueryFailed(1001, f"bad request: {exc}"))
             return
+        finally:
+            for path in [t.path for t in external] + ([infile] if infile else []):
+                os.unlink(path)
         headers = {
             "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",
             "X-ClickHouse-Query-Id": query_id,

@@ -250,3 +250,28 @@ def test_a_session_id_keeps_its_temporary_tables(stack) -> None:
     with pytest.raises(urllib.error.HTTPError) as outside:
         run("SELECT count() FROM tmp")
     assert outside.value.headers["X-ClickHouse-Exception-Code"] == "60"
+
+
+def test_external_tables_from_multipart_form_data(stack, ch_database) -> None:
+    """clickhouse-connect's external_data (multipart/form-data): tables for one query, by structure
+    or by types, in a named format, joined with a stored table; gone after the query."""
+    from clickhouse_connect.driver.external import ExternalData
+
+    c = connect(stack.clickhouse, database=ch_database)
+    c.command("CREATE TABLE users (id UInt32, name String) ENGINE=MergeTree ORDER BY id")
+    c.insert("users", [(1, "ann"), (2, "bob"), (3, "cy")], column_names=["id", "name"])
+    ext = ExternalData(file_name="wanted.csv", data=b"1,x\n3,y\n", fmt="CSV", structure="id UInt32, tag String")
+    ext.add_file(file_name="extra", data=b"7\tq\n", types="UInt8,String")
+    r = c.query(
+        "SELECT u.name, w.tag, (SELECT sum(_1) FROM extra) FROM users AS u "
+        "INNER JOIN wanted AS w ON u.id = w.id WHERE u.id >= {lo:UInt32} ORDER BY u.id",
+        parameters={"lo": 1},
+        external_data=ext,
+    )
+    assert r.result_rows == [("ann", "x", 7), ("cy", "y", 7)]
+    # the tables were the query's only: the next query on a pooled session does not see them
+    with pytest.raises(DatabaseError, match="wanted"):
+        c.query("SELECT count() FROM wanted")
+    # a table without structure or types is refused with ClickHouse's reason
+    with pytest.raises(DatabaseError, match="structure nor types"):
+        c.query("SELECT count() FROM t1", external_data=ExternalData(file_name="t1", data=b"1\n"))

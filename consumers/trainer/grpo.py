@@ -13,8 +13,9 @@ transformers`` uses TRL's own ``generate`` instead (the peer `rftloop bench grpo
 Where rollouts teach: a group whose answers all score the same has zero advantage and no gradient.
 Before training, ``screen`` samples ``grpo_generations`` answers from the starting policy to each
 of ``grpo_screen_prompts`` training prompts at each temperature in ``grpo_temperatures``, keeps the
-temperature with the most prompts whose group has reward variance, and GRPO trains on those
-prompts only (all prompts when fewer than one step's worth have any).
+lowest temperature with at least half as many prompts whose group has reward variance as the best
+(``choose``), and GRPO trains on those prompts only (all prompts when fewer than one step's worth
+have any).
 
 Which prompts are screened (``screening_order``): as many whose served answer was rewarded as
 whose answer was not, alternating. A prompt the serving version got right is likely all-right in a
@@ -89,10 +90,10 @@ def screen(
     group: int,
     max_tokens: int,
 ) -> Screen:
-    """Sample a group of answers to every prompt at each temperature; choose the temperature with
-    the most informative groups (ties: the lower temperature, closer to how users are served)."""
+    """Sample a group of answers to every prompt at each temperature; choose the lowest temperature
+    with at least half as many informative groups as the best one (``choose``)."""
     prompts = [engine.prompt(s) for s in samples]
-    best: Screen | None = None
+    found: list[Screen] = []
     by_t: dict[float, tuple[float, float]] = {}
     for t in sorted(temperatures):
         answers = engine.generate([p for p in prompts for _ in range(group)], adapter, max_tokens, t)
@@ -108,11 +109,20 @@ def screen(
             if len(set(got)) > 1:
                 informative.append(sample)
         by_t[t] = (len(informative) / len(samples), statistics.fmean(scores))
-        if best is None or len(informative) > len(best.informative):
-            best = Screen(t, informative)
-    assert best is not None
-    best.by_temperature = by_t
-    return best
+        found.append(Screen(t, informative))
+    chosen = choose(found)
+    chosen.by_temperature = by_t
+    return chosen
+
+
+def choose(found: list[Screen]) -> Screen:
+    """The lowest temperature with at least half the informative prompts of the best one. GRPO learns
+    the distribution it samples: rollouts far hotter than users are served teach the hot one. In a
+    demo run here (greedy serving, ~58 % right) 0.8 gave 21 informative prompts of 32 at a rollout
+    reward of 0.30 and 0.5 gave 12 at 0.52; trained at 0.8 the rollouts' reward rose 0.19 -> 0.88
+    and the greedy held-out accuracy did not move (-3.3 points [-16.3, +9.8])."""
+    most = max(len(s.informative) for s in found)
+    return next(s for s in sorted(found, key=lambda s: s.temperature) if 2 * len(s.informative) >= most)
 
 
 def vllm_rollouts(engine: Generates, policy_dir: Path, max_tokens: int, temperature: float) -> Any:

@@ -48,3 +48,14 @@ def test_screening_alternates_served_right_and_wrong_prompts_keeping_their_order
     bad = [s(i, -1.0) for i in range(6)] + [s(6, 0.5)]
     assert [x.offset for x in screening_order(bad)][:4] == [0, 6, 1, 2]
     assert screening_order([]) == []
+
+
+def test_grpo_takes_the_lowest_temperature_with_half_the_best_informative_prompts() -> None:
+    from consumers.trainer.grpo import Screen, choose
+
+    def found(t: float, n: int) -> Screen:
+        return Screen(t, [Sample(f"r{i}", f"e{i}", "q", [], "a", 0.0, "1", "t", 0, i) for i in range(n)])
+
+    assert choose([found(0.5, 12), found(0.8, 21)]).temperature == 0.5  # 12 of 21: close enough to greedy
+    assert choose([found(0.8, 21), found(0.5, 10)]).temperature == 0.8  # 10 of 21: too few to train on
+    assert choose([found(0.5, 0), found(0.8, 0)]).temperature == 0.5  # nothing informative: the lowest

@@ -307,9 +307,18 @@ class GatewaySettings(BaseSettings):
     adapter_root: Path = Field(DEFAULT_CACHE / "adapters", description="adapters are loaded only from here")
     max_loras: int = Field(4, ge=1)
     max_lora_rank: int = Field(16, ge=1)
+    lora_target_modules: str = Field(
+        "q_proj,k_proj,v_proj,o_proj",
+        description="the only modules the engine applies LoRA to (vllm serve --lora-target-modules; "
+        "the trainer's targets); an adapter that targets others is refused. Empty: every module "
+        "vLLM supports (each one adds a LoRA call per layer per step, adapter or not)",
+    )
     kv_cache_gib: int = Field(1, ge=1, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     topic_suffix: str = Field("", description="appended to every topic name (isolated test sets)")
     instance: str = Field("", description="this replica's name in events and /healthz (default host:port)")
+
+    def lora_targets(self) -> list[str]:
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]

@@ -64,7 +64,14 @@ class Engine:
     """One vLLM engine for a training run (``max_lora_rank`` = the gateways', so nothing passes the
     gate that a gateway refuses)."""
 
-    def __init__(self, base_path: str, max_lora_rank: int = 16, max_model_len: int = 1024) -> None:
+    def __init__(
+        self,
+        base_path: str,
+        max_lora_rank: int = 16,
+        max_model_len: int = 1024,
+        lora_targets: list[str] | None = None,
+    ) -> None:
+        """``lora_targets``: the modules LoRA is applied to (the gateways'; None: all vLLM supports)."""
         # The engine core in this process, not a child: a trainer killed mid-run (kill -9, OOM)
         # leaves no orphaned engine behind holding its memory and its parent's pipes.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -80,6 +87,7 @@ class Engine:
             dtype="float32" if cpu else "auto",
             enable_lora=True,
             max_lora_rank=cast(Any, max_lora_rank),  # vLLM types it as a Literal of sizes
+            lora_target_modules=lora_targets or None,
             max_model_len=max_model_len,
             enforce_eager=cpu,
             gpu_memory_utilization=0.3,

@@ -38,7 +38,7 @@ from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
 from consumers.trainer.paired import SequentialGate, needed_prompts
 from consumers.trainer.pairs import load_pairs
-from consumers.trainer.steps import write_steps
+from consumers.trainer.steps import LORA_TARGETS, write_steps
 from infra import adapters, failpoints, models
 from infra.clickhouse.client import connect
 from infra.publish import publish_event
@@ -123,11 +123,18 @@ def run_once(
     cache_dir: Path,
     say: Callable[[str], None] = print,
 ) -> RunResult:
-    serving_rank = GatewaySettings().max_lora_rank
+    gateways = GatewaySettings()
+    serving_rank, serving_targets = gateways.max_lora_rank, gateways.lora_targets()
     if cfg.lora_rank > serving_rank:
         raise ConfigError(
             f"RFTLOOP_TRAINER_LORA_RANK={cfg.lora_rank} is above the gateways' RFTLOOP_GATEWAY_MAX_LORA_RANK="
             f"{serving_rank}: every gateway would refuse the adapter; lower the one or raise the other"
+        )
+    if serving_targets and set(LORA_TARGETS) - set(serving_targets):
+        raise ConfigError(
+            f"the trainer's adapters target {', '.join(LORA_TARGETS)}; the gateways' RFTLOOP_GATEWAY_LORA_TARGET_MODULES="
+            f"{','.join(serving_targets)} leaves out {', '.join(sorted(set(LORA_TARGETS) - set(serving_targets)))}: "
+            "every gateway would refuse the adapter"
         )
     client = connect(clickhouse)
     samples = load_samples(client, clickhouse.database, cfg.served_name)
@@ -215,7 +222,7 @@ def run_once(
         """The run's own vLLM engine, or the gateway's (RFTLOOP_TRAINER_GATEWAY_URL)."""
         if not cfg.gateway_url:
             say("trainer: starting the run's vLLM engine ...")
-            return Engine(base_path, max_lora_rank=serving_rank)
+            return Engine(base_path, max_lora_rank=serving_rank, lora_targets=serving_targets)
         say(f"trainer: generating on the gateway's engine at {cfg.gateway_url} (shadow versions)")
         # the incumbent is pinned as users get it; a clean ancestor standing in for a tainted
         # incumbent may not be live there, so it is loaded as a shadow like the candidate

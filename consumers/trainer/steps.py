@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 STEPS_TABLE = "training_steps"
+# the attention projections: what a new adapter targets (the gateways' RFTLOOP_GATEWAY_LORA_TARGET_MODULES
+# must include them, or they refuse it)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
@@ -93,7 +96,7 @@ def lora(cfg: Any) -> Any:
     return LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=2 * cfg.lora_rank,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_modules=list(LORA_TARGETS),
         task_type="CAUSAL_LM",
     )
 

@@ -115,7 +115,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="rftloop gateway", version="1")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     s = gateway.settings
-    shadows = Shadows(gateway.serving, gateway.router, s.adapter_root)
+    shadows = Shadows(gateway.serving, gateway.router, s.adapter_root, s.lora_targets())
     if s.cors_origins.strip():
         # Closed by default (no CORS headers: browsers refuse cross-origin calls); opened per origin.
         from fastapi.middleware.cors import CORSMiddleware

@@ -69,6 +69,8 @@ class Serving:
             "--enable-auto-tool-choice",
             "--tool-call-parser", s.tool_call_parser,
         ]  # fmt: skip
+        if s.lora_targets():  # vLLM wraps only these: no LoRA calls at all for the other projections
+            argv += ["--lora-target-modules", *s.lora_targets()]
         if s.compact_json:  # no free whitespace inside JSON: small models otherwise pad it to max_tokens
             argv += ["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
         if self.cpu and lora_cpu.worker_extension():  # grouped LoRA matmuls in the worker (infra/lora_cpu.py)

@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -54,8 +55,10 @@ class ShadowRequest(BaseModel):
 
 
 class Shadows:
-    def __init__(self, serving: Serving, router: Router, adapter_root: Any) -> None:
-        self.serving, self.router, self.root = serving, router, adapter_root
+    def __init__(
+        self, serving: Serving, router: Router, adapter_root: Any, targets: Sequence[str] = ()
+    ) -> None:
+        self.serving, self.router, self.root, self.targets = serving, router, adapter_root, targets
         self.loaded: OrderedDict[str, Route] = OrderedDict()
         self._ids = itertools.count(FIRST_LORA_ID)
         self._lock = asyncio.Lock()  # loads and unloads one at a time (the engine's LoRA table)
@@ -71,7 +74,7 @@ class Shadows:
                     param="name",
                 )
             try:
-                real = adapters.resolve_uri(path, self.root)
+                real = adapters.resolve_uri(path, self.root, self.targets)
             except adapters.AdapterRefused as exc:
                 raise ApiError(400, str(exc), code="adapter_refused", param="path") from None
             if name in self.loaded:

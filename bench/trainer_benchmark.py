@@ -49,7 +49,7 @@ def training(ctx: Context) -> list[Result]:
     from consumers.trainer.grpo import train_grpo
     from consumers.trainer.kto import train_kto
     from infra.models import resolve
-    from infra.settings import LocalStackSettings, TrainerSettings
+    from infra.settings import GatewaySettings, LocalStackSettings, TrainerSettings
 
     base = resolve("smollm2", LocalStackSettings().cache_dir)
     kto_cfg = TrainerSettings(method="kto", max_steps=6, batch_size=8)
@@ -68,7 +68,7 @@ def training(ctx: Context) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="rftloop-bench-train-") as tmp:
         kto = train_kto(base, _samples(96), Path(tmp) / "kto", kto_cfg).figures
         peer = train_grpo(base, _samples(32), Path(tmp) / "grpo-generate", peer_cfg).figures
-        engine = Engine(base)
+        engine = Engine(base, lora_targets=GatewaySettings().lora_targets())  # as the trainer starts it
         try:
             # one step first, not measured: the engine's first LoRA load and warm-up (12 s of a first
             # step here) would otherwise count against whichever run comes first

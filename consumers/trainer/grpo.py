@@ -13,9 +13,8 @@ transformers`` uses TRL's own ``generate`` instead (the peer `rftloop bench grpo
 Where rollouts teach: a group whose answers all score the same has zero advantage and no gradient.
 Before training, ``screen`` samples ``grpo_generations`` answers from the starting policy to each
 of ``grpo_screen_prompts`` training prompts at each temperature in ``grpo_temperatures``, keeps the
-lowest temperature with at least half as many prompts whose group has reward variance as the best
-(``choose``), and GRPO trains on those prompts only (all prompts when fewer than one step's worth
-have any).
+temperature with the most prompts whose group has reward variance (``choose``), and GRPO trains on
+those prompts only (all prompts when fewer than one step's worth have any).
 
 Which prompts are screened (``screening_order``): as many whose served answer was rewarded as
 whose answer was not, alternating. A prompt the serving version got right is likely all-right in a
@@ -90,8 +89,8 @@ def screen(
     group: int,
     max_tokens: int,
 ) -> Screen:
-    """Sample a group of answers to every prompt at each temperature; choose the lowest temperature
-    with at least half as many informative groups as the best one (``choose``)."""
+    """Sample a group of answers to every prompt at each temperature; choose the one with the most
+    informative groups (``choose``)."""
     prompts = [engine.prompt(s) for s in samples]
     found: list[Screen] = []
     by_t: dict[float, tuple[float, float]] = {}
@@ -116,13 +115,13 @@ def screen(
 
 
 def choose(found: list[Screen]) -> Screen:
-    """The lowest temperature with at least half the informative prompts of the best one. GRPO learns
-    the distribution it samples: rollouts far hotter than users are served teach the hot one. In a
-    demo run here (greedy serving, ~58 % right) 0.8 gave 21 informative prompts of 32 at a rollout
-    reward of 0.30 and 0.5 gave 12 at 0.52; trained at 0.8 the rollouts' reward rose 0.19 -> 0.88
-    and the greedy held-out accuracy did not move (-3.3 points [-16.3, +9.8])."""
-    most = max(len(s.informative) for s in found)
-    return next(s for s in sorted(found, key=lambda s: s.temperature) if 2 * len(s.informative) >= most)
+    """The temperature with the most informative prompts (ties: the lower, closer to how users are
+    served). Tried on 2026-12-06 and reverted: the lowest temperature with at least half the best
+    one's informative prompts. In two demo runs it rolled out at 0.5 where this rule took 0.8, and
+    its continued generations went +27.5 and -19.0 points (the second one's rollout entropy fell to
+    0.03-0.09 and 6 of its 12 steps had no reward variance), against +9.4 on average over the eight
+    continued generations this rule ran on 2026-12-04 and 2026-12-06."""
+    return max(sorted(found, key=lambda s: s.temperature), key=lambda s: len(s.informative))
 
 
 def vllm_rollouts(engine: Generates, policy_dir: Path, max_tokens: int, temperature: float) -> Any:

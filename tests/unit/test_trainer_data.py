@@ -50,12 +50,12 @@ def test_screening_alternates_served_right_and_wrong_prompts_keeping_their_order
     assert screening_order([]) == []
 
 
-def test_grpo_takes_the_lowest_temperature_with_half_the_best_informative_prompts() -> None:
+def test_grpo_takes_the_temperature_with_the_most_informative_prompts_the_lower_on_a_tie() -> None:
     from consumers.trainer.grpo import Screen, choose
 
     def found(t: float, n: int) -> Screen:
         return Screen(t, [Sample(f"r{i}", f"e{i}", "q", [], "a", 0.0, "1", "t", 0, i) for i in range(n)])
 
-    assert choose([found(0.5, 12), found(0.8, 21)]).temperature == 0.5  # 12 of 21: close enough to greedy
-    assert choose([found(0.8, 21), found(0.5, 10)]).temperature == 0.8  # 10 of 21: too few to train on
-    assert choose([found(0.5, 0), found(0.8, 0)]).temperature == 0.5  # nothing informative: the lowest
+    assert choose([found(0.5, 12), found(0.8, 21)]).temperature == 0.8
+    assert choose([found(0.8, 21), found(0.5, 21)]).temperature == 0.5  # a tie: closer to greedy serving
+    assert choose([found(0.5, 0), found(0.8, 0)]).temperature == 0.5

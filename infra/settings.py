@@ -381,12 +381,12 @@ class TrainerSettings(BaseSettings):
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     continued_lr_scale: float = Field(
-        0.5,
+        1.0,
         gt=0,
         le=1,
-        description="a run that continues the incumbent's adapter trains at learning_rate x this: "
-        "Adam moves every weight by about the learning rate each step however weak the signal, and "
-        "a good adapter has more to lose than a fresh one",
+        description="a run that continues the incumbent's adapter trains at learning_rate x this "
+        "(a good adapter has more to lose than a fresh one; 0.5 in one demo run: continued "
+        "generations +2.0 and +4.5 points, against +9.4 on average for eight at 1.0)",
     )
     lora_rank: int = Field(16, ge=1)
     beta: float = Field(0.1, gt=0)

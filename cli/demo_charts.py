@@ -68,7 +68,7 @@ def by_generation(generations: list[Any], path: Path) -> None:
             ],
             fmt="o-",
             capsize=4,
-            label="candidate, held out (gain's 95 % interval)",
+            label="candidate, held out (the gain's interval where the sequential gate stopped)",
         )
         live = [(g.n, sum(g.live) / len(g.live)) for g in ran if g.live]
         if live:
@@ -82,6 +82,7 @@ def by_generation(generations: list[Any], path: Path) -> None:
                 fontsize=8,
             )
     ax.set_xlabel("generation")
+    ax.set_xticks(sorted({g.n for g in generations}))
     ax.set_ylabel("accuracy (final number right)")
     ax.set_title("rftloop demo: accuracy by generation")
     ax.legend(fontsize=8)

@@ -19,6 +19,12 @@ facts are memoized per tensor identity and in-place version: whether an index te
 slot for every row, and whether a slot's weights are all zero (a module the adapter does not
 target, an empty slot); an all-zero delta costs nothing.
 
+A layer whose batch uses one adapter (the common case: one request at a time, or one version's
+traffic) skips those calls altogether: ``add_lora_linear`` replaces vLLM's method of the same name
+on its CPU punica wrapper with two GEMMs for all of the layer's slices (``x @ [A_q; A_k; A_v]^T``,
+then a block-diagonal ``B``), memoized per slot and weight version; mixed batches keep vLLM's
+method, which calls the grouped ops.
+
 Why hand-written: vLLM 0.32 has no faster CPU LoRA kernel to select; these are drop-in
 replacements with the stock ops' signatures, installed by ``install()`` into the modules that call
 them (``vllm.lora.ops.torch_ops.lora_ops``, whose ``sgmv_*`` call the ``bgmv_*`` ones, and

@@ -211,7 +211,7 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         "RFTLOOP_TRAINER_GRPO_SCREEN_PROMPTS": os.environ.get("RFTLOOP_TRAINER_GRPO_SCREEN_PROMPTS", "96"),
     }
     # The default budgets apply (1.25x gate latency, 1.5x canary p95 latency and cost): with the
-    # grouped CPU LoRA ops (infra/lora_cpu.py) the LoRA path measures ~1.1-1.2x the bare base model
+    # grouped CPU LoRA ops (infra/lora_cpu.py) the LoRA path measures ~1.0-1.1x the bare base model
     # here, inside them. An RFTLOOP_TRAINER_/RFTLOOP_JUDGE_ variable in the caller's environment
     # still overrides them, and the line below shows what the run used.
     trainer_cfg: TrainerSettings = load_or_explain(TrainerSettings)  # type: ignore[assignment]

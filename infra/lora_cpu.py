@@ -332,6 +332,30 @@ def _fused(a_stacked: tuple[Any, ...], b_stacked: tuple[Any, ...], slot: int, sc
     return _memo("fused", a_stacked[0], (slot, scale, versions), compute)
 
 
+_UNSET = object()
+_stock_update_metadata: Any = None  # vLLM's PunicaWrapperCPU.update_metadata, kept by install()
+
+
+def _batch_slot(wrapper: Any) -> int | None:
+    """The one adapter slot of the wrapper's current batch (-1: none has an adapter), or None when
+    its requests use several."""
+    if wrapper.no_lora:
+        return -1
+    if wrapper.is_prefill:
+        meta = wrapper.prefill_metadata
+        indices = _per_token(meta[2], meta[1])
+    else:
+        indices = wrapper.token_lora_indices
+    return _uniform(indices) if indices.numel() else None
+
+
+def update_metadata(self: Any, *args: Any, **kwargs: Any) -> None:
+    """vLLM's ``update_metadata`` (once per batch mapping, not per layer), then the batch's one slot
+    for ``add_lora_linear``, so its ~60 calls a step on SmolLM2 do not each work it out again."""
+    _stock_update_metadata(self, *args, **kwargs)
+    self._rftloop_slot = _batch_slot(self)
+
+
 def add_lora_linear(
     self: Any,
     y: Any,
@@ -350,16 +374,11 @@ def add_lora_linear(
     zeroed buffer per slice. The Python calls, not the arithmetic, were the LoRA path's cost one
     request at a time (~4 ms per decode step on SmolLM2). Mixed batches and shapes it does not
     cover take vLLM's own path (with the grouped ops)."""
-    if self.no_lora:  # no request of the batch has an adapter
-        return
-    if self.is_prefill:
-        meta = self.prefill_metadata
-        indices = _per_token(meta[2], meta[1])
-    else:
-        indices = self.token_lora_indices
+    slot = self.__dict__.get("_rftloop_slot", _UNSET)
+    if slot is _UNSET:  # metadata set by other means than update_metadata (tests)
+        slot = _batch_slot(self)
     width = sum(output_slices)
-    slot = _uniform(indices) if y.shape[-1] == width and indices.numel() else None
-    if slot is None:
+    if slot is None or y.shape[-1] != width:
         _stock_add_lora_linear(
             self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
         )
@@ -397,13 +416,15 @@ def install() -> bool:
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
-    global _stock_add_lora_linear
+    global _stock_add_lora_linear, _stock_update_metadata
     ours = globals()
     for module in (lora_ops, punica_cpu):
         for name in OPS:
             setattr(module, name, ours[name])
-    if punica_cpu.PunicaWrapperCPU.add_lora_linear is not add_lora_linear:
-        _stock_add_lora_linear = punica_cpu.PunicaWrapperCPU.add_lora_linear
-        punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear  # type: ignore[method-assign]
+    wrapper = punica_cpu.PunicaWrapperCPU
+    if wrapper.add_lora_linear is not add_lora_linear:
+        _stock_add_lora_linear, _stock_update_metadata = wrapper.add_lora_linear, wrapper.update_metadata
+        wrapper.add_lora_linear = add_lora_linear  # type: ignore[method-assign]
+        wrapper.update_metadata = update_metadata  # type: ignore[method-assign]
     _installed = True
     return True

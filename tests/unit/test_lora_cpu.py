@@ -83,12 +83,14 @@ def test_install_replaces_the_ops_vllm_cpu_calls_and_can_be_turned_off(
         for name in lora_cpu.OPS:
             monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     wrapper = punica_cpu.PunicaWrapperCPU
-    monkeypatch.setattr(wrapper, "add_lora_linear", wrapper.add_lora_linear)
-    monkeypatch.setattr(lora_cpu, "_stock_add_lora_linear", lora_cpu._stock_add_lora_linear)
+    for name in ("add_lora_linear", "update_metadata"):
+        monkeypatch.setattr(wrapper, name, getattr(wrapper, name))
+        monkeypatch.setattr(lora_cpu, f"_stock_{name}", getattr(lora_cpu, f"_stock_{name}"))
     monkeypatch.setattr(lora_cpu, "_installed", False)
     stock_linear = wrapper.add_lora_linear
     assert lora_cpu.install() is True
     assert wrapper.add_lora_linear is lora_cpu.add_lora_linear  # one adapter: a layer in two GEMMs
+    assert wrapper.update_metadata is lora_cpu.update_metadata  # the batch's slot, once per mapping
     assert lora_cpu._stock_add_lora_linear is stock_linear  # mixed batches: vLLM's path
     assert punica_cpu.bgmv_shrink is lora_cpu.bgmv_shrink
     assert punica_cpu.sgmv_expand_slice is lora_cpu.sgmv_expand_slice  # prefill
@@ -203,3 +205,35 @@ def test_a_layer_on_one_adapter_is_two_gemms_equal_to_vllms_own_path(monkeypatch
         t[3].zero_()  # an all-zero slot adds nothing
     ours, theirs = both([3] * 4, True)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_the_batchs_slot_is_worked_out_once_per_mapping_and_follows_every_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through vLLM's own update_metadata (LoRA ids -> slots): the fused layer uses the slot of the
+    mapping in force, a base-only batch gets nothing, a mixed one vLLM's path."""
+    from vllm.lora.layers.utils import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    monkeypatch.setattr(lora_cpu, "_stock_add_lora_linear", PunicaWrapperCPU.add_lora_linear)
+    monkeypatch.setattr(lora_cpu, "_stock_update_metadata", PunicaWrapperCPU.update_metadata)
+    g = torch.Generator().manual_seed(2)
+    slices = (HIDDEN, 32, 32)
+    a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g) for _ in slices)
+    b = tuple(torch.randn(SLOTS, 1, n, RANK, generator=g) for n in slices)
+    x = torch.randn(6, HIDDEN, generator=g)
+    w = PunicaWrapperCPU(64, 8, "cpu")
+    ids = [None, 7, 9, None]  # LoRA id 7 in slot 1, 9 in slot 2
+    for tokens, slot in (((7,) * 6, 1), ((9,) * 6, 2), ((0,) * 6, -1), ((7, 7, 9, 9, 0, 0), None)):
+        for prefill in (True, False):
+            lora_cpu.update_metadata(w, LoRAMapping(tokens, tokens, is_prefill=prefill), ids, SLOTS, 32000)
+            assert w._rftloop_slot == slot
+            y = torch.randn(6, sum(slices), generator=g)
+            ours, theirs = y.clone(), y.clone()
+            lora_cpu.add_lora_linear(w, ours, x, a, b, 0.5, slices)
+            if slot == -1:
+                assert torch.equal(ours, y)  # base requests only: no LoRA
+                continue
+            PunicaWrapperCPU.add_lora_linear(w, theirs, x, a, b, 0.5, slices)
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+            assert not torch.equal(ours, y)

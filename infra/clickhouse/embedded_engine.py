@@ -140,9 +140,7 @@ class Engine:
         try:
             res = session.query(sql, fmt, params=params or None)
         except Exception as exc:  # chdb raises ChdbError / RuntimeError with the ClickHouse text
-            msg = str(exc)
-            m = CODE_RE.search(msg)
-            raise QueryFailed(int(m.group(1)) if m else 1001, msg) from exc
+            raise _failed(exc) from exc
         if res is None:
             return b"", {}
         if res.has_error():
@@ -159,6 +157,74 @@ class Engine:
             "result_bytes": res.bytes_read(),
         }
         return res.bytes(), {k: str(v) for k, v in summary.items()}
+
+    @contextmanager
+    def _context(
+        self, session: Any, database: str | None, settings: dict[str, str]
+    ) -> Iterator[None]:
+        """``USE database`` and ``SET`` each setting in ``session`` for one request, undone after it."""
+        if database:
+            self._run(session, f"USE {quote_ident(database)}", "TabSeparated")
+        applied = []
+        try:
+            for name, value in settings.items():
+                self._run(session, f"SET {name} = {quote_literal(value)}", "TabSeparated")
+                applied.append(name)
+            yield
+        finally:
+            for name in applied:
+                try:
+                    self._run(session, f"SET {name} = DEFAULT", "TabSeparated")
+                except QueryFailed:
+                    log.warning("could not reset setting %s", name)
+            if database:
+                self._run(session, "USE default", "TabSeparated")
+
+    def insert(
+        self,
+        statement: str,
+        fmt: str,
+        chunks: Iterator[bytes],
+        database: str | None,
+        settings: dict[str, str],
+        session_id: str | None = None,
+        session_timeout_s: float = 60,
+    ) -> dict[str, Any]:
+        """Stream ``chunks`` (data in format ``fmt``) into ``statement`` (``INSERT INTO t [(cols)]
+        [SETTINGS ...]``, no FORMAT) with chdb's streaming inserter: the engine parses each chunk as it
+        comes, with no temp file. If ``chunks`` fails (the body ended early), the insert is cancelled
+        and the failure raised; if the engine refuses the data, QueryFailed with its code."""
+        with self.session(session_id, session_timeout_s) as session, self._context(session, database, settings):
+            started = time.perf_counter()
+            try:
+                inserter = session.send_insert(statement, fmt)
+            except Exception as exc:
+                raise _failed(exc) from exc
+            try:
+                for chunk in chunks:
+                    inserter.append(chunk)
+                result = inserter.finish()
+            except BaseException as exc:
+                if not getattr(inserter, "_finished", True):
+                    try:
+                        inserter.cancel()  # nothing of it is committed (the rows wait for finish())
+                    except Exception as cancel_exc:
+                        log.warning("could not cancel a streaming insert: %s", cancel_exc)
+                if isinstance(exc, RuntimeError) and "Streaming insert" in str(exc):
+                    raise _failed(exc) from exc
+                raise
+            elapsed = time.perf_counter() - started
+        summary = {
+            "read_rows": result.rows_written,
+            "read_bytes": result.bytes_written,
+            "written_rows": result.rows_written,
+            "written_bytes": result.bytes_written,
+            "total_rows_to_read": 0,
+            "result_rows": 0,
+            "result_bytes": 0,
+            "elapsed_ns": int(elapsed * 1e9),
+        }
+        return {k: str(v) for k, v in summary.items()}
 
     def execute(
         self,
@@ -184,35 +250,27 @@ class Engine:
                 "Ingest with `rftloop sink`, or point RFTLOOP_CLICKHOUSE_URL at a ClickHouse server. "
                 "(NOT_IMPLEMENTED)",
             )
-        with self.session(session_id, session_timeout_s) as session:
+        with self.session(session_id, session_timeout_s) as session, self._context(session, database, settings):
             started = time.perf_counter()
-            if database:
-                self._run(session, f"USE {quote_ident(database)}", "TabSeparated")
-            applied = []
             try:
-                for name, value in settings.items():
-                    self._run(session, f"SET {name} = {quote_literal(value)}", "TabSeparated")
-                    applied.append(name)
-                try:
-                    for statement in before or []:
-                        self._run(session, statement, "TabSeparated")
-                    out, summary = self._query(session, sql, fmt, params)
-                finally:
-                    for statement in after or []:
-                        try:
-                            self._run(session, statement, "TabSeparated")
-                        except QueryFailed as exc:
-                            log.warning("could not clean up after a query (%s): %s", statement, exc)
+                for statement in before or []:
+                    self._run(session, statement, "TabSeparated")
+                out, summary = self._query(session, sql, fmt, params)
             finally:
-                for name in applied:
+                for statement in after or []:
                     try:
-                        self._run(session, f"SET {name} = DEFAULT", "TabSeparated")
-                    except QueryFailed:
-                        log.warning("could not reset setting %s", name)
-                if database:
-                    self._run(session, "USE default", "TabSeparated")
+                        self._run(session, statement, "TabSeparated")
+                    except QueryFailed as exc:
+                        log.warning("could not clean up after a query (%s): %s", statement, exc)
             elapsed = time.perf_counter() - started
         return out, {**summary, "elapsed_ns": str(int(elapsed * 1e9))}
+
+
+def _failed(exc: Exception) -> QueryFailed:
+    """chdb's exception (ChdbError / RuntimeError with ClickHouse's text) as QueryFailed with its code."""
+    msg = re.sub(r"^Streaming insert \w+ failed: ", "", str(exc))  # chdb's prefix, not ClickHouse's text
+    m = CODE_RE.search(msg)
+    return QueryFailed(int(m.group(1)) if m else 1001, msg)
 
 
 def _open_session(path: str) -> Any:

@@ -6,9 +6,9 @@ dir exclusively. So one process of ours owns the engine and speaks the HTTP
 protocol that clickhouse-connect, curl, Grafana and every other ClickHouse HTTP
 client speak: GET/POST with ``query=``, ``database=``, ``default_format=``,
 ``param_<name>`` query parameters, settings as URL parameters, request bodies
-(chunked and/or lz4/zstd/gzip compressed), inserts with binary bodies (passed
-through a temp file, never through a decoded SQL string), ``multipart/form-data``
-external tables (``external_tables``), ``/ping``, and errors as
+(chunked and/or lz4/zstd/gzip compressed), inserts with binary bodies (streamed into
+the engine as they arrive, never through a decoded SQL string: ``Engine.insert``,
+``body_pipe``), ``multipart/form-data`` external tables (``external_tables``), ``/ping``, and errors as
 ``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``.
 
 The engine, its session pool and what it refuses are in ``embedded_engine``.
@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import signal
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from infra.clickhouse import external_tables
+from infra.clickhouse.body_pipe import BodyPipe
 from infra.clickhouse.embedded_engine import Engine, QueryFailed, quote_literal
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,9 @@ def _decompress(data: bytes, encoding: str) -> bytes:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "rftloop-chdb"
+    # TCP_NODELAY: a response goes out as headers, then body. With Nagle's algorithm on, the body waits
+    # for the ACK of the headers, which the client delays (~40 ms on Linux): every query took 40+ ms.
+    disable_nagle_algorithm = True
     engine: Engine
     password: str = ""
 
@@ -224,7 +227,6 @@ class Handler(BaseHTTPRequestHandler):
         params = dict(parse_qsl(url.query, keep_blank_values=True, errors="backslashreplace"))
         query_id = params.get("query_id") or str(uuid.uuid4())
         external: list[external_tables.ExternalTable] = []
-        infile = None
         try:
             if not self._authorized(params):
                 raise QueryFailed(516, "default: Authentication failed: password is incorrect")
@@ -236,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
                 params = {**params, **fields}  # form fields are parameters as in the URL
                 body = iter(())
                 external = external_tables.tables(files, params, self.engine.tmpdir)
-            sql, infile = self._statement(params.get("query", ""), body)
+            statement = self._statement(params.get("query", ""), body)
             fmt = params.get("default_format", "TabSeparated")
             qparams = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
             settings = {
@@ -247,17 +249,22 @@ class Handler(BaseHTTPRequestHandler):
                 and _SETTING_NAME.match(k)
                 and not external_tables.is_table_param(k, files)
             }
-            out, summary = self.engine.execute(
-                sql,
-                fmt,
-                params.get("database"),
-                qparams,
-                settings,
-                params.get("session_id") or None,
-                float(params.get("session_timeout") or 60),
-                before=[s for t in external for s in t.before()],
-                after=[s for t in external for s in t.after()],
-            )
+            if isinstance(statement, _Insert):
+                sql = statement.head
+                out, summary = self._insert(statement, params, settings)
+            else:
+                sql = statement
+                out, summary = self.engine.execute(
+                    sql,
+                    fmt,
+                    params.get("database"),
+                    qparams,
+                    settings,
+                    params.get("session_id") or None,
+                    float(params.get("session_timeout") or 60),
+                    before=[s for t in external for s in t.before()],
+                    after=[s for t in external for s in t.after()],
+                )
         except QueryFailed as exc:
             self._error(exc)
             return
@@ -265,8 +272,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(QueryFailed(1001, f"bad request: {exc}"))
             return
         finally:
-            for path in [t.path for t in external] + ([infile] if infile else []):
-                os.unlink(path)
+            for t in external:
+                os.unlink(t.path)
         headers = {
             "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",
             "X-ClickHouse-Query-Id": query_id,
@@ -277,13 +284,13 @@ class Handler(BaseHTTPRequestHandler):
             headers["X-ClickHouse-Format"] = fmt
         self._send(200, out, headers)
 
-    def _statement(self, query: str, body: Iterator[bytes]) -> tuple[str, str | None]:
-        """The SQL to run, and the temp file holding insert data (if any).
+    def _statement(self, query: str, body: Iterator[bytes]) -> str | _Insert:
+        """The SQL to run, or the insert whose data is the rest of the body.
 
         An insert's statement is either the ``query`` parameter (body = data) or
         the body's first line up to ``FORMAT <name>`` and a newline (the rest =
-        data). Data never passes through a SQL string: it streams into a temp
-        file that ClickHouse reads with ``FROM INFILE``.
+        data). Data never passes through a SQL string: it streams into the engine
+        (``_Insert``).
         """
         head = query.encode()
         first = b""
@@ -307,26 +314,70 @@ class Handler(BaseHTTPRequestHandler):
                 full = (head + b"\n" + first + rest) if query and first else (head or first + rest)
                 if not full.strip():
                     raise QueryFailed(62, "Empty query")
-                return _sql_text(full), None
+                return _sql_text(full)
             first = first[nl + 1 :]
         assert m is not None
-        fd, path = tempfile.mkstemp(dir=self.engine.tmpdir, suffix=".bin")
-        written = 0
-        with os.fdopen(fd, "wb") as f:
-            if first:
-                written += f.write(first)
-            for piece in body:
-                written += f.write(piece)
-        if not written:
-            os.unlink(path)
+        data = _non_empty(first, body)
+        if data is None:
             raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
-        settings = _sql_text(m.group(2) or b"")
-        head_sql, fmt = _sql_text(m.group(1)), m.group(3).decode()
-        if _INPUT_RE.search(head_sql):  # INSERT ... SELECT ... FROM input('structure'): the data is a file
-            source = f"file({quote_literal(path)}, {quote_literal(fmt)}, "
-            stmt_sql = _INPUT_RE.sub(lambda _m: source, head_sql, count=1)
-            return stmt_sql + settings, path
-        return f"{head_sql} FROM INFILE {quote_literal(path)}{settings} FORMAT {fmt}", path
+        return _Insert(_sql_text(m.group(1)), _sql_text(m.group(2) or b""), m.group(3).decode(), data)
+
+    def _insert(
+        self, ins: _Insert, params: dict[str, str], settings: dict[str, str]
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Run an insert, its data streamed from the request body as it arrives: a plain ``INSERT INTO
+        t`` through chdb's streaming inserter, one that reads ``input()`` through a named pipe
+        (``body_pipe``). On failure the rest of the body is read (and dropped) before the answer."""
+        database = params.get("database")
+        session_id, timeout = params.get("session_id") or None, float(params.get("session_timeout") or 60)
+        if not _INPUT_RE.search(ins.head):
+            try:
+                summary = self.engine.insert(
+                    ins.head + ins.settings, ins.fmt, ins.data, database, settings, session_id, timeout
+                )
+            finally:
+                for _ in ins.data:  # what the engine did not take (it failed): the connection stays in step
+                    pass
+            return b"", summary
+        pipe = BodyPipe(self.engine.tmpdir, ins.data)
+        try:
+            source = f"file({quote_literal(pipe.path)}, {quote_literal(ins.fmt)}, "
+            sql = _INPUT_RE.sub(lambda _m: source, ins.head, count=1) + ins.settings
+            try:
+                out, summary = self.engine.execute(sql, "TabSeparated", database, {}, settings, session_id, timeout)
+            except QueryFailed:
+                pipe.close()
+                if pipe.error is not None:
+                    raise pipe.error from None  # the body's failure is the cause
+                raise
+        finally:
+            pipe.close()
+        if pipe.error is not None:
+            raise pipe.error
+        return out, summary
+
+
+class _Insert:
+    """An insert whose data is the rest of the request body: ``INSERT INTO ... [SELECT ... input()]``
+    (``head``), its ``SETTINGS`` clause, the data's format and the data's pieces."""
+
+    def __init__(self, head: str, settings: str, fmt: str, data: Iterator[bytes]) -> None:
+        self.head, self.settings, self.fmt, self.data = head, settings, fmt, data
+
+
+def _non_empty(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes] | None:
+    """The data's pieces (``first``, then ``rest``), or None when there is no byte of data."""
+    while not first:
+        piece = next(rest, None)
+        if piece is None:
+            return None
+        first = piece
+
+    def pieces() -> Iterator[bytes]:
+        yield first
+        yield from rest
+
+    return pieces()
 
 
 def _sql_text(data: bytes) -> str:

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from schemas.topics import STORED_TOPICS, TopicSpec
 
+AVRO_FORMAT = "AvroConfluent"
 KAFKA_COLUMNS = [("_topic", "LowCardinality(String)"), ("_partition", "UInt32"), ("_offset", "UInt64")]
 TABLE_NAMES = {  # by event (Avro record name)
     "InferenceRequested": "inference_requested",
@@ -126,9 +127,13 @@ class EventTable:
         return all(self.nested.get(c) for c in self.json_columns)
 
     def avro_insert(self, database: str, partition: int, offsets: list[int]) -> str:
-        """An INSERT that has ClickHouse decode a body of Confluent-framed Avro records (format
-        ``AvroConfluent``, writer schemas fetched from the registry by id) into this table, in the
-        order sent: JSON columns rendered with toJSONString, ``_topic``/``_partition`` constants
+        """``INSERT INTO {avro_insert_target(...)} FORMAT AvroConfluent``."""
+        return f"INSERT INTO {self.avro_insert_target(database, partition, offsets)} FORMAT {AVRO_FORMAT}"
+
+    def avro_insert_target(self, database: str, partition: int, offsets: list[int]) -> str:
+        """What follows ``INSERT INTO`` in an INSERT that has ClickHouse decode a body of
+        Confluent-framed Avro records (format ``AvroConfluent``, writer schemas fetched from the
+        registry by id) into this table, in the order sent: JSON columns rendered with toJSONString, ``_topic``/``_partition`` constants
         and each row's ``_offset`` from ``offsets`` (one per record, ascending, held as runs of
         consecutive offsets so the statement stays small). One thread, no parallel parsing: the
         row number is then the record's position in the body."""
@@ -144,9 +149,9 @@ class EventTable:
         names = ", ".join(f"`{n}`" for n in self.column_names)
         literal = structure.replace("\\", "\\\\").replace("'", "\\'")
         return (
-            f"INSERT INTO {database}.{self.name} ({names}) "
+            f"{database}.{self.name} ({names}) "
             f"SELECT {picks}, '{self.topic.name}', {int(partition)}, {offset} "
-            f"FROM input('{literal}') FORMAT AvroConfluent"
+            f"FROM input('{literal}')"
         )
 
 

@@ -275,3 +275,54 @@ def test_external_tables_from_multipart_form_data(stack, ch_database) -> None:
     # a table without structure or types is refused with ClickHouse's reason
     with pytest.raises(DatabaseError, match="structure nor types"):
         c.query("SELECT count() FROM t1", external_data=ExternalData(file_name="t1", data=b"1\n"))
+
+
+def _post_raw(base: str, sql: str, head_length: int, body: bytes) -> bytes:
+    """POST ``body`` for ``sql`` on a raw socket, declaring ``head_length`` bytes, then end the
+    sending side: the answer's first bytes."""
+    import socket
+
+    host, port = urllib.parse.urlsplit(base).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(
+            f"POST /?query={urllib.parse.quote(sql)} HTTP/1.1\r\nHost: x\r\nContent-Length: {head_length}\r\n\r\n".encode()
+            + body
+        )
+        s.shutdown(socket.SHUT_WR)
+        return s.recv(4096)
+
+
+def test_an_insert_streams_in_and_a_body_cut_short_inserts_nothing(stack, ch_database) -> None:
+    """Insert data streams into the engine as it arrives (no temp file). A client that dies
+    mid-body (fewer bytes than its Content-Length) gets an error, and none of its rows are in."""
+    c = connect(stack.clickhouse, database=ch_database)
+    c.command("CREATE TABLE cut (id UInt32, s String) ENGINE = MergeTree ORDER BY id")
+    rows = b"".join(b"%d\tsome text\n" % i for i in range(50_000))
+    answer = _post_raw(stack.clickhouse.url, f"INSERT INTO {ch_database}.cut FORMAT TSV", len(rows) + 10, rows)
+    assert answer.startswith(b"HTTP/1.1 5") and b"ended early" in answer
+    assert c.query("SELECT count() FROM cut").result_rows == [(0,)]
+    # whole, the same body goes in
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"{stack.clickhouse.url}/?query={urllib.parse.quote(f'INSERT INTO {ch_database}.cut FORMAT TSV')}",
+            data=rows,
+        )
+    ) as r:
+        assert json.loads(r.headers["X-ClickHouse-Summary"])["written_rows"] == "50000"
+    assert c.query("SELECT count(), max(id) FROM cut").result_rows == [(50_000, 49_999)]
+
+
+def test_refused_insert_data_answers_the_error_and_the_connection_goes_on(stack, ch_database) -> None:
+    """Data the engine refuses in the middle of a large body, and an input() insert into a table that
+    does not exist (the engine never reads the body): each answers ClickHouse's error, the rest of
+    the body is read and dropped, and the same client's next requests work."""
+    c = connect(stack.clickhouse, database=ch_database)
+    c.command("CREATE TABLE refused (id UInt32) ENGINE = MergeTree ORDER BY id")
+    bad = b"".join(b"%d\n" % i for i in range(200_000)) + b"not a number\n" + b"1\n" * 200_000
+    with pytest.raises(DatabaseError, match="Code: 27"):
+        c.raw_insert("refused", ["id"], bad, fmt="TSV")
+    assert c.query("SELECT count() FROM refused").result_rows == [(0,)]
+    with pytest.raises(DatabaseError, match="Code: 60"):
+        c.raw_insert("no_such_table (id) SELECT id FROM input('id UInt32')", None, iter((b"1\n" * 500_000,)), fmt="TSV")
+    c.raw_insert("refused (id) SELECT id * 2 FROM input('id UInt32')", None, iter((b"1\n2\n",)), fmt="TSV")
+    assert c.query("SELECT sum(id) FROM refused").result_rows == [(6,)]

@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,6 +95,18 @@ class Event(BaseModel):
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> Any:
         return cls.model_validate(record)
+
+    @classmethod
+    def avro_record(cls, **values: Any) -> dict[str, Any]:
+        """The Avro record of an event with ``values`` and the fields' defaults, *unvalidated*: for
+        hot paths whose caller checked the values (fastavro still checks every type on encode). A
+        quarter of ``model_construct``'s time: a dict, no model object."""
+        static, factories = _defaults(cls)
+        record = {**static, **values}
+        for name, make in factories:
+            if name not in values:
+                record[name] = make()
+        return record
 
 
 class RequestEvent(Event):
@@ -308,3 +321,16 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     TrainingRunEvent,
     UserErased,
 )
+
+
+@cache
+def _defaults(cls: type[Event]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """``cls``'s plain defaults, and the fields whose default is made by a factory."""
+    static: dict[str, Any] = {}
+    factories = []
+    for name, info in cls.model_fields.items():
+        if info.default_factory is not None:
+            factories.append((name, info.default_factory))
+        elif not info.is_required():
+            static[name] = info.default
+    return static, tuple(factories)

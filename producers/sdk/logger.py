@@ -75,13 +75,13 @@ class _Client:
 
     def submit_events(self, *events: tuple[TopicSpec, Event]) -> bool:
         """Queue ready-made events."""
-        return self._sender.submit(lambda: list(events))
+        return self._sender.submit(list, events)
 
-    def submit_built(self, build: Build) -> bool:
-        """Queue ``build``, called on the sender thread (the gateway builds and redacts its events
-        there, off the request path); an exception in it loses that call's events only, counted
-        in ``stats.encode_errors``."""
-        return self._sender.submit(build)
+    def submit_built(self, build: Build, *args: Any) -> bool:
+        """Queue ``build(*args)``, called on the sender thread (the gateway builds and redacts its
+        events there, off the request path); an exception in it loses that call's events only,
+        counted in ``stats.encode_errors``."""
+        return self._sender.submit(build, *args)
 
     def flush(self, timeout_s: float = 30) -> bool:
         return self._sender.flush(timeout_s)
@@ -145,7 +145,10 @@ class InferenceLogger(_Client):
             raise LoggerMisuse(f"status={status!r}: 'ok' or 'error'")
         rid = request_id or uuid.uuid4().hex
         now = _ms_time(time.time())
-        args = (
+        # one tuple queued per call (see sender's doc: fewer objects for the garbage collector)
+        self._sender.submit(
+            _build_inference,
+            self,
             model,
             completion,
             latency_ms,
@@ -167,7 +170,6 @@ class InferenceLogger(_Client):
             listed,
             now,
         )
-        self._sender.submit(lambda: self._build(*args))
         return rid
 
     def _build(
@@ -193,9 +195,9 @@ class InferenceLogger(_Client):
         choices: list[dict[str, Any]],
         at: datetime,
     ) -> list[tuple[TopicSpec, Event | dict[str, Any]]]:
-        # Hot path of the sender thread: build the Avro records without pydantic validation (the
-        # arguments were checked in log(); fastavro checks every type on encode). Less time holding the
-        # GIL here is less time an application thread waits in log().
+        # Hot path of the sender thread: build the Avro records without pydantic (the arguments were
+        # checked in log(); fastavro checks every type on encode). Less time holding the GIL here is
+        # less time an application thread waits in log().
         r = self.redact
         msgs = [{"role": m["role"], "content": r(m["content"])} for m in (messages or [])]
         text = r(prompt) if prompt is not None else "\n".join(f"{m['role']}: {m['content']}" for m in msgs)
@@ -209,14 +211,14 @@ class InferenceLogger(_Client):
             session_id=session_id,
             training_opt_out=opt_out,
         )
-        req = InferenceRequested.model_construct(
+        req = InferenceRequested.avro_record(
             **common,
             endpoint=Endpoint.external,
             prompt=text,
-            messages=msgs,  # type: ignore[arg-type]  # plain dicts: this record goes straight to Avro
+            messages=msgs,
             params=params or {},
         )
-        done = InferenceCompleted.model_construct(
+        done = InferenceCompleted.avro_record(
             **common,
             status=CompletionStatus(status),
             error_kind="external" if error else None,
@@ -232,9 +234,12 @@ class InferenceLogger(_Client):
             else None,
             cost=Decimal(str(cost)).quantize(Decimal("0.000000001")),
             engine_seconds=latency_ms / 1000,
-            choices=[{**c, "completion": r(c["completion"])} for c in choices],  # type: ignore[misc]
+            choices=[{**c, "completion": r(c["completion"])} for c in choices],
         )
-        return [(REQUESTED, dict(req.__dict__)), (COMPLETED, dict(done.__dict__))]
+        return [(REQUESTED, req), (COMPLETED, done)]
+
+
+_build_inference = InferenceLogger._build  # a plain function: queuing it allocates no bound method
 
 
 def _choices(choices: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -317,4 +322,4 @@ class FeedbackClient(_Client):
             user_id=user_id,
             choice=choice,
         )
-        self._sender.submit(lambda: [(FEEDBACK, event)])
+        self._sender.submit(list, ((FEEDBACK, event),))

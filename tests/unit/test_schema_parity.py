@@ -244,3 +244,30 @@ def samples() -> list[ev.Event]:
 @pytest.mark.parametrize("event", samples(), ids=lambda e: f"{type(e).__name__}")
 def test_roundtrip(event: ev.Event) -> None:
     assert _roundtrip(event) == event
+
+
+def test_an_unvalidated_avro_record_is_the_validated_event_as_avro() -> None:
+    """``Event.avro_record`` (the SDK's hot path) gives the record the pydantic model gives: every
+    default filled (factories called per record), and it encodes to the same bytes."""
+    at = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+    given = dict(
+        event_id=uuid.UUID(int=7),
+        occurred_at=at,
+        producer="sdk:test",
+        model="m",
+        status=ev.CompletionStatus.ok,
+        latency_ms=12.5,
+        cost=Decimal("0.000001000"),
+    )
+    fast = ev.InferenceCompleted.avro_record(**given)
+    slow = ev.InferenceCompleted(**given).to_avro()
+    assert fast == slow
+    schema = fastavro.parse_schema(SCHEMAS[ev.InferenceCompleted])
+    a, b = io.BytesIO(), io.BytesIO()
+    fastavro.schemaless_writer(a, schema, fast)
+    fastavro.schemaless_writer(b, schema, slow)
+    assert a.getvalue() == b.getvalue()
+    # factory defaults are made per record, not shared
+    one = ev.InferenceRequested.avro_record(producer="p", model="m", endpoint=ev.Endpoint.external, prompt="x")
+    two = ev.InferenceRequested.avro_record(producer="p", model="m", endpoint=ev.Endpoint.external, prompt="x")
+    assert one["event_id"] != two["event_id"] and one["messages"] is not two["messages"]

@@ -4,6 +4,13 @@ Byte-compatible with confluent-kafka's AvroSerializer/AvroDeserializer (and with
 ClickHouse's AvroConfluent input format), but leaner on the hot path: the writer
 schema's id is resolved once, the parsed schemas are cached by id, and the
 header is packed with one struct call. fastavro does the Avro work underneath.
+
+Logical types (uuid, timestamp-millis, decimal) of a record's top-level fields are converted
+by this module with fastavro's own converters, found once per schema, and fastavro then writes
+and reads a copy of the schema without those annotations. fastavro otherwise looks the converter
+up per field per record; this way a round trip of an InferenceCompleted takes ~1 µs less
+(``rftloop bench schemas.serde_events_per_s``). Nested logical types, and records written with
+another schema (resolved against ours), go through fastavro's own path.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from fastavro._logical_readers import LOGICAL_READERS
+from fastavro._logical_writers import LOGICAL_WRITERS
 
 from infra.registry import canonical, load_schema
 from schemas.events import Event
@@ -76,6 +85,8 @@ class TopicSerde:
         self._auto_register = auto_register
         self._schema_json = schema if schema is not None else load_schema(topic.schema_path)
         self.reader_schema = fastavro.parse_schema(self._schema_json)
+        plain, self._to_plain, self._from_plain = _without_logical_types(self._schema_json)
+        self._plain = fastavro.parse_schema(plain) if self._to_plain else self.reader_schema
         self._writer_id: int | None = None
         self._header = b""
         self._writers: dict[int, Any] = {}
@@ -121,7 +132,13 @@ class TopicSerde:
         buf = io.BytesIO()
         buf.write(self._header)
         try:
-            fastavro.schemaless_writer(buf, self.reader_schema, record)
+            if self._to_plain:
+                record = dict(record)
+                for name, convert, schema in self._to_plain:
+                    value = record.get(name)
+                    if value is not None:
+                        record[name] = convert(value, schema)
+            fastavro.schemaless_writer(buf, self._plain, record)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise SerdeError(f"{self.topic.event.avro_name} does not fit its schema: {exc}") from exc
         return buf.getvalue()
@@ -155,10 +172,16 @@ class TopicSerde:
         writer = self._writer_schema(schema_id)
         stream = io.BytesIO(data)
         stream.seek(5)
-        # Same schema on both sides: skip Avro schema resolution (the common, hot case).
-        reader = None if writer is self.reader_schema else self.reader_schema
         try:
-            record = fastavro.schemaless_reader(stream, writer, reader)
+            if writer is self.reader_schema:  # same schema on both sides: no resolution (the hot case)
+                record = fastavro.schemaless_reader(stream, self._plain, None)
+                if isinstance(record, dict):
+                    for name, convert, schema in self._from_plain:
+                        value = record[name]
+                        if value is not None:
+                            record[name] = convert(value, schema, schema)
+            else:
+                record = fastavro.schemaless_reader(stream, writer, self.reader_schema)
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, UnicodeError ...
             raise CorruptBody(f"{type(exc).__name__}: {exc} (schema id {schema_id})") from exc
         if stream.tell() != len(data):
@@ -176,3 +199,26 @@ class TopicSerde:
             return event
         except ValueError as exc:
             raise InvalidRecord(str(exc)) from exc
+
+
+Converter = tuple[str, Any, dict[str, Any]]  # (field, fastavro's converter, the logical type's schema)
+
+
+def _without_logical_types(schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[Converter, ...], tuple[Converter, ...]]:
+    """``schema`` with the logical types of its top-level fields (alone or beside ``"null"``) made
+    plain, and for each such field fastavro's converters to and from the plain value."""
+    fields, to_plain, from_plain = [], [], []
+    for f in schema["fields"]:
+        t = f["type"]
+        nullable = isinstance(t, list) and len(t) == 2 and "null" in t
+        branch = (t[1] if t[0] == "null" else t[0]) if nullable else t
+        key = f"{branch.get('type')}-{branch.get('logicalType')}" if isinstance(branch, dict) else ""
+        if key not in LOGICAL_WRITERS or key not in LOGICAL_READERS or branch["type"] == "fixed":
+            fields.append(f)
+            continue
+        bare = {k: v for k, v in branch.items() if k != "logicalType"}
+        plain: Any = bare["type"] if set(bare) == {"type"} else bare
+        fields.append({**f, "type": [plain if x is branch else x for x in t] if nullable else plain})
+        to_plain.append((f["name"], LOGICAL_WRITERS[key], branch))
+        from_plain.append((f["name"], LOGICAL_READERS[key], branch))
+    return {**schema, "fields": fields}, tuple(to_plain), tuple(from_plain)

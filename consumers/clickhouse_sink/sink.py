@@ -118,6 +118,7 @@ class ClickHouseSink:
         self._serdes = {t.name: TopicSerde(registry, t) for t in self.topics}
         self.avro_registry_url = avro_registry_url  # None: every record is decoded here
         self._local_ids: dict[str, int] = {}  # topic -> registry id of its current schema
+        self._headers: dict[str, bytes] = {}  # topic -> the Confluent frame ClickHouse decodes (magic, id)
         self._id_retry_at: dict[str, float] = {}
         self._group_id = group_id
         self.batch_size = batch_size
@@ -188,19 +189,24 @@ class ClickHouseSink:
         try:
             while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 msgs = c.consume(num_messages=min(5_000, self.batch_size), timeout=0.2)
+                if msgs and self.stats.first_message_at is None:
+                    self.stats.first_message_at = time.monotonic()
+                headers = self._headers  # per record below: keep the loop lean (~1 µs a record)
                 for msg in msgs:
                     if msg.error():
                         log.warning("consume error: %s", msg.error())
+                        self.stats.consumed -= 1
                         continue
-                    self.stats.consumed += 1
-                    if self.stats.first_message_at is None:
-                        self.stats.first_message_at = time.monotonic()
                     pending.append(msg)
-                    topic = msg.topic() or ""
-                    if self._clickhouse_decodes(topic, msg.value()):
+                    topic, value = msg.topic() or "", msg.value()
+                    header = headers.get(topic)
+                    if (header is not None and value is not None and value.startswith(header)) or (
+                        header is None and self._clickhouse_decodes(topic, value)
+                    ):
                         framed[(topic, msg.partition() or 0)].append(msg)
                     else:
                         self._decode(msg, buffers, dlq)
+                self.stats.consumed += len(msgs)
                 full = len(pending) >= self.batch_size
                 if pending and (full or time.monotonic() - batch_started >= self.batch_seconds):
                     flush()
@@ -241,6 +247,7 @@ class ClickHouseSink:
                 return False
             try:
                 local = self._local_ids[topic] = self._serdes[topic].schema_id
+                self._headers[topic] = b"\x00" + local.to_bytes(4, "big")
             except Exception as exc:  # the registry not answering: decode here, as before
                 self._id_retry_at[topic] = time.monotonic() + 10
                 log.warning("sink: schema id of %s not known (%s); decoding its records here", topic, exc)

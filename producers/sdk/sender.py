@@ -24,7 +24,7 @@ GIL, held by another thread of this process:
   (700 net new container objects). A queued call is *one* tuple, ``(queued at, build, *args)``: a
   closure was four tracked objects, and a burst's queue crossed the threshold every ~140 calls.
 
-Together: p99 13 µs in the benchmark (was 73-88 µs).
+Together: p99 13-16 µs in the benchmark (was 73-88 µs).
 """
 
 from __future__ import annotations

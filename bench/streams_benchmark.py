@@ -22,6 +22,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -131,10 +132,10 @@ def events_per_s(ctx: Context) -> list[Result]:
     suffix = f"-bench{uuid.uuid4().hex[:6]}"
     topics = _topics(ctx, suffix)
     topic, serde = topics[COMPLETED.name]
-    at = utcnow()
+    start = utcnow() - timedelta(milliseconds=N)
     with producing(ctx.stack["kafka"]) as p:
-        for i in range(N):
-            produce(p, topic.name, f"r{i}", serde.encode(_completed(i, at)))
+        for i in range(N):  # one event a millisecond: the windows close as in traffic of 1,000/s
+            produce(p, topic.name, f"r{i}", serde.encode(_completed(i, start + timedelta(milliseconds=i))))
     print(f"bench: {N:,} InferenceCompleted on {topic.name}", flush=True)
 
     ours = _worker_rate(ctx, suffix, "metrics", "bucketed", N)
@@ -172,7 +173,9 @@ def events_per_s(ctx: Context) -> list[Result]:
             goal_ratio=0.3,
             goal_value=20_000,
             method=(
-                f"{N:,} InferenceCompleted waiting on a 3-partition topic; ours = one `rftloop streams` worker "
+                f"{N:,} InferenceCompleted waiting on a 3-partition topic, one per millisecond of event time "
+                f"({N // 1000} s: {N // 10_000} tumbling 10 s windows per model version, as 1,000 events/s of "
+                "traffic would be); ours = one `rftloop streams` worker "
                 "(metrics agents only: stage 1 = a confluent-kafka loop committing each batch's partials and "
                 "offsets in one Kafka transaction, inside the faust-streaming 0.15.3 worker) from its first "
                 "committed batch to the last, read from its /stats/ page; peer = one Python loop over "

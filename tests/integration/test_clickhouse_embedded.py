@@ -279,7 +279,8 @@ def test_external_tables_from_multipart_form_data(stack, ch_database) -> None:
 
 def _post_raw(base: str, sql: str, head_length: int, body: bytes) -> bytes:
     """POST ``body`` for ``sql`` on a raw socket, declaring ``head_length`` bytes, then end the
-    sending side: the answer's first bytes."""
+    sending side: the whole answer (headers and body, which may come in separate segments)."""
+    import http.client
     import socket
 
     host, port = urllib.parse.urlsplit(base).netloc.split(":")
@@ -289,7 +290,9 @@ def _post_raw(base: str, sql: str, head_length: int, body: bytes) -> bytes:
             + body
         )
         s.shutdown(socket.SHUT_WR)
-        return s.recv(4096)
+        answer = http.client.HTTPResponse(s)
+        answer.begin()
+        return f"HTTP/1.1 {answer.status}\r\n".encode() + answer.read()
 
 
 def test_an_insert_streams_in_and_a_body_cut_short_inserts_nothing(stack, ch_database) -> None:

@@ -9,7 +9,7 @@ same batch with backoff, and resumes without loss. Undecodable records go to
 
 Decoding. With ``avro_registry_url`` (the CLI's default: the registry as ClickHouse reaches it),
 ClickHouse decodes the records itself: the framed bytes of one partition's batch go as one
-``INSERT ... SELECT ... FROM input(...) FORMAT AvroConfluent`` (``EventTable.avro_insert``), which
+``INSERT ... SELECT ... FROM input(...) FORMAT AvroConfluent`` (``EventTable.avro_insert_target``), which
 also sets ``_topic``/``_partition`` and each row's ``_offset``. Only records written with the
 topic's current schema go that way; others (an older writer schema) and anything not framed are
 decoded here with fastavro, as every record is without the URL. When ClickHouse refuses a batch

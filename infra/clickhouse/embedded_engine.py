@@ -200,12 +200,14 @@ class Engine:
                 inserter = session.send_insert(statement, fmt)
             except Exception as exc:
                 raise _failed(exc) from exc
+            finishing = False
             try:
                 for chunk in chunks:
                     inserter.append(chunk)
+                finishing = True
                 result = inserter.finish()
             except BaseException as exc:
-                if not getattr(inserter, "_finished", True):
+                if not finishing:
                     try:
                         inserter.cancel()  # nothing of it is committed (the rows wait for finish())
                     except Exception as cancel_exc:

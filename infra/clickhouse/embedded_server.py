@@ -28,6 +28,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -340,29 +341,25 @@ class Handler(BaseHTTPRequestHandler):
                     pass
             return b"", summary
         pipe = BodyPipe(self.engine.tmpdir, ins.data)
+        source = f"file({quote_literal(pipe.path)}, {quote_literal(ins.fmt)}, "
+        sql = _INPUT_RE.sub(lambda _m: source, ins.head, count=1) + ins.settings
         try:
-            source = f"file({quote_literal(pipe.path)}, {quote_literal(ins.fmt)}, "
-            sql = _INPUT_RE.sub(lambda _m: source, ins.head, count=1) + ins.settings
-            try:
-                out, summary = self.engine.execute(sql, "TabSeparated", database, {}, settings, session_id, timeout)
-            except QueryFailed:
-                pipe.close()
-                if pipe.error is not None:
-                    raise pipe.error from None  # the body's failure is the cause
-                raise
+            return self.engine.execute(sql, "TabSeparated", database, {}, settings, session_id, timeout)
         finally:
             pipe.close()
-        if pipe.error is not None:
-            raise pipe.error
-        return out, summary
+            if pipe.error is not None:
+                raise pipe.error  # the body's own failure is the cause, whatever the engine said
 
 
+@dataclass
 class _Insert:
     """An insert whose data is the rest of the request body: ``INSERT INTO ... [SELECT ... input()]``
     (``head``), its ``SETTINGS`` clause, the data's format and the data's pieces."""
 
-    def __init__(self, head: str, settings: str, fmt: str, data: Iterator[bytes]) -> None:
-        self.head, self.settings, self.fmt, self.data = head, settings, fmt, data
+    head: str
+    settings: str
+    fmt: str
+    data: Iterator[bytes]
 
 
 def _non_empty(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes] | None:

@@ -123,15 +123,12 @@ class EventTable:
 
     @property
     def clickhouse_decodes(self) -> bool:
-        """Whether ClickHouse can decode this topic's framed records itself (``avro_insert``)."""
+        """Whether ClickHouse can decode this topic's framed records itself (``avro_insert_target``)."""
         return all(self.nested.get(c) for c in self.json_columns)
 
-    def avro_insert(self, database: str, partition: int, offsets: list[int]) -> str:
-        """``INSERT INTO {avro_insert_target(...)} FORMAT AvroConfluent``."""
-        return f"INSERT INTO {self.avro_insert_target(database, partition, offsets)} FORMAT {AVRO_FORMAT}"
-
     def avro_insert_target(self, database: str, partition: int, offsets: list[int]) -> str:
-        """What follows ``INSERT INTO`` in an INSERT that has ClickHouse decode a body of
+        """What follows ``INSERT INTO`` (and precedes ``FORMAT AvroConfluent``) in an INSERT that has
+        ClickHouse decode a body of
         Confluent-framed Avro records (format ``AvroConfluent``, writer schemas fetched from the
         registry by id) into this table, in the order sent: JSON columns rendered with toJSONString, ``_topic``/``_partition`` constants
         and each row's ``_offset`` from ``offsets`` (one per record, ascending, held as runs of

@@ -174,8 +174,8 @@ def run_once(
             f"{len(eval_set)} held-out samples with a reference; the gate needs "
             f"{cfg.min_eval_samples} (RFTLOOP_TRAINER_MIN_EVAL_SAMPLES)"
         )
-    if parent:  # continued: RFTLOOP_TRAINER_CONTINUED_LR_SCALE (1.0: the same step)
-        cfg = cfg.model_copy(update={"learning_rate": cfg.learning_rate * cfg.continued_lr_scale})
+    if parent:
+        cfg = cfg.continued()
     all_pairs, skipped_pairs = load_pairs(client, clickhouse.database, cfg.served_name)
     train_pairs = [p for p in all_pairs if not held_out(p, cfg.holdout_percent)]
     method, why = choose_method(train, len(train_pairs), cfg)

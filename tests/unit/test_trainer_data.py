@@ -59,3 +59,14 @@ def test_grpo_takes_the_temperature_with_the_most_informative_prompts_the_lower_
     assert choose([found(0.5, 12), found(0.8, 21)]).temperature == 0.8
     assert choose([found(0.8, 21), found(0.5, 21)]).temperature == 0.5  # a tie: closer to greedy serving
     assert choose([found(0.5, 0), found(0.8, 0)]).temperature == 0.5
+
+
+def test_a_continued_run_takes_its_own_steps_and_learning_rate() -> None:
+    from infra.settings import TrainerSettings
+
+    cfg = TrainerSettings(max_steps=12, learning_rate=3e-4, continued_max_steps=16, continued_lr_scale=0.5)
+    continued = cfg.continued()
+    assert (continued.max_steps, continued.learning_rate) == (16, 1.5e-4)
+    assert (cfg.max_steps, cfg.learning_rate) == (12, 3e-4)  # the fresh run's settings are unchanged
+    plain = TrainerSettings(max_steps=12, learning_rate=3e-4).continued()
+    assert (plain.max_steps, plain.learning_rate) == (12, 3e-4)  # unset: the same steps, scale 1.0

@@ -35,7 +35,12 @@ TRIALS = 2000
 
 
 def fixed_z_rule(
-    candidate: Totals, incumbent: Totals, cfg: JudgeSettings, share: float = 0.0, age_s: float = 0.0
+    candidate: Totals,
+    incumbent: Totals,
+    cfg: JudgeSettings,
+    share: float = 0.0,
+    age_s: float = 0.0,
+    gated: str | None = None,
 ) -> Verdict:
     """The judge before the confidence sequence (the peer): min 30 rated a side, then a fixed
     z-test at ``confidence`` at every look; ramp while z >= 0; roll back after 400 undecided."""
@@ -101,9 +106,20 @@ class Outcome:
     seconds: float
 
 
+# what a candidate that passed the trainer's gate carries on model.versions (its eval figures)
+GATED = {"gain": 0.07, "gain_lower": 0.02, "gain_upper": 0.12}
+
+
 def trial(
-    rule: Rule, cfg: JudgeSettings, p_cand: float, p_inc: float, seed: int, cluster: int = 1
+    rule: Rule,
+    cfg: JudgeSettings,
+    p_cand: float,
+    p_inc: float,
+    seed: int,
+    cluster: int = 1,
+    gate: dict[str, float] | None = None,
 ) -> Outcome:
+    """One canary; ``gate``: the gate's figures it was published with (None: none)."""
     rng = random.Random(seed)
     book = CanaryBook(cfg, rule=rule)
     book.on_version(
@@ -115,6 +131,7 @@ def trial(
             version="cand",
             parent_version="base",
             traffic_share=START_SHARE,
+            eval=gate or {},
             occurred_at=T0,
             decision="canary",
         )
@@ -139,9 +156,15 @@ def trial(
 
 
 def run(
-    rule: Rule, cfg: JudgeSettings, p_cand: float, p_inc: float, trials: int, cluster: int = 1
+    rule: Rule,
+    cfg: JudgeSettings,
+    p_cand: float,
+    p_inc: float,
+    trials: int,
+    cluster: int = 1,
+    gate: dict[str, float] | None = None,
 ) -> list[Outcome]:
-    return [trial(rule, cfg, p_cand, p_inc, seed, cluster) for seed in range(trials)]
+    return [trial(rule, cfg, p_cand, p_inc, seed, cluster, gate) for seed in range(trials)]
 
 
 def _share(outcomes: list[Outcome], kind: VersionEventKind) -> float:
@@ -225,6 +248,7 @@ def judge_figures(ctx: Context, trials: int = TRIALS) -> list[Result]:
             goal_value=0.80,
         )
     )
+    out += _gated(trials, method)
     ours, peer = res["broken"]
     out.append(
         Result(
@@ -240,4 +264,59 @@ def judge_figures(ctx: Context, trials: int = TRIALS) -> list[Result]:
             goal_value=30,
         )
     )
+    return out
+
+
+def _gated(trials: int, method: str) -> list[Result]:
+    """The gated path (JudgeSettings.gated_margin): candidates published with the gate's significant
+    held-out gain, judged with a 0.05 margin (ours) and without the path (peer: margin 0, today's
+    default), same seeds."""
+    cfg, strict = JudgeSettings(gated_margin=0.05), JudgeSettings()
+    promoted = VersionEventKind.promoted
+    common = (
+        f"{method}, except the peer: the same judge without the gated path (gated_margin 0, the default). "
+        f"Candidates published with the gate's figures {GATED} (a significant held-out gain), ours with "
+        "RFTLOOP_JUDGE_GATED_MARGIN=0.05"
+    )
+    out = []
+    for name, p_cand, goal, text in (
+        (
+            "judge.gated_false_promotion_minus5",
+            0.25,
+            "<= 0.05",
+            "Gated candidate 5 points worse live (0.25 vs 0.30): the gate was wrong, or live traffic "
+            "differs from its held-out set; promoted only if shown not worse by more than the margin",
+        ),
+        (
+            "judge.gated_promotion_aa",
+            0.30,
+            "report (x the gate's false-publish rate, <= 0.025)",
+            "Gated candidate equal live (0.30 vs 0.30): it reaches the canary only when the gate passed a "
+            "no-better candidate (at most 2.5 %, `sequential_gate`), so the loop promotes it with at most "
+            "0.025 x this share",
+        ),
+        (
+            "judge.gated_power_plus7",
+            0.37,
+            "report",
+            "Gated candidate 7 points better live (0.37 vs 0.30), the size of a third generation's live gain "
+            "in the demo",
+        ),
+    ):
+        ours = run(judge, cfg, p_cand, 0.30, trials, 1, GATED)
+        peer = run(judge, strict, p_cand, 0.30, trials, 1, GATED)
+        k = _share(ours, promoted)
+        out.append(
+            Result(
+                name,
+                k,
+                "share promoted",
+                "the judge without the gated path",
+                _share(peer, promoted),
+                goal,
+                f"{common}. {text}; 95 % interval of ours {_interval(k * trials, trials)}",
+                higher_is_better=p_cand > 0.30,
+                goal_value=0.05 if goal == "<= 0.05" else None,
+            )
+        )
     return out

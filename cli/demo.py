@@ -178,6 +178,12 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         "RFTLOOP_JUDGE_MIN_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MIN_SAMPLES", "25"),
         "RFTLOOP_JUDGE_MAX_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MAX_SAMPLES", "400"),
         "RFTLOOP_JUDGE_RAMP_STEPS": os.environ.get("RFTLOOP_JUDGE_RAMP_STEPS", "0.5"),
+        # A third generation gains ~+7 points live on a ~60 % parent; 400 thumbs a side show +10 at
+        # best (a run here: +0.068 [-0.033, +0.169], rolled back with the gate's +12.0 [+2.7, +21.2]
+        # on 184 paired prompts). With a margin, a candidate the gate proved better is promoted
+        # after 400 when live shows it no worse than the parent by more than 5 points
+        # (streams/verdict.py; `rftloop bench judge` measures the path's error rates)
+        "RFTLOOP_JUDGE_GATED_MARGIN": os.environ.get("RFTLOOP_JUDGE_GATED_MARGIN", "0.05"),
         "RFTLOOP_TRAINER_MIN_SAMPLES": os.environ.get("RFTLOOP_TRAINER_MIN_SAMPLES", "48"),
         # The paired gate needs prompts: 31 held out (20 % of a generation's traffic) gave +0.16
         # [-0.03, +0.36] in a run here, too wide to show anything; 40 % of the growing traffic, all

@@ -495,6 +495,15 @@ class JudgeSettings(BaseSettings):
     max_error_rate_increase: float = Field(0.05, ge=0)
     max_latency_ratio: float = Field(1.5, gt=0, description="candidate p95 / incumbent p95 budget")
     max_cost_ratio: float = Field(1.5, gt=0, description="candidate cost per request / incumbent budget")
+    gated_margin: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="a candidate published with the trainer gate's significant held-out gain (its "
+        "eval gain_lower > 0) and not shown better live after max_samples is promoted when live "
+        "positive feedback is shown not worse than the incumbent's by more than this (anytime lower "
+        "bound > -margin); 0: off, it is rolled back like any unproven candidate",
+    )
     ramp_steps: str = Field(
         "0.25,0.5",
         description="traffic shares an undecided candidate is raised to while it holds up (z >= 0), "

@@ -60,11 +60,26 @@ class CanaryBook:
             self.cfg,
             canary.share or 0.0,
             (now - canary.since).total_seconds(),
+            gated=self.gated(canary.model, canary.version),
         )
         refusals = self.fold.model(canary.model).refusals.get(canary.version, {})
         if verdict.kind == VersionEventKind.rolled_back and not candidate.requests and refusals:
             verdict.reasons += sorted(refusals.values())  # why nobody served it, in the gateways' words
         return incumbent, verdict
+
+    def gated(self, model: str, version: str) -> str | None:
+        """The trainer gate's held-out gain the version was published with (``eval`` gain,
+        gain_lower, gain_upper), when its lower bound is above 0 and it was measured against the
+        incumbent of now (its parent); None otherwise."""
+        published = self.fold.model(model).published.get(version)
+        if published is None or published.parent_version != self.fold.incumbent(model):
+            return None
+        figures = published.eval
+        if figures.get("gain_lower", 0.0) <= 0 or "gain" not in figures:
+            return None
+        return (
+            f"{figures['gain']:+.3f} [{figures['gain_lower']:+.3f}, {figures.get('gain_upper', figures['gain']):+.3f}]"
+        )
 
     def decide(self, now: datetime) -> list[ModelVersionEvent]:
         """The decisions due now, already applied to the fold (the caller publishes them)."""

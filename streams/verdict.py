@@ -21,7 +21,13 @@ and after every window decides:
 - not decided yet but holding up (estimate >= 0): ramp its traffic share through ``ramp_steps``
   (one step per ``min_samples`` rated responses), so a good candidate is decided sooner while a bad
   one is caught at the first, small share;
-- no decision after ``max_samples`` rated responses -> roll back ("not shown to be better"); no
+- no decision after ``max_samples`` rated responses -> roll back ("not shown to be better"), unless
+  the candidate was published with the trainer gate's significant held-out gain (paired, on the
+  serving engine) and ``gated_margin`` > 0: then it is promoted when live it is shown not worse than
+  the incumbent by more than that margin (the same confidence sequence's lower bound above
+  -margin). The gate proves the gain, with far more power than live thumbs (a paired test on the
+  same prompts); the canary proves live quality did not drop. A candidate worse by the margin or
+  more passes with probability at most 1 - confidence (``rftloop bench judge``, ``gated_minus5``); no
   traffic at all after ``no_traffic_s`` (every gateway refused it, say) or still undecided after
   ``max_canary_s`` -> roll back with that reason: no candidate waits forever.
 
@@ -185,10 +191,16 @@ def _budgets(candidate: Totals, incumbent: Totals, cfg: JudgeSettings, alpha: fl
 
 
 def judge(
-    candidate: Totals, incumbent: Totals, cfg: JudgeSettings, share: float = 0.0, age_s: float = 0.0
+    candidate: Totals,
+    incumbent: Totals,
+    cfg: JudgeSettings,
+    share: float = 0.0,
+    age_s: float = 0.0,
+    gated: str | None = None,
 ) -> Verdict:
     """Decide on a candidate now serving ``share`` of the traffic, ``age_s`` after it was published
-    (see the module doc)."""
+    (see the module doc). ``gated``: the trainer gate's significant held-out gain the candidate was
+    published with, in words (None: none; ``cfg.gated_margin`` then never applies)."""
     figures = {**candidate.figures("candidate"), **incumbent.figures("incumbent")}
     alpha = 1 - cfg.confidence
     if candidate.requests == 0 and age_s >= cfg.no_traffic_s:
@@ -225,6 +237,16 @@ def judge(
     if enough >= cfg.min_samples and diff.lower > 0:
         return Verdict(VersionEventKind.promoted, [f"better: {summary}"], figures)
     if candidate.rated >= cfg.max_samples:
+        if gated and cfg.gated_margin > 0 and diff.lower > -cfg.gated_margin:
+            return Verdict(
+                VersionEventKind.promoted,
+                [
+                    f"gated, and not worse live: the gate's held-out gain {gated}; live not shown "
+                    f"better after {candidate.rated}, but not worse by more than {cfg.gated_margin:.3f}: "
+                    f"{summary}"
+                ],
+                figures,
+            )
         return Verdict(
             VersionEventKind.rolled_back,
             [f"not shown to be better after {candidate.rated}: {summary}"],

@@ -173,3 +173,15 @@ def test_a_candidate_every_gateway_refuses_is_rolled_back_naming_their_reasons()
     [event] = book.decide(T0 + timedelta(seconds=CFG.no_traffic_s + 1))
     assert event.kind == VersionEventKind.rolled_back
     assert "no traffic" in event.reasons[0] and "LoRA rank 32" in event.reasons[1]
+
+
+def test_the_gate_gain_counts_only_when_significant_and_against_the_incumbent_of_now() -> None:
+    book = CanaryBook(CFG)
+    significant = {"gain": 0.12, "gain_lower": 0.027, "gain_upper": 0.212}
+    book.on_version(published("v1").model_copy(update={"eval": significant}))
+    assert book.gated("m", "v1") == "+0.120 [+0.027, +0.212]"
+    book.on_version(published("v2").model_copy(update={"eval": {**significant, "gain_lower": -0.01}}))
+    assert book.gated("m", "v2") is None  # its interval reaches 0: no proven gain
+    book.on_version(published("v3", parent="v0").model_copy(update={"eval": significant}))
+    assert book.gated("m", "v3") is None  # gated against v0, not against the incumbent (base)
+    assert book.gated("m", "unknown") is None

@@ -122,3 +122,21 @@ def test_ramp_steps_are_checked_at_startup() -> None:
     for bad in ("0.5,0.25", "1.5", "half"):
         with pytest.raises(ValidationError, match="RFTLOOP_JUDGE_RAMP_STEPS"):
             JudgeSettings(ramp_steps=bad)
+
+
+def test_a_gated_candidate_not_shown_better_live_is_promoted_only_when_not_worse_by_the_margin() -> None:
+    """After max_samples undecided: the gate's significant held-out gain plus a live difference
+    whose anytime lower bound is above -margin promotes; without the gate's gain, with the path off,
+    or with the lower bound below -margin, it is rolled back as before."""
+    inc = totals(*[window("base", 40, 60)] * 8)
+    slightly_better = totals(*[window("v1", 43, 57)] * 8)  # +0.03, lower bound about -0.04
+    slightly_worse = totals(*[window("v1", 37, 63)] * 8)  # -0.03, lower bound about -0.10
+    gain = "+0.120 [+0.027, +0.212]"
+    on = CFG.model_copy(update={"gated_margin": 0.05})
+    promoted = judge(slightly_better, inc, on, gated=gain)
+    assert promoted.kind == VersionEventKind.promoted and promoted.reasons[0].startswith("gated")
+    assert gain in promoted.reasons[0] and -0.05 < promoted.figures["difference_lower"] < 0
+    assert judge(slightly_better, inc, on).kind == VersionEventKind.rolled_back  # no gate gain
+    assert judge(slightly_better, inc, CFG, gated=gain).kind == VersionEventKind.rolled_back  # path off
+    worse = judge(slightly_worse, inc, on, gated=gain)
+    assert worse.kind == VersionEventKind.rolled_back and "not shown to be better" in worse.reasons[0]

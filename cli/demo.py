@@ -67,11 +67,12 @@ from schemas.events import ModelVersionEvent, VersionEventKind
 from schemas.topics import VERSIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-# A trained candidate starts on 20 % of the traffic and the judge ramps it to 50 % while it holds up
-# (RFTLOOP_JUDGE_RAMP_STEPS): at ~3 requests/s on 2 cores a 5 % start took minutes to reach the 25
-# rated responses of a first look. The injected bad version starts on 5 % (BAD_SHARE), so the
-# exposure figure measures the judge at a small share.
-CANDIDATE_SHARE = "0.2"
+# A trained candidate, which the paired gate has already shown better, starts on half the traffic:
+# a balanced split decides soonest at ~7 requests/s on 2 cores. From 20 % with a ramp to 50 % a
+# third generation waited ~70 s at 20 % for its estimate to turn positive (a run on 2026-12-06).
+# The injected bad version starts on 5 % (BAD_SHARE): the exposure figure measures the judge at a
+# small share.
+CANDIDATE_SHARE = "0.5"
 REQUESTS_PER_GENERATION = 200
 
 
@@ -176,13 +177,13 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         "RFTLOOP_STREAMS_DATA_DIR": str(local.state_dir / "streams"),
         "RFTLOOP_STREAMS_WEB_PORT": str(web_port),
         "RFTLOOP_JUDGE_MIN_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MIN_SAMPLES", "25"),
-        "RFTLOOP_JUDGE_MAX_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MAX_SAMPLES", "400"),
+        "RFTLOOP_JUDGE_MAX_SAMPLES": os.environ.get("RFTLOOP_JUDGE_MAX_SAMPLES", "300"),
         "RFTLOOP_JUDGE_RAMP_STEPS": os.environ.get("RFTLOOP_JUDGE_RAMP_STEPS", "0.5"),
-        # A third generation gains ~+7 points live on a ~60 % parent; 400 thumbs a side show +10 at
-        # best (a run here: +0.068 [-0.033, +0.169], rolled back with the gate's +12.0 [+2.7, +21.2]
-        # on 184 paired prompts). With a margin, a candidate the gate proved better is promoted
-        # after 400 when live shows it no worse than the parent by more than 5 points
-        # (streams/verdict.py; `rftloop bench judge` measures the path's error rates)
+        # A third generation gains ~+3 to +7 points live on a ~60 % parent; 400 thumbs a side show
+        # +10 at best on the confidence sequence (runs here: +0.068 [-0.033, +0.169], rolled back
+        # with the gate's +12.0 [+2.7, +21.2] on 184 paired prompts). With a margin, a candidate
+        # the gate proved better is promoted after 300 when live shows it no worse than the parent
+        # by more than 5 points (streams/verdict.py; `rftloop bench judge` measures the path)
         "RFTLOOP_JUDGE_GATED_MARGIN": os.environ.get("RFTLOOP_JUDGE_GATED_MARGIN", "0.05"),
         "RFTLOOP_TRAINER_MIN_SAMPLES": os.environ.get("RFTLOOP_TRAINER_MIN_SAMPLES", "48"),
         # The paired gate needs prompts: 31 held out (20 % of a generation's traffic) gave +0.16
@@ -211,9 +212,10 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         "RFTLOOP_TRAINER_GATEWAY_KEY": os.environ.get("RFTLOOP_TRAINER_GATEWAY_KEY", KEY),
         "RFTLOOP_TRAINER_MAX_STEPS": os.environ.get("RFTLOOP_TRAINER_MAX_STEPS", "12"),
         # a continued run's parent leaves fewer rollouts that teach: on a generation-2 adapter, 12
-        # steps gained +4.0 to +9.0 points (three data seeds), 24 steps +10.7 and +11.3; 16 fits
-        # the 900 s the whole demo may take (RFTLOOP_TRAINER_CONTINUED_MAX_STEPS)
-        "RFTLOOP_TRAINER_CONTINUED_MAX_STEPS": os.environ.get("RFTLOOP_TRAINER_CONTINUED_MAX_STEPS", "16"),
+        # steps gained +4.0 to +9.0 points (three data seeds), 24 steps +10.7 and +11.3; each step
+        # is ~7.5 s here, and 14 keeps the whole demo within its 900 s
+        # (RFTLOOP_TRAINER_CONTINUED_MAX_STEPS)
+        "RFTLOOP_TRAINER_CONTINUED_MAX_STEPS": os.environ.get("RFTLOOP_TRAINER_CONTINUED_MAX_STEPS", "14"),
         "RFTLOOP_TRAINER_LEARNING_RATE": os.environ.get("RFTLOOP_TRAINER_LEARNING_RATE", "3e-4"),
         "RFTLOOP_TRAINER_GRPO_PROMPTS": os.environ.get("RFTLOOP_TRAINER_GRPO_PROMPTS", "4"),
         # 96 prompts x 4 answers x 2 temperatures: with the grouped CPU LoRA ops 32 screened in 13-16 s

@@ -501,8 +501,9 @@ class JudgeSettings(BaseSettings):
         lt=1,
         description="a candidate published with the trainer gate's significant held-out gain (its "
         "eval gain_lower > 0) and not shown better live after max_samples is promoted when live "
-        "positive feedback is shown not worse than the incumbent's by more than this (anytime lower "
-        "bound > -margin); 0: off, it is rolled back like any unproven candidate",
+        "positive feedback is shown not worse than the incumbent's by more than this (one-sided "
+        "bound at `confidence`, taken once at max_samples, > -margin); 0: off, it is rolled back like "
+        "any unproven candidate",
     )
     ramp_steps: str = Field(
         "0.25,0.5",

@@ -24,10 +24,13 @@ and after every window decides:
 - no decision after ``max_samples`` rated responses -> roll back ("not shown to be better"), unless
   the candidate was published with the trainer gate's significant held-out gain (paired, on the
   serving engine) and ``gated_margin`` > 0: then it is promoted when live it is shown not worse than
-  the incumbent by more than that margin (the same confidence sequence's lower bound above
-  -margin). The gate proves the gain, with far more power than live thumbs (a paired test on the
-  same prompts); the canary proves live quality did not drop. A candidate worse by the margin or
-  more passes with probability at most 1 - confidence (``rftloop bench judge``, ``gated_minus5``); no
+  the incumbent by more than that margin: a one-sided bound at ``confidence`` above -margin. That
+  test is taken once, at the first look with ``max_samples``, so it is a fixed-sample bound (~0.6x
+  the confidence sequence's width), not the sequence. The gate proves the gain, with far more power
+  than live thumbs (a paired test on the same prompts); the canary shows live quality did not drop.
+  A candidate worse by the margin or more is promoted with probability at most 2 (1 - confidence)
+  (the sequence's error at any earlier look, plus this test's once), simulated by
+  ``rftloop bench judge`` (``judge.gated_false_promotion_minus5``); no
   traffic at all after ``no_traffic_s`` (every gateway refused it, say) or still undecided after
   ``max_canary_s`` -> roll back with that reason: no candidate waits forever.
 
@@ -49,7 +52,7 @@ from statistics import NormalDist
 
 from infra.settings import JudgeSettings
 from schemas.events import MetricsWindow, VersionEventKind
-from streams.sequential import rate_difference
+from streams.sequential import rate_difference, smoothed_variance
 from streams.sketch import DDSketch
 
 
@@ -237,16 +240,24 @@ def judge(
     if enough >= cfg.min_samples and diff.lower > 0:
         return Verdict(VersionEventKind.promoted, [f"better: {summary}"], figures)
     if candidate.rated >= cfg.max_samples:
-        if gated and cfg.gated_margin > 0 and diff.lower > -cfg.gated_margin:
-            return Verdict(
-                VersionEventKind.promoted,
-                [
-                    f"gated, and not worse live: the gate's held-out gain {gated}; live not shown "
-                    f"better after {candidate.rated}, but not worse by more than {cfg.gated_margin:.3f}: "
-                    f"{summary}"
-                ],
-                figures,
-            )
+        if gated and cfg.gated_margin > 0:
+            # one look, at max_samples: a fixed-sample one-sided bound at the judge's confidence
+            var = (
+                smoothed_variance(candidate.positive, candidate.rated)
+                + smoothed_variance(incumbent.positive, incumbent.rated)
+            ) * phi
+            lower = diff.estimate - NormalDist().inv_cdf(cfg.confidence) * math.sqrt(var)
+            figures["difference_lower_once"] = lower
+            if lower > -cfg.gated_margin:
+                return Verdict(
+                    VersionEventKind.promoted,
+                    [
+                        f"gated, and not worse live: the gate's held-out gain {gated}; live not shown better "
+                        f"after {candidate.rated}, but {diff.estimate:+.3f} with a {cfg.confidence:.0%} lower "
+                        f"bound (one look) of {lower:+.3f}, above -{cfg.gated_margin:.3f}: {summary}"
+                    ],
+                    figures,
+                )
         return Verdict(
             VersionEventKind.rolled_back,
             [f"not shown to be better after {candidate.rated}: {summary}"],

@@ -129,14 +129,16 @@ def test_a_gated_candidate_not_shown_better_live_is_promoted_only_when_not_worse
     whose anytime lower bound is above -margin promotes; without the gate's gain, with the path off,
     or with the lower bound below -margin, it is rolled back as before."""
     inc = totals(*[window("base", 40, 60)] * 8)
-    slightly_better = totals(*[window("v1", 43, 57)] * 8)  # +0.03, lower bound about -0.04
-    slightly_worse = totals(*[window("v1", 37, 63)] * 8)  # -0.03, lower bound about -0.10
+    slightly_better = totals(*[window("v1", 43, 57)] * 8)  # +0.03 on 800 a side: 95 % lower bound (once) -0.011
+    slightly_worse = totals(*[window("v1", 37, 63)] * 8)  # -0.03: -0.070
     gain = "+0.120 [+0.027, +0.212]"
     on = CFG.model_copy(update={"gated_margin": 0.05})
     promoted = judge(slightly_better, inc, on, gated=gain)
     assert promoted.kind == VersionEventKind.promoted and promoted.reasons[0].startswith("gated")
-    assert gain in promoted.reasons[0] and -0.05 < promoted.figures["difference_lower"] < 0
+    assert gain in promoted.reasons[0] and round(promoted.figures["difference_lower_once"], 3) == -0.011
+    assert promoted.figures["difference_lower"] < -0.011  # the confidence sequence: wider
     assert judge(slightly_better, inc, on).kind == VersionEventKind.rolled_back  # no gate gain
     assert judge(slightly_better, inc, CFG, gated=gain).kind == VersionEventKind.rolled_back  # path off
     worse = judge(slightly_worse, inc, on, gated=gain)
     assert worse.kind == VersionEventKind.rolled_back and "not shown to be better" in worse.reasons[0]
+    assert round(worse.figures["difference_lower_once"], 3) == -0.070

@@ -45,6 +45,11 @@ def smoothed_variance(positive: int, n: int) -> float:
     return p * (1 - p) / max(n, 1)
 
 
+def difference_variance(pa: int, na: int, pb: int, nb: int, dispersion: float = 1.0) -> float:
+    """Variance of rate_a - rate_b (add-one smoothed), scaled by ``dispersion`` (at least 1)."""
+    return (smoothed_variance(pa, na) + smoothed_variance(pb, nb)) * max(1.0, dispersion)
+
+
 def mixture_radius(variance: float, alpha: float, tau: float) -> float:
     """Half-width of the two-sided normal-mixture confidence sequence at level ``alpha``."""
     if variance <= 0:
@@ -74,6 +79,5 @@ def rate_difference(
     look (the two-sided sequence at 2 alpha); ``dispersion`` (>= 1) scales the variance when votes
     are not independent (``streams.verdict.dispersion``)."""
     d = (pa / na if na else 0.0) - (pb / nb if nb else 0.0)
-    var = (smoothed_variance(pa, na) + smoothed_variance(pb, nb)) * max(1.0, dispersion)
-    r = mixture_radius(var, min(1.0, 2 * alpha), tau)
+    r = mixture_radius(difference_variance(pa, na, pb, nb, dispersion), min(1.0, 2 * alpha), tau)
     return RateDifference(d, d - r, d + r)

@@ -52,7 +52,7 @@ from statistics import NormalDist
 
 from infra.settings import JudgeSettings
 from schemas.events import MetricsWindow, VersionEventKind
-from streams.sequential import rate_difference, smoothed_variance
+from streams.sequential import difference_variance, rate_difference
 from streams.sketch import DDSketch
 
 
@@ -242,10 +242,9 @@ def judge(
     if candidate.rated >= cfg.max_samples:
         if gated and cfg.gated_margin > 0:
             # one look, at max_samples: a fixed-sample one-sided bound at the judge's confidence
-            var = (
-                smoothed_variance(candidate.positive, candidate.rated)
-                + smoothed_variance(incumbent.positive, incumbent.rated)
-            ) * phi
+            var = difference_variance(
+                candidate.positive, candidate.rated, incumbent.positive, incumbent.rated, phi
+            )
             lower = diff.estimate - NormalDist().inv_cdf(cfg.confidence) * math.sqrt(var)
             figures["difference_lower_once"] = lower
             if lower > -cfg.gated_margin:

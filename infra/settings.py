@@ -363,6 +363,16 @@ class TrainerSettings(BaseSettings):
         description="rollout temperatures screened before GRPO (JSON list); the one with the most "
         "prompts whose answers differ in reward is used",
     )
+    grpo_length_slack: float = Field(
+        0.0,
+        ge=0,
+        description="GRPO length term: an answer longer than the starting policy's mean answer "
+        "(measured in the screening) loses reward, linearly to -grpo_length_weight at (1 + slack) x "
+        "that mean (TRL's soft overlong punishment); 0: off",
+    )
+    grpo_length_weight: float = Field(
+        0.5, ge=0, description="GRPO length term: its weight beside correctness (weight 1)"
+    )
     min_samples: int = Field(16, ge=2, description="rewarded samples needed for a run")
     min_new_samples: int = Field(
         8, ge=1, description="training samples since the parent's data needed to continue its adapter"
@@ -460,6 +470,16 @@ class TrainerSettings(BaseSettings):
         if v not in ("vllm", "transformers"):
             raise ValueError(f"RFTLOOP_TRAINER_GRPO_ROLLOUTS={v!r}: vllm or transformers")
         return v
+
+    @model_validator(mode="after")
+    def _length_term(self) -> TrainerSettings:
+        if self.grpo_length_slack > 0 and (self.grpo_rollouts != "vllm" or not self.grpo_screen_prompts):
+            raise ValueError(
+                "RFTLOOP_TRAINER_GRPO_LENGTH_SLACK measures the starting policy's answer length in the "
+                "screening: it needs RFTLOOP_TRAINER_GRPO_ROLLOUTS=vllm and "
+                "RFTLOOP_TRAINER_GRPO_SCREEN_PROMPTS > 0"
+            )
+        return self
 
 
 class JudgeSettings(BaseSettings):

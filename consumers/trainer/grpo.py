@@ -21,11 +21,20 @@ whose answer was not, alternating. A prompt the serving version got right is lik
 group once the model is good, one it got wrong likely all-wrong while it is bad; so the rarer kind
 is the likelier to have reward variance, and taking the first prompts by hash (mostly the common
 kind) screened 20 informative of 32 at ~60 % accuracy.
+
+Answer length (``grpo_length_slack``): correctness alone does not hold an answer's length, and the
+gate refuses a candidate whose answers cost more than ``max_latency_ratio`` x its parent's. In the
+demo of 2026-12-06 run 9 both continued candidates were significantly better and answered with ~1.2x
+the tokens; the gate refused both at 1.27x and 1.29x latency. With the slack set, a second reward
+joins correctness: TRL's soft overlong punishment (DAPO, ``trl.rewards``) with no penalty up to the
+starting policy's mean answer length at the rollout temperature (measured in the screening) and
+-1 at (1 + slack) x that length, weighted ``grpo_length_weight``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -62,9 +71,14 @@ class Screen:
     temperature: float
     informative: list[Sample]
     by_temperature: dict[float, tuple[float, float]] = field(default_factory=dict)  # t -> (share, mean)
+    mean_tokens: float = 0.0  # the starting policy's mean answer length at the chosen temperature
 
     def figures(self) -> dict[str, float]:
-        out = {"rollout_temperature": self.temperature, "informative_prompts": float(len(self.informative))}
+        out = {
+            "rollout_temperature": self.temperature,
+            "informative_prompts": float(len(self.informative)),
+            "parent_answer_tokens": self.mean_tokens,
+        }
         for t, (share, mean) in self.by_temperature.items():
             out[f"informative_share_t{t:g}"] = share
             out[f"rollout_reward_t{t:g}"] = mean
@@ -108,7 +122,7 @@ def screen(
             if len(set(got)) > 1:
                 informative.append(sample)
         by_t[t] = (len(informative) / len(samples), statistics.fmean(scores))
-        found.append(Screen(t, informative))
+        found.append(Screen(t, informative, mean_tokens=statistics.fmean(len(a.token_ids) for a in answers)))
     chosen = choose(found)
     chosen.by_temperature = by_t
     return chosen
@@ -122,6 +136,18 @@ def choose(found: list[Screen]) -> Screen:
     0.03-0.09 and 6 of its 12 steps had no reward variance), against +9.4 on average over the eight
     continued generations this rule ran on 2026-12-04 and 2026-12-06."""
     return max(sorted(found, key=lambda s: s.temperature), key=lambda s: len(s.informative))
+
+
+def length_term(mean_tokens: float, slack: float) -> Any:
+    """TRL's soft overlong punishment: 0 up to ``mean_tokens`` (rounded up), falling linearly to -1
+    at (1 + ``slack``) x ``mean_tokens`` (at least one token further), -1 beyond."""
+    from trl.rewards import get_soft_overlong_punishment
+
+    if mean_tokens <= 0 or slack <= 0:
+        raise ValueError(f"the length term needs a positive mean length and slack, not {mean_tokens}, {slack}")
+    free = math.ceil(mean_tokens)
+    limit = max(free + 1, round(mean_tokens * (1 + slack)))
+    return get_soft_overlong_punishment(max_completion_len=limit, soft_punish_cache=limit - free)
 
 
 def vllm_rollouts(engine: Generates, policy_dir: Path, max_tokens: int, temperature: float) -> Any:
@@ -164,6 +190,7 @@ def train_grpo(
     extra: dict[str, float] = {}
     temperature = cfg.grpo_temperatures[0]
     chosen = checkable
+    mean_tokens = 0.0
     if engine is not None and cfg.grpo_rollouts == "vllm" and cfg.grpo_screen_prompts:
         t0 = time.monotonic()
         found = screen(
@@ -175,10 +202,21 @@ def train_grpo(
             cfg.max_new_tokens,
         )
         temperature = found.temperature
+        mean_tokens = found.mean_tokens
         extra = {**found.figures(), "screen_seconds": time.monotonic() - t0}
         if len(found.informative) >= cfg.grpo_prompts:
             chosen = found.informative
         log.info("GRPO screening: %s", extra)
+    reward_funcs: list[Any] = [correctness_reward]
+    weights = [1.0]
+    if cfg.grpo_length_slack > 0:
+        if mean_tokens <= 0:
+            raise ValueError(
+                "RFTLOOP_TRAINER_GRPO_LENGTH_SLACK needs the screening's length measurement "
+                "(vLLM rollouts and RFTLOOP_TRAINER_GRPO_SCREEN_PROMPTS > 0)"
+            )
+        reward_funcs.append(length_term(mean_tokens, cfg.grpo_length_slack))
+        weights.append(cfg.grpo_length_weight)
     rows = [{"prompt": chat(s), "reference": s.reference} for s in chosen]
     model, tok, peft = trainable(base_path, cfg, parent, left_pad=True)
     args = GRPOConfig(
@@ -188,6 +226,7 @@ def train_grpo(
         num_generations=cfg.grpo_generations,
         max_completion_length=cfg.max_new_tokens,
         temperature=temperature,
+        reward_weights=weights,
     )
     rollout = None
     if cfg.grpo_rollouts == "vllm":
@@ -198,7 +237,7 @@ def train_grpo(
         )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[correctness_reward],
+        reward_funcs=reward_funcs,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,

@@ -70,3 +70,26 @@ def test_a_continued_run_takes_its_own_steps_and_learning_rate() -> None:
     assert (cfg.max_steps, cfg.learning_rate) == (12, 3e-4)  # the fresh run's settings are unchanged
     plain = TrainerSettings(max_steps=12, learning_rate=3e-4).continued()
     assert (plain.max_steps, plain.learning_rate) == (12, 3e-4)  # unset: the same steps, scale 1.0
+
+
+def test_the_length_term_is_free_up_to_the_parents_mean_and_minus_one_at_the_slack() -> None:
+    from consumers.trainer.grpo import length_term
+
+    term = length_term(mean_tokens=11.6, slack=0.25)  # free up to 12 tokens, -1 at round(14.5) = 14
+    got = term([[0] * n for n in (8, 12, 13, 14, 16)])
+    assert got == [0.0, 0.0, -0.5, -1.0, -1.0]
+    tight = length_term(mean_tokens=4.0, slack=0.1)  # at least one token between free and -1
+    assert tight([[0] * 4, [0] * 5, [0] * 6]) == [0.0, -1.0, -1.0]
+
+
+def test_the_length_term_needs_the_screening_that_measures_the_parents_length() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from infra.settings import TrainerSettings
+
+    assert TrainerSettings(grpo_length_slack=0.25).grpo_length_weight == 0.5
+    for bad in ({"grpo_rollouts": "transformers"}, {"grpo_screen_prompts": 0}):
+        with pytest.raises(ValidationError, match="GRPO_LENGTH_SLACK"):
+            TrainerSettings(grpo_length_slack=0.25, **bad)
+    TrainerSettings(grpo_rollouts="transformers")  # off by default: nothing to measure

@@ -201,8 +201,9 @@ def clickhouse_insert(ctx: Context) -> list[Result]:
             goal="≥ 0.7× in-process",
             goal_ratio=0.7,
             method=method + "Ours: clickhouse-connect raw_insert of the Native block to the embedded HTTP "
-            "server (HTTP, temp file, FROM INFILE); peer: the same INSERT in-process. The "
-            "ratio is what the HTTP front costs.",
+            "server (the front streams the request body into chdb's streaming inserter as it arrives; "
+            "no temp file); peer: the same bytes in this process, a chdb session's INSERT INTO t FROM "
+            "INFILE of them written to a file. The ratio is what the HTTP front costs.",
         ),
         Result(
             name="infra.clickhouse_insert_rows_s.client_rows",

@@ -118,8 +118,10 @@ def trial(
     seed: int,
     cluster: int = 1,
     gate: dict[str, float] | None = None,
+    start_share: float = START_SHARE,
 ) -> Outcome:
-    """One canary; ``gate``: the gate's figures it was published with (None: none)."""
+    """One canary; ``gate``: the gate's figures it was published with (None: none); ``start_share``:
+    the share it is published at."""
     rng = random.Random(seed)
     book = CanaryBook(cfg, rule=rule)
     book.on_version(
@@ -130,7 +132,7 @@ def trial(
             model="m",
             version="cand",
             parent_version="base",
-            traffic_share=START_SHARE,
+            traffic_share=start_share,
             eval=gate or {},
             occurred_at=T0,
             decision="canary",
@@ -163,8 +165,9 @@ def run(
     trials: int,
     cluster: int = 1,
     gate: dict[str, float] | None = None,
+    start_share: float = START_SHARE,
 ) -> list[Outcome]:
-    return [trial(rule, cfg, p_cand, p_inc, seed, cluster, gate) for seed in range(trials)]
+    return [trial(rule, cfg, p_cand, p_inc, seed, cluster, gate, start_share) for seed in range(trials)]
 
 
 def _share(outcomes: list[Outcome], kind: VersionEventKind) -> float:
@@ -249,6 +252,7 @@ def judge_figures(ctx: Context, trials: int = TRIALS) -> list[Result]:
         )
     )
     out += _gated(trials, method)
+    out += _gated_demo(trials)
     ours, peer = res["broken"]
     out.append(
         Result(
@@ -317,6 +321,51 @@ def _gated(trials: int, method: str) -> list[Result]:
                 f"{common}. {text}; 95 % interval of ours {_interval(k * trials, trials)}",
                 higher_is_better=p_cand > 0.30,
                 goal_value=0.05 if goal == "<= 0.05" else None,
+            )
+        )
+    return out
+
+
+def _gated_demo(trials: int) -> list[Result]:
+    """The gated path at `make demo`'s judge settings (cli/demo.py): canaries on half the traffic,
+    ratings from 25, undecided after 300, margin 0.05; parents right ~60 % of the time, as the
+    demo's second and third generations' are. Peer: the same settings without the path."""
+    strict = JudgeSettings(min_samples=25, max_samples=300, ramp_steps="0.5")
+    cfg = strict.model_copy(update={"gated_margin": 0.05})
+    promoted = VersionEventKind.promoted
+    method = (
+        f"{trials} simulated canaries per scenario through streams.canary_book.CanaryBook at make demo's "
+        "judge settings (RFTLOOP_JUDGE_MIN_SAMPLES=25, MAX_SAMPLES=300, RAMP_STEPS=0.5, GATED_MARGIN=0.05, "
+        "the rest default): candidate published at 50 % with the gate's figures "
+        f"{GATED}, one closed 10 s window per version at a time with {RATED_PER_WINDOW} rated responses "
+        "split binomially by the share, thumbs up with the version's true rate, a decision after every "
+        "window. Peer: the same settings and seeds without the gated path (margin 0)"
+    )
+    out = []
+    for name, p_cand, goal, text in (
+        (
+            "judge.gated_false_promotion_minus5_demo",
+            0.55,
+            "<= 0.10 (the bound: 2 x (1 - confidence))",
+            "Gated candidate 5 points worse live (0.55 vs 0.60)",
+        ),
+        ("judge.gated_promotion_aa_demo", 0.60, "report", "Gated candidate equal live (0.60 vs 0.60)"),
+        ("judge.gated_power_plus7_demo", 0.67, "report", "Gated candidate 7 points better live (0.67 vs 0.60)"),
+    ):
+        ours = run(judge, cfg, p_cand, 0.60, trials, 1, GATED, start_share=0.5)
+        peer = run(judge, strict, p_cand, 0.60, trials, 1, GATED, start_share=0.5)
+        k = _share(ours, promoted)
+        out.append(
+            Result(
+                name,
+                k,
+                "share promoted",
+                "the same judge without the gated path",
+                _share(peer, promoted),
+                goal,
+                f"{method}. {text}; 95 % interval of ours {_interval(k * trials, trials)}",
+                higher_is_better=p_cand > 0.60,
+                goal_value=0.10 if name.endswith("minus5_demo") else None,
             )
         )
     return out

@@ -172,6 +172,10 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         # the simulated users' app knows each question's answer: a trusted producer of ground truth
         "RFTLOOP_GATEWAY_TRUSTED_KEYS": KEY,
         "RFTLOOP_GATEWAY_CANARY_SHARE": os.environ.get("RFTLOOP_GATEWAY_CANARY_SHARE", CANDIDATE_SHARE),
+        # the published event states the share, so the judge knows it (no no-op "ramp" to it)
+        "RFTLOOP_TRAINER_CANARY_SHARE": os.environ.get(
+            "RFTLOOP_TRAINER_CANARY_SHARE", os.environ.get("RFTLOOP_GATEWAY_CANARY_SHARE", CANDIDATE_SHARE)
+        ),
         "RFTLOOP_GATEWAY_SERVED_NAME": served_name,
         "RFTLOOP_TRAINER_SERVED_NAME": served_name,
         "RFTLOOP_STREAMS_DATA_DIR": str(local.state_dir / "streams"),

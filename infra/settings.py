@@ -363,6 +363,14 @@ class TrainerSettings(BaseSettings):
         description="rollout temperatures screened before GRPO (JSON list); the one with the most "
         "prompts whose answers differ in reward is used",
     )
+    canary_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="traffic share a published version starts on, stated in its ModelVersionPublished "
+        "(the gateways route by it, the judge ramps from it); unset: the event names none and each "
+        "gateway uses its RFTLOOP_GATEWAY_CANARY_SHARE, which the judge cannot see",
+    )
     grpo_length_slack: float = Field(
         0.0,
         ge=0,

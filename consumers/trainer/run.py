@@ -278,6 +278,7 @@ def run_once(
                 lineage=lineage(data),
                 eval=figures,
                 decision="canary" if kind == VersionEventKind.published else "rejected",
+                traffic_share=cfg.canary_share if kind == VersionEventKind.published else None,
                 reasons=reasons,
                 **adapter,
             ),

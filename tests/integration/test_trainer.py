@@ -68,6 +68,7 @@ def test_train_gate_publish_replay_and_reject(
         "RFTLOOP_TRAINER_MIN_QUALITY_GAIN": "-1",
         "RFTLOOP_TRAINER_MAX_LATENCY_RATIO": "100",
         "RFTLOOP_TRAINER_MAX_COST_RATIO": "100",
+        "RFTLOOP_TRAINER_CANARY_SHARE": "0.3",
     }
 
     def train(**extra: str) -> tuple[dict[str, Any], str]:
@@ -121,6 +122,7 @@ def test_train_gate_publish_replay_and_reject(
     assert event.adapter_uri == f"file://{root / version}" and event.parent_version == "base"
     assert sum(r.samples for r in event.lineage) == round(first["figures"]["train_samples"])
     assert {r.partition for r in event.lineage} <= {0, 1, 2} and event.method == "kto"
+    assert event.traffic_share == 0.3  # the share it starts on, stated for the gateways and the judge
 
     again, text = train()  # same data, same config: same version, nothing trained, same event id
     assert again["version"] == version and "already exists" in text

@@ -271,23 +271,55 @@ def judge_figures(ctx: Context, trials: int = TRIALS) -> list[Result]:
     return out
 
 
+def _gated_scenarios(
+    trials: int,
+    cfg: JudgeSettings,
+    strict: JudgeSettings,
+    p_inc: float,
+    start_share: float,
+    peer_name: str,
+    method: str,
+    scenarios: tuple[tuple[str, float, str, float | None, str], ...],
+) -> list[Result]:
+    """Each (name, candidate's live rate, goal, goal value, text): ``trials`` gated canaries judged
+    with the path (``cfg``) and without it (``strict``), same seeds; the share promoted."""
+    promoted = VersionEventKind.promoted
+    out = []
+    for name, p_cand, goal, goal_value, text in scenarios:
+        ours = run(judge, cfg, p_cand, p_inc, trials, 1, GATED, start_share)
+        peer = run(judge, strict, p_cand, p_inc, trials, 1, GATED, start_share)
+        k = _share(ours, promoted)
+        out.append(
+            Result(
+                name,
+                k,
+                "share promoted",
+                peer_name,
+                _share(peer, promoted),
+                goal,
+                f"{method}. {text}; 95 % interval of ours {_interval(k * trials, trials)}",
+                higher_is_better=p_cand > p_inc,
+                goal_value=goal_value,
+            )
+        )
+    return out
+
+
 def _gated(trials: int, method: str) -> list[Result]:
     """The gated path (JudgeSettings.gated_margin): candidates published with the gate's significant
     held-out gain, judged with a 0.05 margin (ours) and without the path (peer: margin 0, today's
     default), same seeds."""
-    cfg, strict = JudgeSettings(gated_margin=0.05), JudgeSettings()
-    promoted = VersionEventKind.promoted
     common = (
         f"{method}, except the peer: the same judge without the gated path (gated_margin 0, the default). "
         f"Candidates published with the gate's figures {GATED} (a significant held-out gain), ours with "
         "RFTLOOP_JUDGE_GATED_MARGIN=0.05"
     )
-    out = []
-    for name, p_cand, goal, text in (
+    scenarios = (
         (
             "judge.gated_false_promotion_minus5",
             0.25,
             "<= 0.05",
+            0.05,
             "Gated candidate 5 points worse live (0.25 vs 0.30): the gate was wrong, or live traffic "
             "differs from its held-out set; promoted only if shown not worse by more than the margin",
         ),
@@ -295,6 +327,7 @@ def _gated(trials: int, method: str) -> list[Result]:
             "judge.gated_promotion_aa",
             0.30,
             "report (x the gate's false-publish rate, <= 0.025)",
+            None,
             "Gated candidate equal live (0.30 vs 0.30): it reaches the canary only when the gate passed a "
             "no-better candidate (at most 2.5 %, `sequential_gate`), so the loop promotes it with at most "
             "0.025 x this share",
@@ -303,27 +336,15 @@ def _gated(trials: int, method: str) -> list[Result]:
             "judge.gated_power_plus7",
             0.37,
             "report",
+            None,
             "Gated candidate 7 points better live (0.37 vs 0.30), the size of a third generation's live gain "
             "in the demo",
         ),
-    ):
-        ours = run(judge, cfg, p_cand, 0.30, trials, 1, GATED)
-        peer = run(judge, strict, p_cand, 0.30, trials, 1, GATED)
-        k = _share(ours, promoted)
-        out.append(
-            Result(
-                name,
-                k,
-                "share promoted",
-                "the judge without the gated path",
-                _share(peer, promoted),
-                goal,
-                f"{common}. {text}; 95 % interval of ours {_interval(k * trials, trials)}",
-                higher_is_better=p_cand > 0.30,
-                goal_value=0.05 if goal == "<= 0.05" else None,
-            )
-        )
-    return out
+    )
+    cfg, strict = JudgeSettings(gated_margin=0.05), JudgeSettings()
+    return _gated_scenarios(
+        trials, cfg, strict, 0.30, START_SHARE, "the judge without the gated path", common, scenarios
+    )
 
 
 def _gated_demo(trials: int) -> list[Result]:
@@ -332,7 +353,6 @@ def _gated_demo(trials: int) -> list[Result]:
     demo's second and third generations' are. Peer: the same settings without the path."""
     strict = JudgeSettings(min_samples=25, max_samples=300, ramp_steps="0.5")
     cfg = strict.model_copy(update={"gated_margin": 0.05})
-    promoted = VersionEventKind.promoted
     method = (
         f"{trials} simulated canaries per scenario through streams.canary_book.CanaryBook at make demo's "
         "judge settings (RFTLOOP_JUDGE_MIN_SAMPLES=25, MAX_SAMPLES=300, RAMP_STEPS=0.5, GATED_MARGIN=0.05, "
@@ -341,31 +361,17 @@ def _gated_demo(trials: int) -> list[Result]:
         "split binomially by the share, thumbs up with the version's true rate, a decision after every "
         "window. Peer: the same settings and seeds without the gated path (margin 0)"
     )
-    out = []
-    for name, p_cand, goal, text in (
+    scenarios: tuple[tuple[str, float, str, float | None, str], ...] = (
         (
             "judge.gated_false_promotion_minus5_demo",
             0.55,
             "<= 0.10 (the bound: 2 x (1 - confidence))",
+            0.10,
             "Gated candidate 5 points worse live (0.55 vs 0.60)",
         ),
-        ("judge.gated_promotion_aa_demo", 0.60, "report", "Gated candidate equal live (0.60 vs 0.60)"),
-        ("judge.gated_power_plus7_demo", 0.67, "report", "Gated candidate 7 points better live (0.67 vs 0.60)"),
-    ):
-        ours = run(judge, cfg, p_cand, 0.60, trials, 1, GATED, start_share=0.5)
-        peer = run(judge, strict, p_cand, 0.60, trials, 1, GATED, start_share=0.5)
-        k = _share(ours, promoted)
-        out.append(
-            Result(
-                name,
-                k,
-                "share promoted",
-                "the same judge without the gated path",
-                _share(peer, promoted),
-                goal,
-                f"{method}. {text}; 95 % interval of ours {_interval(k * trials, trials)}",
-                higher_is_better=p_cand > 0.60,
-                goal_value=0.10 if name.endswith("minus5_demo") else None,
-            )
-        )
-    return out
+        ("judge.gated_promotion_aa_demo", 0.60, "report", None, "Gated candidate equal live (0.60 vs 0.60)"),
+        ("judge.gated_power_plus7_demo", 0.67, "report", None, "Gated candidate 7 points better live (0.67 vs 0.60)"),
+    )
+    return _gated_scenarios(
+        trials, cfg, strict, 0.60, 0.5, "the same judge without the gated path", method, scenarios
+    )

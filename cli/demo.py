@@ -166,16 +166,15 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
     gw_port, web_port = free_port(), free_port()
     adapter_root = gw.adapter_root
     adapter_root.mkdir(parents=True, exist_ok=True)
+    canary_share = os.environ.get("RFTLOOP_GATEWAY_CANARY_SHARE", CANDIDATE_SHARE)
     env = {
         **os.environ,
         "RFTLOOP_GATEWAY_API_KEYS": KEY,
         # the simulated users' app knows each question's answer: a trusted producer of ground truth
         "RFTLOOP_GATEWAY_TRUSTED_KEYS": KEY,
-        "RFTLOOP_GATEWAY_CANARY_SHARE": os.environ.get("RFTLOOP_GATEWAY_CANARY_SHARE", CANDIDATE_SHARE),
+        "RFTLOOP_GATEWAY_CANARY_SHARE": canary_share,
         # the published event states the share, so the judge knows it (no no-op "ramp" to it)
-        "RFTLOOP_TRAINER_CANARY_SHARE": os.environ.get(
-            "RFTLOOP_TRAINER_CANARY_SHARE", os.environ.get("RFTLOOP_GATEWAY_CANARY_SHARE", CANDIDATE_SHARE)
-        ),
+        "RFTLOOP_TRAINER_CANARY_SHARE": os.environ.get("RFTLOOP_TRAINER_CANARY_SHARE", canary_share),
         "RFTLOOP_GATEWAY_SERVED_NAME": served_name,
         "RFTLOOP_TRAINER_SERVED_NAME": served_name,
         "RFTLOOP_STREAMS_DATA_DIR": str(local.state_dir / "streams"),

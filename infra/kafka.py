@@ -112,6 +112,10 @@ class TrackedProducer:
     def flush(self, timeout: float = 30) -> int:
         return int(self._p.flush(timeout))
 
+    def metadata(self, topic: str, timeout: float = 30) -> None:
+        """Fetch ``topic``'s metadata now: connects to the brokers (raises KafkaException if none answers)."""
+        self._p.list_topics(topic, timeout=timeout)
+
     def __len__(self) -> int:
         return len(self._p)
 

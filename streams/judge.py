@@ -17,9 +17,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 
+from confluent_kafka import KafkaException
+
 from infra import registry as registry_mod
 from infra.kafka import assign_from_start, consumer
-from infra.publish import publish_event
+from infra.publish import Publisher
 from infra.retry import Retrier, Stopped
 from infra.serde import SerdeError, TopicSerde
 from infra.settings import JudgeSettings, KafkaSettings, RegistrySettings
@@ -45,6 +47,8 @@ class Judge:
         self.caught_up = False  # replayed both topics up to their ends at start
         self._stop = threading.Event()
         self.kafka_retry = Retrier("judge", self._stop)
+        # kept warm: a rollback must reach the gateways at once (infra/publish.py)
+        self.publisher = Publisher(kafka, registry, cfg.topic_suffix)
 
     def stop(self) -> None:
         self._stop.set()
@@ -55,7 +59,7 @@ class Judge:
         for event in out:
             self.kafka_retry.call(
                 f"publishing {event.kind.value} {event.version}",
-                partial(publish_event, self.kafka, self.registry, VERSIONS, event, self.cfg.topic_suffix),
+                partial(self.publisher.publish, VERSIONS, event),
             )
             log.info("%s %s: %s", event.kind.value, event.version, "; ".join(event.reasons or []))
             self.decisions.append(event)
@@ -72,6 +76,10 @@ class Judge:
             pending = assign_from_start(
                 c, [self.versions_topic.name, self.metrics_topic.name], self.kafka_retry
             )
+            try:
+                self.publisher.warm(VERSIONS)
+            except (KafkaException, SerdeError) as exc:  # the first decision's publish sets it up, retried
+                log.warning("judge: the decisions' producer is not set up yet: %s", exc)
             self.caught_up = not pending
             while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 for msg in c.consume(500, 0.5):
@@ -98,3 +106,4 @@ class Judge:
             log.info("judge: stopped while Kafka was failing")
         finally:
             c.close()
+            self.publisher.close()

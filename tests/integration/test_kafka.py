@@ -108,3 +108,38 @@ def test_a_fenced_transactional_producer_is_known_as_fenced_whichever_call_fails
     newer.begin()  # the newer one was not disturbed
     newer.produce(topic, b"second", key="k")
     newer.commit([], None, timeout_s=10)
+
+
+def test_a_warm_publisher_keeps_its_producer_and_each_event_is_acknowledged(stack, unique) -> None:
+    """The judge publishes its decisions through one warm Publisher (infra/publish.py): a rollback
+    does not wait for a producer start and a registry lookup. Each publish returns once the broker
+    has the event, through the same producer, and every reader's fold sees the decisions."""
+    from dataclasses import replace
+
+    from infra import registry as registry_mod
+    from infra.kafka import ensure_topics
+    from infra.publish import Publisher
+    from infra.versions import read_fold
+    from schemas.events import ModelVersionEvent, VersionEventKind
+    from schemas.topics import VERSIONS
+
+    suffix = f"-pub{unique}"
+    topic = replace(VERSIONS, name=VERSIONS.name + suffix)
+    ensure_topics(stack.kafka, only=[topic])
+    registry_mod.register(registry_mod.client(stack.registry), topic)
+    publisher = Publisher(stack.kafka, stack.registry, suffix)
+    publisher.warm(VERSIONS)
+    warmed = publisher._producer
+    assert warmed is not None
+    for kind, decision in [(VersionEventKind.published, "canary"), (VersionEventKind.rolled_back, "worse")]:
+        publisher.publish(
+            VERSIONS,
+            ModelVersionEvent(
+                producer="t", kind=kind, model="m", version="v1", parent_version="base", decision=decision
+            ),
+        )
+    assert publisher._producer is warmed and warmed.delivered == 2
+    publisher.close()
+    fold = read_fold(stack.kafka, stack.registry, suffix)
+    assert fold.incumbent("m") == "base" and not fold.canaries()
+    assert fold.model("m").ended["v1"] == VersionEventKind.rolled_back

@@ -65,6 +65,15 @@ def test_no_decision_until_both_topics_are_replayed(monkeypatch: pytest.MonkeyPa
     judge.versions_topic = replace(judge.versions_topic, name=VERSIONS_T)
     judge.metrics_topic = replace(judge.metrics_topic, name=METRICS_T)
     judge.serde = {k: Serde() for k in judge.serde}  # type: ignore[misc]
+
+    class Publisher:  # no Kafka here: nothing is published (evaluate is replaced below)
+        def warm(self, *specs: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    judge.publisher = Publisher()  # type: ignore[assignment]
     seen: list[int] = []
     monkeypatch.setattr(
         judge, "evaluate", lambda now=None: seen.append(sum(map(len, judge.book.windows.values())))

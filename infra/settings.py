@@ -414,6 +414,13 @@ class TrainerSettings(BaseSettings):
         "questions, greedy) 12 GRPO steps gained +9.0, +4.0 and +7.3 points over three data seeds, "
         "24 steps +11.3 and +10.7 (2026-12-06)",
     )
+    continued_grpo_temperatures: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="rollout temperatures screened by a run that continues the incumbent's adapter "
+        "(JSON list; None: grpo_temperatures). The 18 continued runs of the nine make demo runs of "
+        "2026-12-06 whose data was kept screened [0.5, 0.8]: all 18 chose 0.8, and 0.5 cost each ~17 s",
+    )
     lora_rank: int = Field(16, ge=1)
     beta: float = Field(0.1, gt=0)
     gradient_checkpointing: bool = Field(
@@ -457,11 +464,13 @@ class TrainerSettings(BaseSettings):
 
     def continued(self) -> TrainerSettings:
         """The settings of a run that continues the incumbent's adapter: learning rate x
-        ``continued_lr_scale``, ``continued_max_steps`` steps (when set)."""
+        ``continued_lr_scale``, ``continued_max_steps`` steps and ``continued_grpo_temperatures``
+        (each when set)."""
         return self.model_copy(
             update={
                 "learning_rate": self.learning_rate * self.continued_lr_scale,
                 "max_steps": self.continued_max_steps or self.max_steps,
+                "grpo_temperatures": self.continued_grpo_temperatures or self.grpo_temperatures,
             }
         )
 

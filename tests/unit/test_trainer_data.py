@@ -64,12 +64,21 @@ def test_grpo_takes_the_temperature_with_the_most_informative_prompts_the_lower_
 def test_a_continued_run_takes_its_own_steps_and_learning_rate() -> None:
     from infra.settings import TrainerSettings
 
-    cfg = TrainerSettings(max_steps=12, learning_rate=3e-4, continued_max_steps=16, continued_lr_scale=0.5)
+    cfg = TrainerSettings(
+        max_steps=12,
+        learning_rate=3e-4,
+        continued_max_steps=16,
+        continued_lr_scale=0.5,
+        grpo_temperatures=[0.5, 0.8],
+        continued_grpo_temperatures=[0.8],
+    )
     continued = cfg.continued()
-    assert (continued.max_steps, continued.learning_rate) == (16, 1.5e-4)
-    assert (cfg.max_steps, cfg.learning_rate) == (12, 3e-4)  # the fresh run's settings are unchanged
-    plain = TrainerSettings(max_steps=12, learning_rate=3e-4).continued()
-    assert (plain.max_steps, plain.learning_rate) == (12, 3e-4)  # unset: the same steps, scale 1.0
+    assert (continued.max_steps, continued.learning_rate, continued.grpo_temperatures) == (16, 1.5e-4, [0.8])
+    # the fresh run's settings are unchanged
+    assert (cfg.max_steps, cfg.learning_rate, cfg.grpo_temperatures) == (12, 3e-4, [0.5, 0.8])
+    plain = TrainerSettings(max_steps=12, learning_rate=3e-4, grpo_temperatures=[0.5, 0.8]).continued()
+    # unset: the same steps and temperatures, scale 1.0
+    assert (plain.max_steps, plain.learning_rate, plain.grpo_temperatures) == (12, 3e-4, [0.5, 0.8])
 
 
 def test_the_length_term_is_free_up_to_the_parents_mean_and_minus_one_at_the_slack() -> None:

@@ -126,12 +126,16 @@ class GatewayEngine:
     ) -> list[Answer]:
         """One answer per prompt, in order (repeat a prompt for several). Runs of one prompt are
         asked as one request with ``n`` (one prefill for the group, as GRPO's groups and the
-        screening repeat each prompt); the requests are sent side by side."""
+        screening repeat each prompt); the requests are sent side by side. At temperature 0 a run
+        is asked once and its answer repeated: greedy answers are all the same, and vLLM refuses
+        ``n`` > 1 with greedy sampling (two users asked the gate's held-out set the same question,
+        next to each other, and make demo run 18 failed on that 400)."""
         model = self.model(adapter, fresh)
         runs = [(p, len(list(g))) for p, g in itertools.groupby(prompts)]
 
         def one(run: tuple[str, int]) -> list[Answer]:
-            prompt, n = run
+            prompt, repeats = run
+            n = 1 if temperature == 0 else repeats
             body = self._call(
                 "POST",
                 "/v1/completions",
@@ -154,7 +158,7 @@ class GatewayEngine:
                 )
             if len(out) != n:
                 raise GatewayUnavailable(f"{self.url}/v1/completions: asked n={n}, got {len(out)} choices")
-            return out
+            return out * repeats if n == 1 else out
 
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(runs)))) as pool:
             return [a for answers in pool.map(one, runs) for a in answers]

@@ -621,6 +621,12 @@ def test_a_shadow_version_is_served_only_to_trusted_evaluations_and_never_record
         assert app.get("/healthz").json()["shadows"] == ["eval-unit-2"]
         base = engine.generate([prompt], None, 4, 0.0)
         assert base[0].token_ids
+        # a greedy run of one prompt (two users asked the gate the same question): vLLM refuses n > 1
+        # with greedy sampling, so it is asked once and answered for each
+        twice = engine.generate([prompt, prompt, "Two plus two is"], None, 4, 0.0)
+        assert (
+            len(twice) == 3 and twice[0] == twice[1] == base[0] and twice[2].prompt_ids != base[0].prompt_ids
+        )
     finally:
         engine.close()
     assert app.get("/healthz").json()["shadows"] == []

@@ -164,7 +164,7 @@ def clickhouse_insert(ctx: Context) -> list[Result]:
     # not of the server, measured beside as .bytes_body
     client.command(ddl.format(t="bench_http"))
     http_s = min(
-        timed(lambda: client.raw_insert("bench_http", columns, iter((block,)), fmt="Native"))
+        timed(lambda: client.raw_insert("bench_http", columns, (b for b in (block,)), fmt="Native"))
         for _ in range(3)
     )
     client.command(ddl.format(t="bench_bytes"))

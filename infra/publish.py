@@ -12,7 +12,6 @@ the other runs), and one request went to the rolled-back version in that gap.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 
 from infra import registry as registry_mod
@@ -21,8 +20,6 @@ from infra.serde import TopicSerde
 from infra.settings import KafkaSettings, RegistrySettings
 from schemas.events import Event
 from schemas.topics import TopicSpec
-
-log = logging.getLogger(__name__)
 
 
 def publish_event(
@@ -63,7 +60,7 @@ class Publisher:
 
     def warm(self, *specs: TopicSpec) -> None:
         """Set up now what the first event would: the schema ids and the producer's broker metadata
-        (raises what the registry or Kafka raise: the caller retries)."""
+        (raises what the registry or Kafka raise; what is not set up now, the first publish sets up)."""
         for spec in specs:
             serde = self._serde(spec)
             _ = serde.schema_id  # a property: looked up in the registry on first use

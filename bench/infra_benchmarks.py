@@ -159,9 +159,10 @@ def clickhouse_insert(ctx: Context) -> list[Result]:
         return time.perf_counter() - t0
 
     # ours, raw: the identical Native bytes over HTTP (what the front costs), sent as the sink sends
-    # its batches: a one-chunk iterator, so clickhouse-connect puts the statement in the URL. Given
-    # bytes, it copies the whole block to put the statement in front of it: a cost of the client,
-    # not of the server, measured beside as .bytes_body
+    # its batches: a one-chunk iterator, so clickhouse-connect puts the statement in the URL and the
+    # body goes chunked. Beside it as .bytes_body: given bytes, clickhouse-connect puts the statement
+    # in front of the block. The client copies the block either way (urllib3 frames a chunk by
+    # formatting it into a new bytes object), so the two do not isolate that copy's cost.
     client.command(ddl.format(t="bench_http"))
     http_s = min(
         timed(lambda: client.raw_insert("bench_http", columns, (b for b in (block,)), fmt="Native"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from infra import registry as registry_mod
-from infra.kafka import DeliveryFailed, TrackedProducer, produce, producer, producing
+from infra.kafka import DeliveryFailed, TrackedProducer, produce, producer
 from infra.serde import TopicSerde
 from infra.settings import KafkaSettings, RegistrySettings
 from schemas.events import Event
@@ -25,10 +25,12 @@ from schemas.topics import TopicSpec
 def publish_event(
     kafka: KafkaSettings, registry: RegistrySettings, spec: TopicSpec, event: Event, topic_suffix: str = ""
 ) -> None:
-    topic = replace(spec, name=spec.name + topic_suffix)
-    serde = TopicSerde(registry_mod.client(registry), topic)
-    with producing(kafka) as p:
-        produce(p, topic.name, topic.key_of(event), serde.encode_event(event))
+    """One event through a publisher of its own (a producer started and closed for it)."""
+    publisher = Publisher(kafka, registry, topic_suffix, timeout_s=60)
+    try:
+        publisher.publish(spec, event)
+    finally:
+        publisher.close()
 
 
 class Publisher:

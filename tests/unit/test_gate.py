@@ -138,3 +138,20 @@ def test_the_gate_times_the_two_versions_interleaved_and_scores_every_prompt() -
     timed = [adapter for adapter, n in calls if n == 1][2:]  # after the two warm-ups
     assert timed == [None, "cand", "cand", None, None, "cand", "cand", None]
     assert out["candidate"].latency_ms > 0 and out["incumbent"].tokens_per_answer == 3
+
+
+def test_the_simulated_continued_generation_has_the_shares_its_method_line_states() -> None:
+    """bench's trainer.gate_power_plus5_600 says: parent right on 60 %, 20 % of prompts answered
+    differently, candidate +5 points. The generator must produce those shares (100 k prompts)."""
+    import random
+
+    from bench.gate_benchmark import CONTINUED, _continued
+
+    accuracy, differ, gain = CONTINUED
+    candidate, incumbent = _continued(random.Random(5), gain, 100_000)
+    n = len(candidate)
+    assert abs(sum(incumbent) / n - accuracy) < 0.01
+    assert abs(sum(c != i for c, i in zip(candidate, incumbent, strict=True)) / n - differ) < 0.01
+    assert abs((sum(candidate) - sum(incumbent)) / n - gain) < 0.01
+    same, _ = _continued(random.Random(5), 0.0, 100_000)
+    assert abs(sum(same) / n - accuracy) < 0.01  # no gain: the candidate is as right as the parent

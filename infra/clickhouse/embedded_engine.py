@@ -22,7 +22,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -159,9 +159,7 @@ class Engine:
         return res.bytes(), {k: str(v) for k, v in summary.items()}
 
     @contextmanager
-    def _context(
-        self, session: Any, database: str | None, settings: dict[str, str]
-    ) -> Iterator[None]:
+    def _context(self, session: Any, database: str | None, settings: dict[str, str]) -> Iterator[None]:
         """``USE database`` and ``SET`` each setting in ``session`` for one request, undone after it."""
         if database:
             self._run(session, f"USE {quote_ident(database)}", "TabSeparated")
@@ -194,7 +192,10 @@ class Engine:
         [SETTINGS ...]``, no FORMAT) with chdb's streaming inserter: the engine parses each chunk as it
         comes, with no temp file. If ``chunks`` fails (the body ended early), the insert is cancelled
         and the failure raised; if the engine refuses the data, QueryFailed with its code."""
-        with self.session(session_id, session_timeout_s) as session, self._context(session, database, settings):
+        with (
+            self.session(session_id, session_timeout_s) as session,
+            self._context(session, database, settings),
+        ):
             started = time.perf_counter()
             try:
                 inserter = session.send_insert(statement, fmt)
@@ -252,7 +253,10 @@ class Engine:
                 "Ingest with `rftloop sink`, or point RFTLOOP_CLICKHOUSE_URL at a ClickHouse server. "
                 "(NOT_IMPLEMENTED)",
             )
-        with self.session(session_id, session_timeout_s) as session, self._context(session, database, settings):
+        with (
+            self.session(session_id, session_timeout_s) as session,
+            self._context(session, database, settings),
+        ):
             started = time.perf_counter()
             try:
                 for statement in before or []:
@@ -267,10 +271,55 @@ class Engine:
             elapsed = time.perf_counter() - started
         return out, {**summary, "elapsed_ns": str(int(elapsed * 1e9))}
 
+    def stream(
+        self,
+        sql: str,
+        fmt: str,
+        database: str | None,
+        params: dict[str, str],
+        settings: dict[str, str],
+        session_id: str | None = None,
+        session_timeout_s: float = 60,
+    ) -> Generator[bytes, None, None]:
+        """``sql``'s result in ``fmt`` block by block as the engine produces it (chdb's streaming
+        query), the session borrowed until the last block or ``close()``. QueryFailed from whichever
+        ``next()`` meets the failure: the first (nothing produced yet) or a later one (mid-stream).
+        chdb formats each streamed block as a whole output, so only formats without a prefix or
+        suffix concatenate into one valid result (the caller's ``STREAMABLE_FORMATS``)."""
+        with (
+            self.session(session_id, session_timeout_s) as session,
+            self._context(session, database, settings),
+        ):
+            try:
+                result = session.send_query(sql, fmt, params=params or None)
+            except Exception as exc:
+                raise _failed(exc) from exc
+            done = False
+            try:
+                while True:
+                    try:
+                        block = result.fetch()
+                    except Exception as exc:
+                        done = True  # chdb ends a failed stream itself
+                        raise _failed(exc) from exc
+                    if block is None:
+                        done = True
+                        return
+                    data = block.bytes()
+                    if data:
+                        yield data
+            finally:
+                if not done:  # the caller stopped reading (its client went away): stop the query
+                    try:
+                        result.cancel()
+                    except Exception as exc:
+                        log.warning("could not cancel a streamed query: %s", exc)
+
 
 def _failed(exc: Exception) -> QueryFailed:
     """chdb's exception (ChdbError / RuntimeError with ClickHouse's text) as QueryFailed with its code."""
-    msg = re.sub(r"^Streaming insert \w+ failed: ", "", str(exc))  # chdb's prefix, not ClickHouse's text
+    # chdb's prefix, not ClickHouse's text
+    msg = re.sub(r"^Streaming (?:insert \w+|query) failed: ", "", str(exc))
     m = CODE_RE.search(msg)
     return QueryFailed(int(m.group(1)) if m else 1001, msg)
 

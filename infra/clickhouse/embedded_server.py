@@ -9,7 +9,9 @@ client speak: GET/POST with ``query=``, ``database=``, ``default_format=``,
 (chunked and/or lz4/zstd/gzip compressed), inserts with binary bodies (streamed into
 the engine as they arrive, never through a decoded SQL string: ``Engine.insert``,
 ``body_pipe``), ``multipart/form-data`` external tables (``external_tables``), ``/ping``, and errors as
-``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``.
+``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``, and results streamed as the
+engine produces them when the caller asks ``wait_end_of_query=0`` (``result_stream``: an error after
+the first rows ends the body with ClickHouse's exception block).
 
 The engine, its session pool and what it refuses are in ``embedded_engine``.
 
@@ -27,13 +29,13 @@ import re
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from infra.clickhouse import external_tables
+from infra.clickhouse import external_tables, result_stream
 from infra.clickhouse.body_pipe import BodyPipe
 from infra.clickhouse.embedded_engine import Engine, QueryFailed, quote_literal
 
@@ -183,14 +185,50 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _error(self, exc: QueryFailed) -> None:
+    def _send_stream(self, first: bytes, rest: Generator[bytes, None, None], headers: dict[str, str]) -> None:
+        """A result as the engine produces it (``wait_end_of_query=0``): chunked, with the exception
+        block (``result_stream``) if the query fails after the 200 went out. No X-ClickHouse-Summary:
+        the totals are not known when the headers go (a server sends the progress so far)."""
+        tag = result_stream.exception_tag()
+        self.send_response(200)
+        for k, v in {
+            **headers,
+            "Content-Type": "application/octet-stream"
+            if headers["X-ClickHouse-Format"] == "Native"
+            else "text/plain; charset=UTF-8",
+            "Transfer-Encoding": "chunked",
+            "X-ClickHouse-Timezone": "UTC",
+            "X-ClickHouse-Exception-Tag": tag,
+            "X-ClickHouse-Server-Display-Name": "rftloop-embedded",
+        }.items():
+            self.send_header(k, v)
+        self.end_headers()
+        try:
+            if first:
+                result_stream.write_chunk(self.wfile, first)
+            for block in rest:
+                result_stream.write_chunk(self.wfile, block)
+        except QueryFailed as exc:
+            block = result_stream.exception_block(tag, self._error_text(exc))
+            result_stream.write_chunk(self.wfile, block)
+        except OSError:  # the client went away: stop the query, drop the connection
+            self.close_connection = True
+            return
+        finally:
+            rest.close()  # cancels the query if it did not run to its end
+        result_stream.write_chunk(self.wfile, b"")
+
+    def _error_text(self, exc: QueryFailed) -> str:
+        """ClickHouse's error text: ``Code: N. DB::Exception: ... (version V)``."""
         text = str(exc)
         if not text.startswith("Code:"):
             text = f"Code: {exc.code}. DB::Exception: {text}"
-        body = f"{text} (version {self.engine.version})\n".encode()
+        return f"{text} (version {self.engine.version})"
+
+    def _error(self, exc: QueryFailed) -> None:
         self._send(
             _STATUS_BY_CODE.get(exc.code, 500),
-            body,
+            f"{self._error_text(exc)}\n".encode(),
             {"X-ClickHouse-Exception-Code": str(exc.code), "Content-Type": "text/plain; charset=UTF-8"},
         )
 
@@ -228,6 +266,7 @@ class Handler(BaseHTTPRequestHandler):
         params = dict(parse_qsl(url.query, keep_blank_values=True, errors="backslashreplace"))
         query_id = params.get("query_id") or str(uuid.uuid4())
         external: list[external_tables.ExternalTable] = []
+        streamed: tuple[bytes, Generator[bytes, None, None]] | None = None
         try:
             if not self._authorized(params):
                 raise QueryFailed(516, "default: Authentication failed: password is incorrect")
@@ -253,6 +292,24 @@ class Handler(BaseHTTPRequestHandler):
             if isinstance(statement, _Insert):
                 sql = statement.head
                 out, summary = self._insert(statement, params, settings)
+            elif (
+                params.get("wait_end_of_query") == "0"
+                and fmt in result_stream.STREAMABLE_FORMATS
+                and not external
+                and self.command != "HEAD"
+                and not _NO_RESULT.match(statement)
+            ):
+                blocks = self.engine.stream(
+                    statement,
+                    fmt,
+                    params.get("database"),
+                    qparams,
+                    settings,
+                    params.get("session_id") or None,
+                    float(params.get("session_timeout") or 60),
+                )
+                first = next(blocks, b"")  # a failure before any row is still an ordinary error
+                streamed = (first, blocks)
             else:
                 sql = statement
                 out, summary = self.engine.execute(
@@ -275,6 +332,9 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             for t in external:
                 os.unlink(t.path)
+        if streamed is not None:
+            self._send_stream(*streamed, {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Format": fmt})
+            return
         headers = {
             "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",
             "X-ClickHouse-Query-Id": query_id,

@@ -260,7 +260,9 @@ def test_external_tables_from_multipart_form_data(stack, ch_database) -> None:
     c = connect(stack.clickhouse, database=ch_database)
     c.command("CREATE TABLE users (id UInt32, name String) ENGINE=MergeTree ORDER BY id")
     c.insert("users", [(1, "ann"), (2, "bob"), (3, "cy")], column_names=["id", "name"])
-    ext = ExternalData(file_name="wanted.csv", data=b"1,x\n3,y\n", fmt="CSV", structure="id UInt32, tag String")
+    ext = ExternalData(
+        file_name="wanted.csv", data=b"1,x\n3,y\n", fmt="CSV", structure="id UInt32, tag String"
+    )
     ext.add_file(file_name="extra", data=b"7\tq\n", types="UInt8,String")
     r = c.query(
         "SELECT u.name, w.tag, (SELECT sum(_1) FROM extra) FROM users AS u "
@@ -301,7 +303,9 @@ def test_an_insert_streams_in_and_a_body_cut_short_inserts_nothing(stack, ch_dat
     c = connect(stack.clickhouse, database=ch_database)
     c.command("CREATE TABLE cut (id UInt32, s String) ENGINE = MergeTree ORDER BY id")
     rows = b"".join(b"%d\tsome text\n" % i for i in range(50_000))
-    answer = _post_raw(stack.clickhouse.url, f"INSERT INTO {ch_database}.cut FORMAT TSV", len(rows) + 10, rows)
+    answer = _post_raw(
+        stack.clickhouse.url, f"INSERT INTO {ch_database}.cut FORMAT TSV", len(rows) + 10, rows
+    )
     assert answer.startswith(b"HTTP/1.1 5") and b"ended early" in answer
     assert c.query("SELECT count() FROM cut").result_rows == [(0,)]
     # whole, the same body goes in
@@ -326,6 +330,83 @@ def test_refused_insert_data_answers_the_error_and_the_connection_goes_on(stack,
         c.raw_insert("refused", ["id"], bad, fmt="TSV")
     assert c.query("SELECT count() FROM refused").result_rows == [(0,)]
     with pytest.raises(DatabaseError, match="Code: 60"):
-        c.raw_insert("no_such_table (id) SELECT id FROM input('id UInt32')", None, iter((b"1\n" * 500_000,)), fmt="TSV")
+        c.raw_insert(
+            "no_such_table (id) SELECT id FROM input('id UInt32')", None, iter((b"1\n" * 500_000,)), fmt="TSV"
+        )
     c.raw_insert("refused (id) SELECT id * 2 FROM input('id UInt32')", None, iter((b"1\n2\n",)), fmt="TSV")
     assert c.query("SELECT sum(id) FROM refused").result_rows == [(6,)]
+
+
+def test_a_streamed_result_that_fails_part_way_ends_with_clickhouses_exception_block(stack) -> None:
+    """wait_end_of_query=0: rows go out as the engine produces them. A query that fails after 100 of
+    them cannot change the 200 any more, so the body ends with the exception block framed by the
+    X-ClickHouse-Exception-Tag, which clickhouse-connect raises as StreamFailureError (the test of
+    its own suite, test_mid_stream_exception). A stream whose client goes away stops its query and
+    frees its session: the pool's 4 sessions serve the requests after 6 abandoned streams."""
+    import http.client
+    import re
+
+    from clickhouse_connect.driver.exceptions import StreamFailureError
+
+    c = connect(stack.clickhouse, database="default")
+    failing = "SELECT sleepEachRow(0.01), throwIf(number = 100) FROM numbers(200)"
+    streamed = {"max_block_size": 1, "wait_end_of_query": 0}
+    with pytest.raises(StreamFailureError, match=r"Code: 395\. DB::Exception: Value passed to 'throwIf'"):
+        _ = c.query(failing, settings=streamed).result_set
+    with (
+        pytest.raises(StreamFailureError, match="Code: 395"),
+        c.query_rows_stream(failing, settings=streamed) as rows,
+    ):
+        for _ in rows:
+            pass
+    assert c.command("SELECT 1") == 1
+    # a long result streams whole and equals the buffered one
+    whole = "SELECT number, toString(number) FROM numbers(300000)"
+    assert c.query(whole, settings={"wait_end_of_query": 0}).result_rows == c.query(whole).result_rows
+    # an error before any row is still an ordinary error with its status
+    with pytest.raises(DatabaseError, match="Code: 60") as err:
+        c.query("SELECT * FROM no_such_table", settings={"wait_end_of_query": 0})
+    assert not isinstance(err.value, StreamFailureError)
+    # the wire: chunked, the tag in the header, the block at the end of the body
+    url = urllib.parse.urlsplit(stack.clickhouse.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    query = urllib.parse.urlencode(
+        {"query": failing + " FORMAT TSV", "wait_end_of_query": "0", "max_block_size": "1", "user": "default"}
+    )
+    auth = stack.clickhouse.password.get_secret_value()
+    conn.request("GET", f"/?{query}", headers={"X-ClickHouse-Key": auth} if auth else {})
+    r = conn.getresponse()
+    tag = r.headers["X-ClickHouse-Exception-Tag"]
+    body = r.read()
+    assert r.status == 200 and r.headers["Transfer-Encoding"] == "chunked"
+    assert re.fullmatch(r"[a-z0-9]{16}", tag)
+    assert body.index(b"__exception__") == 400 == 4 * body.count(b"0\t0\n")  # the 100 rows before it
+    assert re.search(
+        rb"__exception__\r\n"
+        + tag.encode()
+        + rb"\r\nCode: 395\. .*\n\d+ "
+        + tag.encode()
+        + rb"\r\n__exception__\r\n$",
+        body,
+        re.S,
+    )
+    conn.close()
+    # clients that leave mid-stream: each stream's query is stopped and its session returned
+    slow = urllib.parse.urlencode(
+        {
+            "query": "SELECT sleepEachRow(0.05) FROM numbers(1000) FORMAT TSV",
+            "wait_end_of_query": "0",
+            "max_block_size": "1",
+        }
+    )
+    for _ in range(6):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        conn.request("GET", f"/?{slow}", headers={"X-ClickHouse-Key": auth} if auth else {})
+        resp = conn.getresponse()
+        assert resp.read(2) == b"0\n"
+        conn.close()
+    import time
+
+    t0 = time.monotonic()
+    assert [c.command("SELECT 1") for _ in range(8)] == [1] * 8
+    assert time.monotonic() - t0 < 10, "the abandoned streams held the pool's sessions"

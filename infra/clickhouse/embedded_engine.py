@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -67,6 +68,28 @@ class Engine:
         self._timeouts: dict[str, float] = {}
         self.version = self._run(first, "SELECT version()", "TabSeparated").decode().strip()
         self.tmpdir = tempfile.mkdtemp(prefix="rftloop-ch-", dir=_fast_tmp())
+
+    def close(self) -> int:
+        """Close the sessions no request holds (the pool's idle ones, every ClickHouse session_id's)
+        and remove the temp dir; returns how many were closed. A request still running keeps its
+        session until the process ends."""
+        closed = 0
+        with self._grow:
+            named = [s for s, lock, _ in self._sessions.values() if not lock.locked()]
+            self._sessions.clear()
+        while True:
+            try:
+                named.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        for s in named:
+            try:
+                s.close()
+                closed += 1
+            except Exception as exc:
+                log.warning("could not close a chdb session: %s", exc)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        return closed
 
     @contextmanager
     def session(self, session_id: str | None = None, timeout_s: float = 60) -> Iterator[Any]:

@@ -192,8 +192,8 @@ def run_demo(keep: bool = False, quick: bool = False, n_generations: int = 3) ->
         # The paired gate needs prompts: 31 held out (20 % of a generation's traffic) gave +0.16
         # [-0.03, +0.36] in a run here, too wide to show anything. A continued generation gains ~+4
         # to +9 points on a ~60 % parent (offline, 3 data seeds: +3.7, +9.0, +0.0 on 300 prompts),
-        # and the sequential gate (simulated, `rftloop bench sequential_gate`) publishes a +5 child
-        # ~1 time in 3 on 200 prompts and ~2 in 3 on 600. At 40 % held out, generations 2 and 3 had
+        # and the sequential gate publishes a +5 child 32 % of the time on 200 prompts and 75 % on
+        # 600 (simulated: `trainer.gate_power_plus5_600`). At 40 % held out, generations 2 and 3 had
         # 206-367 prompts (runs 17 and 19 rejected +3.3 and +4.4 as not shown). GRPO trains on a few
         # dozen prompts a run (12-14 steps of 4), so 60 % of the traffic goes to the gate ...
         "RFTLOOP_TRAINER_HOLDOUT_PERCENT": os.environ.get("RFTLOOP_TRAINER_HOLDOUT_PERCENT", "60"),

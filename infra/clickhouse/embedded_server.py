@@ -205,19 +205,19 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         try:
-            if first:
-                result_stream.write_chunk(self.wfile, first)
-            for block in rest:
+            try:
+                if first:
+                    result_stream.write_chunk(self.wfile, first)
+                for block in rest:
+                    result_stream.write_chunk(self.wfile, block)
+            except QueryFailed as exc:
+                block = result_stream.exception_block(tag, self._error_text(exc))
                 result_stream.write_chunk(self.wfile, block)
-        except QueryFailed as exc:
-            block = result_stream.exception_block(tag, self._error_text(exc))
-            result_stream.write_chunk(self.wfile, block)
-        except OSError:  # the client went away: stop the query, drop the connection
+            result_stream.write_chunk(self.wfile, b"")
+        except OSError:  # the client went away (at any write): stop the query, drop the connection
             self.close_connection = True
-            return
         finally:
             rest.close()  # cancels the query if it did not run to its end
-        result_stream.write_chunk(self.wfile, b"")
 
     def _error_text(self, exc: QueryFailed) -> str:
         """ClickHouse's error text: ``Code: N. DB::Exception: ... (version V)``."""

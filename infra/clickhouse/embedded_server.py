@@ -290,6 +290,14 @@ class Handler(BaseHTTPRequestHandler):
                 and _SETTING_NAME.match(k)
                 and not external_tables.is_table_param(k, files)
             }
+            # where a query runs: database, parameters, settings, ClickHouse session and its timeout
+            context = (
+                params.get("database"),
+                qparams,
+                settings,
+                params.get("session_id") or None,
+                float(params.get("session_timeout") or 60),
+            )
             if isinstance(statement, _Insert):
                 sql = statement.head
                 out, summary = self._insert(statement, params, settings)
@@ -300,15 +308,7 @@ class Handler(BaseHTTPRequestHandler):
                 and self.command != "HEAD"
                 and not _NO_RESULT.match(statement)
             ):
-                blocks = self.engine.stream(
-                    statement,
-                    fmt,
-                    params.get("database"),
-                    qparams,
-                    settings,
-                    params.get("session_id") or None,
-                    float(params.get("session_timeout") or 60),
-                )
+                blocks = self.engine.stream(statement, fmt, *context)
                 first = next(blocks, b"")  # a failure before any row is still an ordinary error
                 streamed = (first, blocks)
             else:
@@ -316,11 +316,7 @@ class Handler(BaseHTTPRequestHandler):
                 out, summary = self.engine.execute(
                     sql,
                     fmt,
-                    params.get("database"),
-                    qparams,
-                    settings,
-                    params.get("session_id") or None,
-                    float(params.get("session_timeout") or 60),
+                    *context,
                     before=[s for t in external for s in t.before()],
                     after=[s for t in external for s in t.after()],
                 )

@@ -41,7 +41,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from infra.clickhouse.client import connect
+from infra.clickhouse.client import body_pieces, connect
 from infra.clickhouse.migrate import migrate
 from infra.clickhouse.tables import AVRO_FORMAT, EventTable, event_table, offset_runs
 from infra.dlq import send_to_dlq
@@ -277,12 +277,12 @@ class ClickHouseSink:
             return DatabaseError(f"{len(offset_runs(offsets)[0])} runs of offsets, or not ascending")
         target = table.avro_insert_target(self._ch_settings.database, partition, offsets)
         settings = {**_AVRO_SETTINGS, "format_avro_schema_registry_url": self.avro_registry_url}
-        body = b"".join(m.value() or b"" for m in msgs)
+        body = body_pieces(m.value() or b"" for m in msgs)
         try:
             # raw_insert, not command(data=...): command() decodes the whole body as text and scans it
             # for its read-only check (~45 ms per 15 MB here). A generator body keeps the statement in
-            # the URL and streams the bytes as they are.
-            self._ch().raw_insert(target, None, iter((body,)), settings=settings, fmt=AVRO_FORMAT)
+            # the URL and streams the bytes as they are, piece by piece (``body_pieces``).
+            self._ch().raw_insert(target, None, body, settings=settings, fmt=AVRO_FORMAT)
         except DatabaseError as exc:  # OperationalError included
             return exc
         return None

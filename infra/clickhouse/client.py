@@ -1,7 +1,9 @@
-"""clickhouse-connect clients for the configured ClickHouse (embedded or a real server)."""
+"""clickhouse-connect clients for the configured ClickHouse (embedded or a real server), and the
+pieces an insert's body is sent in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import clickhouse_connect
@@ -27,3 +29,34 @@ def connect(settings: ClickHouseSettings, database: str | None = None, **kw: Any
         database=database if database is not None else settings.database,
         **kw,
     )
+
+
+BODY_PIECE_BYTES = 1 << 20
+
+
+def body_pieces(parts: Iterable[bytes], size: int = BODY_PIECE_BYTES) -> Iterator[bytes | memoryview]:
+    """``parts`` as one insert body in pieces of about ``size`` bytes, for ``raw_insert(...,
+    insert_block=<this>)``: small parts joined, a big one sliced without a copy.
+
+    Why pieces: urllib3 frames each chunk of a chunked body by formatting it into a new bytes object,
+    and that copy finishes before the chunk's first byte leaves. For one 84 MB chunk it took ~40 ms
+    here, with the server idle (``infra.clickhouse_insert_rows_s`` measures it). In 1 MB pieces the
+    client copies a piece while the server parses the one before."""
+    pending: list[bytes] = []
+    held = 0
+    for part in parts:
+        if len(part) >= size:
+            if pending:
+                yield b"".join(pending)
+                pending, held = [], 0
+            view = memoryview(part)
+            for start in range(0, len(view), size):
+                yield view[start : start + size]
+            continue
+        pending.append(part)
+        held += len(part)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)

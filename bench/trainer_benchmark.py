@@ -4,8 +4,10 @@ Both run the trainer's own functions (`consumers/trainer/kto.py`, `grpo.py`) on 
 arithmetic samples shaped like the demo's (prompt, completion, signed reward, reference).
 GRPO is measured three times in one run, same data and configuration: rollouts from the trainer's
 vLLM engine (ours, `consumers/trainer/engine.py`) against TRL's transformers `generate` (the peer);
-and ours (no gradient checkpointing, RFTLOOP_TRAINER_GRADIENT_CHECKPOINTING's default) against
-the same vLLM-rollout step with TRL's default of recomputing activations in the backward pass.
+ours (no gradient checkpointing, RFTLOOP_TRAINER_GRADIENT_CHECKPOINTING's default) against
+the same vLLM-rollout step with TRL's default of recomputing activations in the backward pass;
+and ours (RFTLOOP_TRAINER_PRECISION's default, auto: bf16 mixed precision on a CPU with native
+bf16) against the same step in fp32.
 KTO has no peer to run beside it here; it is reported, with the configuration.
 """
 
@@ -48,6 +50,7 @@ def training(ctx: Context) -> list[Result]:
     from consumers.trainer.engine import Engine
     from consumers.trainer.grpo import train_grpo
     from consumers.trainer.kto import train_kto
+    from consumers.trainer.steps import training_precision
     from infra.models import resolve
     from infra.settings import GatewaySettings, LocalStackSettings, TrainerSettings
 
@@ -65,6 +68,9 @@ def training(ctx: Context) -> list[Result]:
     grpo_cfg = TrainerSettings(**shape, grpo_rollouts="vllm")
     peer_cfg = TrainerSettings(**shape, grpo_rollouts="transformers")
     ckpt_cfg = TrainerSettings(**shape, grpo_rollouts="vllm", gradient_checkpointing=True)
+    fp32_cfg = TrainerSettings(**shape, grpo_rollouts="vllm", precision="fp32")
+    bf16, why = training_precision(grpo_cfg.precision)
+    precision = f"{'bf16 mixed precision' if bf16 else 'fp32'} ({why})"
     with tempfile.TemporaryDirectory(prefix="rftloop-bench-train-") as tmp:
         kto = train_kto(base, _samples(96), Path(tmp) / "kto", kto_cfg).figures
         peer = train_grpo(base, _samples(32), Path(tmp) / "grpo-generate", peer_cfg).figures
@@ -76,6 +82,7 @@ def training(ctx: Context) -> list[Result]:
             train_grpo(base, _samples(8), Path(tmp) / "grpo-warm-up", warm, None, engine)
             grpo = train_grpo(base, _samples(32), Path(tmp) / "grpo-vllm", grpo_cfg, None, engine).figures
             ckpt = train_grpo(base, _samples(32), Path(tmp) / "grpo-ckpt", ckpt_cfg, None, engine).figures
+            fp32 = train_grpo(base, _samples(32), Path(tmp) / "grpo-fp32", fp32_cfg, None, engine).figures
         finally:
             engine.close()
     return [
@@ -87,7 +94,7 @@ def training(ctx: Context) -> list[Result]:
             peer_value=None,
             goal="report",
             method=(
-                "TRL KTOTrainer + peft LoRA r16 (q/k/v/o) on SmolLM2-135M-Instruct fp32, CPU (use_cpu), "
+                f"TRL KTOTrainer + peft LoRA r16 (q/k/v/o) on SmolLM2-135M-Instruct, {precision}, CPU (use_cpu), "
                 f"{kto_cfg.max_steps} steps x batch {kto_cfg.batch_size} of synthetic arithmetic samples; "
                 f"samples trained / wall time of trainer.train() ({kto['train_seconds']:.1f} s)"
             ),
@@ -101,7 +108,7 @@ def training(ctx: Context) -> list[Result]:
             goal="report (ratio: generate / vLLM)",
             higher_is_better=False,
             method=(
-                "TRL GRPOTrainer + peft LoRA r16 on SmolLM2-135M-Instruct fp32, CPU, in one run on the same 32 "
+                f"TRL GRPOTrainer + peft LoRA r16 on SmolLM2-135M-Instruct, {precision}, CPU, in one run on the same 32 "
                 f"synthetic prompts: {grpo_cfg.grpo_prompts} prompts x {grpo_cfg.grpo_generations} answers x "
                 f"<= {grpo_cfg.max_new_tokens} new tokens per step at temperature 1.0, reward = "
                 "infra.rewards.correctness, no screening; ours: rollouts from an in-process vLLM engine "
@@ -127,6 +134,23 @@ def training(ctx: Context) -> list[Result]:
                 "by an unmeasured step before both). Mean over "
                 f"{grpo_cfg.max_steps} steps of trainer.train() wall time (ours {grpo['train_seconds']:.1f} s, "
                 f"peer {ckpt['train_seconds']:.1f} s)"
+            ),
+        ),
+        Result(
+            name="trainer.grpo_step_s_precision",
+            value=grpo["step_seconds"],
+            unit="s/step",
+            peer="same GRPO step in fp32",
+            peer_value=fp32["step_seconds"],
+            goal="report (ratio: fp32 / ours)",
+            higher_is_better=False,
+            method=(
+                f"the trainer.grpo_step_s run's vLLM-rollout GRPO step (ours: {precision}, "
+                "RFTLOOP_TRAINER_PRECISION's default) against the same step, same engine, same prompts, "
+                "run after it with RFTLOOP_TRAINER_PRECISION=fp32 (the engine warmed by an unmeasured step "
+                f"before both). Mean over {grpo_cfg.max_steps} steps of trainer.train() wall time (ours "
+                f"{grpo['train_seconds']:.1f} s, peer {fp32['train_seconds']:.1f} s); the rollouts are vLLM's in "
+                "both (fp32), so the ratio is the training half's gain diluted by them"
             ),
         ),
     ]

@@ -429,6 +429,13 @@ class TrainerSettings(BaseSettings):
         "a 135M model's activations are small, and on the CPU the recomputed forward cost GRPO "
         "steps time (`rftloop bench trainer` measures both)",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="the training step's matmuls: bf16 = mixed precision (torch autocast; the LoRA "
+        "weights and optimizer stay fp32, the adapter is saved fp32); auto = bf16 where the hardware "
+        "multiplies bf16 natively (a CUDA GPU that supports it; a CPU with avx512_bf16 or amx_bf16), "
+        "else fp32. The served model and the gate are not affected (vLLM's dtype)",
+    )
     max_new_tokens: int = Field(16, ge=1, description="tokens per answer in the gate's evaluation")
     min_quality_gain: float = Field(
         0.0, description="the paired gain's 95 % lower bound must be above this (0: shown to be better)"

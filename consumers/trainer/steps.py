@@ -67,13 +67,33 @@ def common_args(cfg: Any, out_dir: Path) -> dict[str, Any]:
         "save_strategy": "no",
         "report_to": "none",
         "use_cpu": not torch.cuda.is_available(),
-        "bf16": False,
+        "bf16": training_precision(cfg.precision)[0],
         # TRL turns it on by default; RFTLOOP_TRAINER_GRADIENT_CHECKPOINTING (off) decides here
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "disable_tqdm": False,
         "seed": 0,
         "data_seed": 0,
     }
+
+
+def training_precision(precision: str) -> tuple[bool, str]:
+    """(bf16 mixed precision?, why) for RFTLOOP_TRAINER_PRECISION. ``auto`` picks bf16 where the
+    hardware multiplies bf16 natively: a CUDA GPU that supports it, or an x86 CPU with avx512_bf16
+    or amx_bf16 (torch's oneDNN kernels use them). On this machine's CPU (avx512_bf16) a LoRA
+    forward and backward of SmolLM2 ran 2.2x faster under bf16 autocast than in fp32. Other CPUs
+    (ARM's bf16 included: not measured here) stay fp32, where bf16 would be emulated and slower."""
+    import torch
+
+    if precision != "auto":
+        return precision == "bf16", f"RFTLOOP_TRAINER_PRECISION={precision}"
+    if torch.cuda.is_available():
+        ok = bool(torch.cuda.is_bf16_supported())
+        return ok, "auto: the GPU " + ("supports bf16" if ok else "has no bf16")
+    caps = torch.cpu.get_capabilities()
+    native = [name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)]
+    if native:
+        return True, f"auto: the CPU has {native[0]}"
+    return False, "auto: the CPU has no native bf16 (avx512_bf16, amx_bf16)"
 
 
 def trainable(base_path: str, cfg: Any, parent: str | None, left_pad: bool = False) -> tuple[Any, Any, Any]:

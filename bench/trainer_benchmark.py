@@ -50,7 +50,7 @@ def training(ctx: Context) -> list[Result]:
     from consumers.trainer.engine import Engine
     from consumers.trainer.grpo import train_grpo
     from consumers.trainer.kto import train_kto
-    from consumers.trainer.steps import training_precision
+    from consumers.trainer.steps import describe_precision
     from infra.models import resolve
     from infra.settings import GatewaySettings, LocalStackSettings, TrainerSettings
 
@@ -69,8 +69,7 @@ def training(ctx: Context) -> list[Result]:
     peer_cfg = TrainerSettings(**shape, grpo_rollouts="transformers")
     ckpt_cfg = TrainerSettings(**shape, grpo_rollouts="vllm", gradient_checkpointing=True)
     fp32_cfg = TrainerSettings(**shape, grpo_rollouts="vllm", precision="fp32")
-    bf16, why = training_precision(grpo_cfg.precision)
-    precision = f"{'bf16 mixed precision' if bf16 else 'fp32'} ({why})"
+    precision = describe_precision(grpo_cfg.precision)
     with tempfile.TemporaryDirectory(prefix="rftloop-bench-train-") as tmp:
         kto = train_kto(base, _samples(96), Path(tmp) / "kto", kto_cfg).figures
         peer = train_grpo(base, _samples(32), Path(tmp) / "grpo-generate", peer_cfg).figures

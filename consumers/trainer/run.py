@@ -38,7 +38,7 @@ from consumers.trainer.grpo import train_grpo
 from consumers.trainer.kto import train_kto
 from consumers.trainer.paired import SequentialGate, needed_prompts
 from consumers.trainer.pairs import load_pairs
-from consumers.trainer.steps import LORA_TARGETS, training_precision, write_steps
+from consumers.trainer.steps import LORA_TARGETS, describe_precision, write_steps
 from infra import adapters, failpoints, models
 from infra.clickhouse.client import connect
 from infra.publish import publish_event
@@ -299,10 +299,9 @@ def run_once(
         unit = {"dpo": "pairs", "grpo": "samples' prompts (screened for reward variance first)"}.get(
             method, "samples"
         )
-        bf16, why = training_precision(cfg.precision)
         say(
             f"trainer: {method.upper()} on {len(data)} {unit}, {cfg.max_steps} steps, "
-            f"{'bf16 mixed precision' if bf16 else 'fp32'} ({why}) ..."
+            f"{describe_precision(cfg.precision)} ..."
         )
         if parent:
             say(

@@ -97,6 +97,12 @@ def training_precision(precision: str) -> tuple[bool, str]:
     return False, "auto: the CPU has no native bf16 (avx512_bf16, amx_bf16)"
 
 
+def describe_precision(precision: str) -> str:
+    """What a run trains in, and why, in words (the trainer's run line, the benchmark's Methods)."""
+    bf16, why = training_precision(precision)
+    return f"{'bf16 mixed precision' if bf16 else 'fp32'} ({why})"
+
+
 def trainable(base_path: str, cfg: Any, parent: str | None, left_pad: bool = False) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config) for a trainer: a fresh LoRA on the base model, or — when
     ``parent`` names the incumbent's adapter directory — that adapter, loaded trainable and

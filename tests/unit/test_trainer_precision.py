@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from consumers.trainer.steps import common_args, training_precision
+from consumers.trainer.steps import common_args, describe_precision, training_precision
 from infra.settings import TrainerSettings
 
 
@@ -25,6 +25,7 @@ def cpu_only(monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_auto_trains_in_bf16_only_where_the_cpu_multiplies_bf16_natively(cpu_only: Any) -> None:
     cpu_only(avx512_bf16=True, amx_bf16=False)
     assert training_precision("auto") == (True, "auto: the CPU has avx512_bf16")
+    assert describe_precision("auto") == "bf16 mixed precision (auto: the CPU has avx512_bf16)"
     cpu_only(avx512_bf16=False, amx_bf16=True)
     assert training_precision("auto") == (True, "auto: the CPU has amx_bf16")
     cpu_only(avx512_bf16=False, avx2=True)

@@ -200,7 +200,12 @@ def test_published_adapter_is_served_without_restart_and_bad_ones_are_refused(ga
     )
     assert r.status_code == 200 and r.json()["model"] == f"{SERVED}:v-good"
     assert r.headers["x-rftloop-version"] == "v-good"
-    health = http.get("/healthz").json()
+    # the refusals are the two events published after v-good: the follower may still be on them
+    while time.monotonic() < deadline:
+        health = http.get("/healthz").json()
+        if {"v-badsha", "v-outside"} <= set(health["refused_versions"]):
+            break
+        time.sleep(0.05)
     assert "does not match" in health["refused_versions"]["v-badsha"]
     assert "outside the artifact root" in health["refused_versions"]["v-outside"]
     assert health["traffic"]["v-good"] == pytest.approx(0.5)

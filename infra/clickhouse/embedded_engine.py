@@ -27,6 +27,8 @@ from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from infra.clickhouse import sql_text
+
 log = logging.getLogger(__name__)
 
 CODE_RE = re.compile(r"Code:\s*(\d+)")
@@ -284,7 +286,15 @@ class Engine:
             try:
                 for statement in before or []:
                     self._run(session, statement, "TabSeparated")
-                out, summary = self._query(session, sql, fmt, params)
+                try:
+                    out, summary = self._query(session, sql, fmt, params)
+                except QueryFailed as exc:
+                    system = sql_text.system_table(sql) if sql_text.NO_METADATA in str(exc) else None
+                    exists = f"EXISTS TABLE system.{quote_ident(system[0])}" if system else ""
+                    if system is None or self._run(session, exists, "TabSeparated").strip() != b"1":
+                        raise  # chdb says the same of a system table that does not exist
+                    # chdb keeps no metadata of system tables: their statement as a server prints it
+                    out, summary = self._query(session, sql_text.show_create_system(*system), fmt, params)
             finally:
                 for statement in after or []:
                     try:

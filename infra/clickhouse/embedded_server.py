@@ -39,6 +39,7 @@ from urllib.parse import parse_qsl, urlsplit
 from infra.clickhouse import external_tables, result_stream
 from infra.clickhouse.body_pipe import BodyPipe
 from infra.clickhouse.embedded_engine import Engine, QueryFailed, quote_literal
+from infra.clickhouse.sql_text import query_text, system_table
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,7 @@ class Handler(BaseHTTPRequestHandler):
                 and not external
                 and self.command != "HEAD"
                 and not _NO_RESULT.match(statement)
+                and system_table(statement) is None  # answered whole (``Engine.execute``)
             ):
                 blocks = self.engine.stream(statement, fmt, *context)
                 first = next(blocks, b"")  # a failure before any row is still an ordinary error
@@ -372,13 +374,13 @@ class Handler(BaseHTTPRequestHandler):
                 full = (head + b"\n" + first + rest) if query and first else (head or first + rest)
                 if not full.strip():
                     raise QueryFailed(62, "Empty query")
-                return _sql_text(full)
+                return query_text(full)
             first = first[nl + 1 :]
         assert m is not None
         data = _non_empty(first, body)
         if data is None:
             raise QueryFailed(108, "No data to insert")  # NO_DATA_TO_INSERT
-        return _Insert(_sql_text(m.group(1)), _sql_text(m.group(2) or b""), m.group(3).decode(), data)
+        return _Insert(query_text(m.group(1)), query_text(m.group(2) or b""), m.group(3).decode(), data)
 
     def _insert(
         self, ins: _Insert, params: dict[str, str], settings: dict[str, str]
@@ -432,12 +434,6 @@ def _non_empty(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes] | None:
         yield from rest
 
     return pieces()
-
-
-def _sql_text(data: bytes) -> str:
-    """Query bytes as the text chdb takes. ClickHouse accepts bytes that are not UTF-8 inside string
-    literals; each such byte becomes ``\\xHH``, the literal escape ClickHouse reads back as that byte."""
-    return data.decode("utf-8", errors="backslashreplace")
 
 
 def serve(path: str, host: str, port: int, password: str = "") -> None:

@@ -410,3 +410,53 @@ def test_a_streamed_result_that_fails_part_way_ends_with_clickhouses_exception_b
     t0 = time.monotonic()
     assert [c.command("SELECT 1") for _ in range(8)] == [1] * 8
     assert time.monotonic() - t0 < 10, "the abandoned streams held the pool's sessions"
+
+
+def test_binary_query_parameters_reach_the_engine_byte_for_byte(stack) -> None:
+    """clickhouse-connect sends a ``$name$`` parameter's bytes inside the query (a heredoc), as in its
+    own ``test_embedded_binary``: a Parquet file is not UTF-8, and its bytes must arrive unchanged."""
+    c = connect(stack.clickhouse, database="default")
+    parquet = c.raw_query(
+        "SELECT toString(number) AS movie, number / 2 AS rating FROM numbers(300) FORMAT Parquet"
+    )
+    assert parquet.startswith(b"PAR1")
+    r = c.query(
+        "SELECT count(), min(movie), sum(rating) FROM format(Parquet, $parquet$)",
+        parameters={"$parquet$": parquet},
+    )
+    assert r.result_rows == [(300, "0", sum(range(300)) / 2)]
+    every_byte = bytes(range(256))
+    assert c.query("SELECT hex($b$) AS h", parameters={"$b$": every_byte}).result_rows == [
+        (every_byte.hex().upper(),)
+    ]
+    # a parameter used twice, and a UTF-8 heredoc written in the query, unchanged
+    r = c.query(
+        "SELECT $m$ AS m1, $m$ AS m2, $h$é'\\$h$ AS h WHERE m1 = 'foobar'", parameters={"$m$": b"foobar"}
+    )
+    assert r.result_rows == [("foobar", "foobar", "é'\\")]
+
+
+def test_show_create_of_a_system_table_answers_its_statement(stack) -> None:
+    """chdb keeps no metadata of system tables; the front answers SHOW CREATE as a server does."""
+    c = connect(stack.clickhouse, database="default")
+    r = c.query("SHOW CREATE TABLE system.tables")
+    assert r.column_names == ("statement",)
+    statement = r.result_rows[0][0]
+    assert statement.startswith("CREATE TABLE system.tables\n(\n    `database` String COMMENT ")
+    assert "\n    `name` String COMMENT 'Table name.',\n" in statement
+    assert "\n)\nENGINE = SystemTables\nCOMMENT '" in statement
+    assert c.query("SHOW CREATE system.numbers").result_rows[0][0] == (
+        "CREATE TABLE system.numbers\n(\n    `number` UInt64\n)\nENGINE = SystemNumbers\nCOMMENT "
+        "'Generates all natural numbers, starting from 0 (to 2^64 - 1, and then again) in sorted order.'"
+    )
+    raw = c.raw_query("SHOW CREATE TABLE `system`.`numbers` FORMAT JSONEachRow")
+    assert json.loads(raw)["statement"].startswith("CREATE TABLE system.numbers\n")
+    with pytest.raises(DatabaseError, match="code: 60"):  # no such table: the engine's own error
+        c.query("SHOW CREATE TABLE system.no_such_table")
+    c.command("CREATE TABLE IF NOT EXISTS default.sc_user (id UInt32) ENGINE = MergeTree ORDER BY id")
+    assert (
+        c.query("SHOW CREATE TABLE default.sc_user")
+        .result_rows[0][0]
+        .startswith("CREATE TABLE default.sc_user")
+    )
+    c.command("DROP TABLE default.sc_user")

@@ -69,6 +69,7 @@ class Engine:
         self._sessions: dict[str, tuple[Any, threading.Lock, float]] = {}  # ClickHouse session_id
         self._timeouts: dict[str, float] = {}
         self.version = self._run(first, "SELECT version()", "TabSeparated").decode().strip()
+        self.timezone = self._run(first, "SELECT serverTimezone()", "TabSeparated").decode().strip()
         self.tmpdir = tempfile.mkdtemp(prefix="rftloop-ch-", dir=_fast_tmp())
 
     def close(self) -> int:

@@ -199,7 +199,6 @@ class Handler(BaseHTTPRequestHandler):
             if headers["X-ClickHouse-Format"] == "Native"
             else "text/plain; charset=UTF-8",
             "Transfer-Encoding": "chunked",
-            "X-ClickHouse-Timezone": "UTC",
             "X-ClickHouse-Exception-Tag": tag,
             "X-ClickHouse-Server-Display-Name": "rftloop-embedded",
         }.items():
@@ -291,6 +290,8 @@ class Handler(BaseHTTPRequestHandler):
                 and _SETTING_NAME.match(k)
                 and not external_tables.is_table_param(k, files)
             }
+            # the zone a server names for the result's DateTimes: the caller's session_timezone, or its own
+            tz = settings.get("session_timezone") or self.engine.timezone
             # where a query runs: database, parameters, settings, ClickHouse session and its timeout
             context = (
                 params.get("database"),
@@ -332,12 +333,15 @@ class Handler(BaseHTTPRequestHandler):
             for t in external:
                 os.unlink(t.path)
         if streamed is not None:
-            self._send_stream(*streamed, {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Format": fmt})
+            self._send_stream(
+                *streamed,
+                {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": tz},
+            )
             return
         headers = {
             "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",
             "X-ClickHouse-Query-Id": query_id,
-            "X-ClickHouse-Timezone": "UTC",
+            "X-ClickHouse-Timezone": tz,
             "X-ClickHouse-Summary": json.dumps(summary),
         }
         if not _NO_RESULT.match(sql):  # as a server: a format only for statements that return rows

@@ -460,3 +460,20 @@ def test_show_create_of_a_system_table_answers_its_statement(stack) -> None:
         .startswith("CREATE TABLE default.sc_user")
     )
     c.command("DROP TABLE default.sc_user")
+
+
+def test_the_result_timezone_header_follows_the_callers_session_timezone(stack) -> None:
+    """A server names the zone of the result's DateTimes in X-ClickHouse-Timezone: the caller's
+    ``session_timezone``, else its own; clickhouse-connect reads DateTimes in that zone."""
+    base = stack.clickhouse.url
+    with urllib.request.urlopen(f"{base}/?query=SELECT+serverTimezone()") as r:
+        assert r.headers["X-ClickHouse-Timezone"] == r.read().decode().strip()
+    with urllib.request.urlopen(f"{base}/?query=SELECT+1&session_timezone=America/Denver") as r:
+        assert r.headers["X-ClickHouse-Timezone"] == "America/Denver"
+    c = connect(stack.clickhouse, database="default")
+    sql = "SELECT toDateTime('2022-10-25 10:55:22')"
+    for wait in ("1", "0"):  # buffered, and streamed as produced
+        value = c.query(
+            sql, settings={"session_timezone": "America/Denver", "wait_end_of_query": wait}
+        ).first_row[0]
+        assert (value.hour, str(value.tzinfo)) == (10, "America/Denver")

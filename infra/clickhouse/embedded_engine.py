@@ -173,16 +173,7 @@ class Engine:
             msg = res.error_message()
             m = CODE_RE.search(msg)
             raise QueryFailed(int(m.group(1)) if m else 1001, msg)
-        summary = {
-            "read_rows": res.storage_rows_read(),
-            "read_bytes": res.storage_bytes_read(),
-            "written_rows": res.rows_written(),
-            "written_bytes": res.bytes_written(),
-            "total_rows_to_read": res.storage_rows_read(),
-            "result_rows": res.rows_read(),
-            "result_bytes": res.bytes_read(),
-        }
-        return res.bytes(), {k: str(v) for k, v in summary.items()}
+        return res.bytes(), {k: str(v) for k, v in _summary(res).items()}
 
     @contextmanager
     def _context(self, session: Any, database: str | None, settings: dict[str, str]) -> Iterator[None]:
@@ -314,12 +305,16 @@ class Engine:
         settings: dict[str, str],
         session_id: str | None = None,
         session_timeout_s: float = 60,
+        summary: dict[str, int] | None = None,
     ) -> Generator[bytes, None, None]:
         """``sql``'s result in ``fmt`` block by block as the engine produces it (chdb's streaming
         query), the session borrowed until the last block or ``close()``. QueryFailed from whichever
         ``next()`` meets the failure: the first (nothing produced yet) or a later one (mid-stream).
         chdb formats each streamed block as a whole output, so only formats without a prefix or
-        suffix concatenate into one valid result (the caller's ``STREAMABLE_FORMATS``)."""
+        suffix concatenate into one valid result (the caller's ``STREAMABLE_FORMATS``). ``summary``
+        gathers the query summary (``X-ClickHouse-Summary``) of the blocks produced so far."""
+        totals = summary if summary is not None else {}
+        totals.update(dict.fromkeys(_SUMMARY_KEYS, 0))
         with (
             self.session(session_id, session_timeout_s) as session,
             self._context(session, database, settings),
@@ -339,6 +334,8 @@ class Engine:
                     if block is None:
                         done = True
                         return
+                    for key, value in _summary(block).items():
+                        totals[key] += value
                     data = block.bytes()
                     if data:
                         yield data
@@ -348,6 +345,31 @@ class Engine:
                         result.cancel()
                     except Exception as exc:
                         log.warning("could not cancel a streamed query: %s", exc)
+
+
+_SUMMARY_KEYS = (
+    "read_rows",
+    "read_bytes",
+    "written_rows",
+    "written_bytes",
+    "total_rows_to_read",
+    "result_rows",
+    "result_bytes",
+)
+
+
+def _summary(res: Any) -> dict[str, int]:
+    """ClickHouse's query summary (``X-ClickHouse-Summary``) of a chdb result or streamed block."""
+    counts = (
+        res.storage_rows_read(),
+        res.storage_bytes_read(),
+        res.rows_written(),
+        res.bytes_written(),
+        res.storage_rows_read(),
+        res.rows_read(),
+        res.bytes_read(),
+    )
+    return dict(zip(_SUMMARY_KEYS, counts, strict=True))
 
 
 def _failed(exc: Exception) -> QueryFailed:

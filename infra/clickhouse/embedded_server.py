@@ -10,8 +10,8 @@ client speak: GET/POST with ``query=``, ``database=``, ``default_format=``,
 the engine as they arrive, never through a decoded SQL string: ``Engine.insert``,
 ``body_pipe``), ``multipart/form-data`` external tables (``external_tables``), ``/ping``, and errors as
 ``Code: N. DB::Exception: ...`` with ``X-ClickHouse-Exception-Code``, and results streamed as the
-engine produces them when the caller asks ``wait_end_of_query=0`` (``result_stream``: an error after
-the first rows ends the body with ClickHouse's exception block).
+engine produces them unless the caller asks ``wait_end_of_query=1``, as from a server
+(``result_stream``: an error after the first rows ends the body with ClickHouse's exception block).
 
 The engine, its session pool and what it refuses are in ``embedded_engine``.
 
@@ -187,10 +187,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _send_stream(self, first: bytes, rest: Generator[bytes, None, None], headers: dict[str, str]) -> None:
-        """A result as the engine produces it (``wait_end_of_query=0``): chunked, with the exception
-        block (``result_stream``) if the query fails after the 200 went out. No X-ClickHouse-Summary:
-        the totals are not known when the headers go (a server sends the progress so far)."""
+    def _send_stream(
+        self, held: list[bytes], rest: Generator[bytes, None, None], headers: dict[str, str]
+    ) -> None:
+        """A result past the held buffer, as the engine produces it: chunked, with the exception block
+        (``result_stream``) if the query fails after the 200 went out. Its X-ClickHouse-Summary is
+        the progress when the headers go, as a server's is."""
         tag = result_stream.exception_tag()
         self.send_response(200)
         for k, v in {
@@ -206,8 +208,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             try:
-                if first:
-                    result_stream.write_chunk(self.wfile, first)
+                for block in held:
+                    result_stream.write_chunk(self.wfile, block)
                 for block in rest:
                     result_stream.write_chunk(self.wfile, block)
             except QueryFailed as exc:
@@ -267,7 +269,7 @@ class Handler(BaseHTTPRequestHandler):
         params = dict(parse_qsl(url.query, keep_blank_values=True, errors="backslashreplace"))
         query_id = params.get("query_id") or str(uuid.uuid4())
         external: list[external_tables.ExternalTable] = []
-        streamed: tuple[bytes, Generator[bytes, None, None]] | None = None
+        streamed: tuple[list[bytes], Generator[bytes, None, None], dict[str, str]] | None = None
         try:
             if not self._authorized(params):
                 raise QueryFailed(516, "default: Authentication failed: password is incorrect")
@@ -304,16 +306,28 @@ class Handler(BaseHTTPRequestHandler):
                 sql = statement.head
                 out, summary = self._insert(statement, params, settings)
             elif (
-                params.get("wait_end_of_query") == "0"
-                and fmt in result_stream.STREAMABLE_FORMATS
+                params.get("wait_end_of_query", "0").lower() not in ("1", "true")
+                and result_stream.streamable(statement, fmt)
                 and not external
                 and self.command != "HEAD"
-                and not _NO_RESULT.match(statement)
                 and system_table(statement) is None  # answered whole (``Engine.execute``)
             ):
-                blocks = self.engine.stream(statement, fmt, *context)
-                first = next(blocks, b"")  # a failure before any row is still an ordinary error
-                streamed = (first, blocks)
+                sql, started, totals = statement, time.perf_counter(), dict[str, int]()
+                blocks = self.engine.stream(statement, fmt, *context, summary=totals)
+                # as a server: headers with the first block, or the whole result past a caller's buffer_size
+                try:
+                    held, ended = result_stream.hold(blocks, result_stream.held_bytes(params))
+                except QueryFailed as exc:  # chdb streams only some statements (``WITH ... INSERT`` not)
+                    if exc.code != 36 or "Streaming query is not supported" not in str(exc):
+                        raise
+                    whole, done = self.engine.execute(sql, fmt, *context)
+                    held, ended = [whole], True
+                    totals.update((k, int(v)) for k, v in done.items() if k in totals)
+                summary = {**totals, "elapsed_ns": int((time.perf_counter() - started) * 1e9)}
+                summary = {k: str(v) for k, v in summary.items()}
+                out = b"".join(held)
+                if not ended:
+                    streamed = (held, blocks, summary)
             else:
                 sql = statement
                 out, summary = self.engine.execute(
@@ -333,10 +347,13 @@ class Handler(BaseHTTPRequestHandler):
             for t in external:
                 os.unlink(t.path)
         if streamed is not None:
-            self._send_stream(
-                *streamed,
-                {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": tz},
-            )
+            held, rest, progress = streamed
+            headers = {
+                "X-ClickHouse-Query-Id": query_id,
+                "X-ClickHouse-Format": fmt,
+                "X-ClickHouse-Timezone": tz,
+            }
+            self._send_stream(held, rest, {**headers, "X-ClickHouse-Summary": json.dumps(progress)})
             return
         headers = {
             "Content-Type": "application/octet-stream" if fmt == "Native" else "text/plain; charset=UTF-8",

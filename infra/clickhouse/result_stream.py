@@ -1,7 +1,13 @@
 """A query's result sent as the engine produces it, and ClickHouse's exception block when it fails
-part-way (the embedded front's ``wait_end_of_query=0``).
+part-way (the embedded front, unless the caller asks ``wait_end_of_query=1``).
 
-clickhouse-server streams a result with HTTP chunked transfer encoding. Once it has sent the 200
+clickhouse-server streams a result unless the caller sets ``wait_end_of_query=1`` (clickhouse-connect
+sets it for ``query()``, not for its ``*_stream`` methods). Its output format flushes after each
+block, so the headers (with the progress so far as ``X-ClickHouse-Summary``) go with the first
+block: a query that fails before it is answered with its error status. A caller's ``buffer_size``
+above the default (1 MiB) makes the server hold that many bytes in memory first: a result that ends,
+or fails, within them is answered whole. It streams with HTTP chunked transfer encoding. Once it has
+sent the 200
 and some rows, an error can no longer change the status, so since 25.11 it names a random tag in
 the ``X-ClickHouse-Exception-Tag`` header and, on failure, ends the body with an exception block
 framed by that tag::
@@ -15,8 +21,10 @@ of this protocol.
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
+from collections.abc import Iterator
 from io import BufferedIOBase
 
 # chdb formats each streamed block as a whole output: a JSON, CSVWithNames or Parquet result
@@ -41,6 +49,42 @@ STREAMABLE_FORMATS = frozenset(
     }
 )
 _TAG_ALPHABET = string.ascii_lowercase + string.digits
+BUFFER_SIZE = 1 << 20  # a server's default buffer_size (DBMS_DEFAULT_BUFFER_SIZE): no memory hold
+# what chdb's streaming query runs (SHOW, DESCRIBE, EXPLAIN ... answer "Streaming query is not supported")
+_STREAMED_STATEMENT = re.compile(r"^\s*(?:\(|SELECT\b|WITH\b)", re.IGNORECASE)
+_FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
+
+
+def streamable(statement: str, fmt: str) -> bool:
+    """Whether ``statement``'s result can go as the engine produces it: a SELECT whose format (its
+    own FORMAT clause, else ``fmt``) has blocks that concatenate."""
+    if not _STREAMED_STATEMENT.match(statement):
+        return False
+    clause = _FORMAT_CLAUSE.search(statement)
+    return (clause.group(1) if clause else fmt) in STREAMABLE_FORMATS
+
+
+def held_bytes(params: dict[str, str]) -> int:
+    """The bytes held before streaming starts: the caller's ``buffer_size`` where it is above the
+    default, else none (the first block goes as it comes)."""
+    try:
+        asked = int(params.get("buffer_size") or 0)
+    except ValueError:
+        return 0
+    return asked if asked > BUFFER_SIZE else 0
+
+
+def hold(blocks: Iterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The first blocks, until more than ``limit`` bytes are held (at least one block) or the
+    result ends: (blocks, ended). A failure meanwhile propagates: an ordinary error answer."""
+    held: list[bytes] = []
+    size = 0
+    for block in blocks:
+        held.append(block)
+        size += len(block)
+        if size > limit:
+            return held, False
+    return held, True
 
 
 def exception_tag() -> str:

@@ -412,6 +412,48 @@ def test_a_streamed_result_that_fails_part_way_ends_with_clickhouses_exception_b
     assert time.monotonic() - t0 < 10, "the abandoned streams held the pool's sessions"
 
 
+def test_a_result_streams_unless_the_caller_waits_for_its_end_as_from_a_server(stack) -> None:
+    """A server streams unless asked ``wait_end_of_query=1`` (clickhouse-connect asks it for query(),
+    not for its stream methods): the headers go with the first block. A ``buffer_size`` above the
+    default holds that much first, so a result, or an error, within it is answered whole."""
+    from clickhouse_connect.driver.exceptions import StreamFailureError
+
+    c = connect(stack.clickhouse, database="default")
+    failing = (  # clickhouse-connect's own test_stream_failure_sync: fails at row 300,000
+        "SELECT toString(cityHash64(number)) FROM numbers(10000000) WHERE intDiv(1, number - 300000) > -100000000"
+    )
+    with (
+        pytest.raises(StreamFailureError, match="Division by zero"),
+        c.query_row_block_stream(failing) as blocks,
+    ):
+        for _ in blocks:
+            pass
+    with c.query_rows_stream("SELECT number FROM numbers(10000)") as rows:
+        assert sum(row[0] for row in rows) == 49_995_000
+    base = stack.clickhouse.url
+
+    def get(sql: str, **params: str):
+        query = urllib.parse.urlencode({"query": sql, **params})
+        return urllib.request.urlopen(f"{base}/?{query}")
+
+    with get("SELECT number FROM numbers(3)") as r:
+        assert r.headers["Transfer-Encoding"] == "chunked" and r.read() == b"0\n1\n2\n"
+        assert json.loads(r.headers["X-ClickHouse-Summary"])["result_rows"] == "3"  # the progress so far
+    with get("SELECT number FROM numbers(3)", wait_end_of_query="1") as r:
+        assert r.headers["Content-Length"] == "6" and r.read() == b"0\n1\n2\n"
+    with get("SHOW DATABASES") as r:  # a statement chdb does not stream is answered whole
+        assert b"system\n" in r.read()
+    with get("SELECT number FROM numbers(100000)", buffer_size=str(8 << 20)) as r:
+        assert r.headers["Content-Length"] == str(len(r.read()))  # the whole result fits the buffer
+    with pytest.raises(urllib.error.HTTPError) as err:  # fails within the buffer: an ordinary error
+        get(
+            "SELECT throwIf(number = 5000) FROM numbers(10000)",
+            buffer_size=str(8 << 20),
+            max_block_size="100",
+        )
+    assert err.value.code == 500 and err.value.headers["X-ClickHouse-Exception-Code"] == "395"
+
+
 def test_binary_query_parameters_reach_the_engine_byte_for_byte(stack) -> None:
     """clickhouse-connect sends a ``$name$`` parameter's bytes inside the query (a heredoc), as in its
     own ``test_embedded_binary``: a Parquet file is not UTF-8, and its bytes must arrive unchanged."""

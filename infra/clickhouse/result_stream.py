@@ -7,10 +7,9 @@ block, so the headers (with the progress so far as ``X-ClickHouse-Summary``) go 
 block: a query that fails before it is answered with its error status. A caller's ``buffer_size``
 above the default (1 MiB) makes the server hold that many bytes in memory first: a result that ends,
 or fails, within them is answered whole. It streams with HTTP chunked transfer encoding. Once it has
-sent the 200
-and some rows, an error can no longer change the status, so since 25.11 it names a random tag in
-the ``X-ClickHouse-Exception-Tag`` header and, on failure, ends the body with an exception block
-framed by that tag::
+sent the 200 and some rows, an error can no longer change the status, so since 25.11 it names a
+random tag in the ``X-ClickHouse-Exception-Tag`` header and, on failure, ends the body with an
+exception block framed by that tag::
 
     __exception__\\r\\n<TAG>\\r\\n<error message>\\n<message length> <TAG>\\r\\n__exception__\\r\\n
 

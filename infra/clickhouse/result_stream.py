@@ -2,7 +2,7 @@
 part-way (the embedded front, unless the caller asks ``wait_end_of_query=1``).
 
 clickhouse-server streams a result unless the caller sets ``wait_end_of_query=1`` (clickhouse-connect
-sets it for ``query()``, not for its ``*_stream`` methods). Its output format flushes after each
+sets it for ``query()``; its ``command()`` and ``*_stream`` methods do not). Its output format flushes after each
 block, so the headers (with the progress so far as ``X-ClickHouse-Summary``) go with the first
 block: a query that fails before it is answered with its error status. A caller's ``buffer_size``
 above the default (1 MiB) makes the server hold that many bytes in memory first: a result that ends,

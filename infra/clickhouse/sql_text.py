@@ -11,9 +11,9 @@ ClickHouse's SQL from Python).
 
 chdb (clickhouse-local) keeps no metadata files for the ``system`` tables, so ``SHOW CREATE
 TABLE system.tables`` fails there ("There is no metadata of table"), where a server answers with
-the table's statement; clients read it (clickhouse-connect's ``SHOW CREATE``, SQLAlchemy
-reflection). ``show_create_system`` builds that statement from ``system.columns`` and
-``system.tables``, as a server prints it.
+the table's statement (clickhouse-connect's own suite tests it: ``test_show_create``).
+``show_create_system`` builds that statement from ``system.columns`` and ``system.tables``, as a
+server prints it.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, urlsplit
 from infra.clickhouse import external_tables, result_stream
 from infra.clickhouse.body_pipe import BodyPipe
 from infra.clickhouse.embedded_engine import Engine, QueryFailed, quote_literal
-from infra.clickhouse.sql_text import query_text, system_table
+from infra.clickhouse.sql_text import query_text
 
 log = logging.getLogger(__name__)
 
@@ -310,24 +310,20 @@ class Handler(BaseHTTPRequestHandler):
                 and result_stream.streamable(statement, fmt)
                 and not external
                 and self.command != "HEAD"
-                and system_table(statement) is None  # answered whole (``Engine.execute``)
             ):
                 sql, started, totals = statement, time.perf_counter(), dict[str, int]()
                 blocks = self.engine.stream(statement, fmt, *context, summary=totals)
-                # as a server: headers with the first block, or the whole result past a caller's buffer_size
-                try:
+                try:  # as a server: headers with the first block, or the whole result past a caller's buffer_size
                     held, ended = result_stream.hold(blocks, result_stream.held_bytes(params))
+                    out = b"".join(held)
+                    elapsed = int((time.perf_counter() - started) * 1e9)
+                    summary = {k: str(v) for k, v in {**totals, "elapsed_ns": elapsed}.items()}
+                    if not ended:
+                        streamed = (held, blocks, summary)
                 except QueryFailed as exc:  # chdb streams only some statements (``WITH ... INSERT`` not)
                     if exc.code != 36 or "Streaming query is not supported" not in str(exc):
                         raise
-                    whole, done = self.engine.execute(sql, fmt, *context)
-                    held, ended = [whole], True
-                    totals.update((k, int(v)) for k, v in done.items() if k in totals)
-                summary = {**totals, "elapsed_ns": int((time.perf_counter() - started) * 1e9)}
-                summary = {k: str(v) for k, v in summary.items()}
-                out = b"".join(held)
-                if not ended:
-                    streamed = (held, blocks, summary)
+                    out, summary = self.engine.execute(sql, fmt, *context)
             else:
                 sql = statement
                 out, summary = self.engine.execute(

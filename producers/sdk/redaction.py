@@ -25,9 +25,11 @@ secret     [SECRET]    detect-secrets' regex detectors (AWS key ids, GitHub/GitL
 
 Switch detectors off by name (``disabled``), add your own: a regex (labelled ``[REDACTED]``) or any
 ``Detector`` (a name, a label and a function from text to ``(start, end)`` spans). Overlapping
-finds are merged into one redaction. Cost, measured here on one core: ~35 µs for a one-line prompt,
-~0.2 ms for 400 characters (the phone matcher runs only where 7+ digits stand together; the secret
-detectors are one alternation, one pass).
+finds are merged into one redaction. Cost, measured here on one core: ~7 µs for a 12-character
+prompt (13 µs before a text with no find skipped the sort and merge, and the validators' imports left
+the per-call path), ~35 µs for a one-line prompt (80 characters), ~0.2 ms for 400 characters (the
+phone matcher runs only where 7+ digits stand together; the secret detectors are one alternation, one
+pass).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+
+from stdnum import iban, luhn
+from stdnum.us import ssn
 
 Span = tuple[int, int]
 
@@ -92,8 +97,6 @@ def _phones(regions: Sequence[str]) -> Callable[[str], list[Span]]:
 
 
 def _cards(text: str) -> list[Span]:
-    from stdnum import luhn
-
     out = []
     for m in _CARD.finditer(text):
         digits = re.sub(r"[ -]", "", m.group())
@@ -103,14 +106,10 @@ def _cards(text: str) -> list[Span]:
 
 
 def _ibans(text: str) -> list[Span]:
-    from stdnum import iban
-
     return [m.span() for m in _IBAN.finditer(text) if iban.is_valid(m.group())]
 
 
 def _ssns(text: str) -> list[Span]:
-    from stdnum.us import ssn
-
     return [m.span() for m in _SSN.finditer(text) if ssn.is_valid(m.group())]
 
 
@@ -212,12 +211,15 @@ class Redactor:
 
     def findings(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, label) of each redaction, overlaps merged (the earlier detector's label)."""
-        found = sorted(
-            ((s, e, d.label, i) for i, d in enumerate(self.detectors) for s, e in d.find(text) if e > s),
-            key=lambda f: (f[0], f[3], -f[1]),
-        )
+        found = [
+            (s, i, -e, d.label) for i, d in enumerate(self.detectors) for s, e in d.find(text) if e > s
+        ]
+        if not found:  # the usual case: no list to sort, nothing to merge
+            return []
+        found.sort()  # by start, then detector order, then the longest first
         merged: list[tuple[int, int, str]] = []
-        for start, end, label, _ in found:
+        for start, _, neg_end, label in found:
+            end = -neg_end
             if merged and start < merged[-1][1]:
                 s0, e0, l0 = merged[-1]
                 merged[-1] = (s0, max(e0, end), l0)
@@ -228,8 +230,11 @@ class Redactor:
     def __call__(self, text: str) -> str:
         if not self.enabled or not text:
             return text
+        found = self.findings(text)
+        if not found:
+            return text
         out, last = [], 0
-        for start, end, label in self.findings(text):
+        for start, end, label in found:
             out += [text[last:start], label]
             last = end
         out.append(text[last:])

@@ -25,11 +25,11 @@ GIL, held by another thread of this process:
   closure was four tracked objects, and a burst's queue crossed the threshold every ~140 calls.
 
 Together: p99 13-16 µs in the benchmark (was 73-88 µs). That needs the sender to keep up with the
-calls in their pauses. On a slower machine (2026-12-07) it delivered 7.1k calls/s with the
-application idle, against the benchmark's 16.2k/s. Its Python work took ~81 µs of CPU a call, with
-the broker and librdkafka on the same 2 cores. So the backlog passed ``MAX_DEFER_S``, the sender
-encoded side by side with the calls, and the p99 was 0.24-0.41 ms (the benchmark's
-``sender_calls_per_s`` reports the rate beside the pace).
+calls in their pauses. On a slower machine (2026-12-07) it delivered 12-15k calls/s with the
+application idle, where the benchmark's bursts need 20k/s (1,000 calls in each 50 ms pause). Its
+Python work took ~81 µs of CPU a call, with the broker and librdkafka on the same 2 cores. So a
+burst's last calls waited past ``MAX_DEFER_S``, the sender encoded side by side with the calls, and
+the p99 was 0.24-1.2 ms (the benchmark's ``sender_calls_per_s`` reports the rate beside the need).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Any
 from infra.settings import KafkaSettings, RegistrySettings
 from producers.sdk.redaction import Redactor
 from producers.sdk.sender import Build, EventSender
+from producers.sdk.sender_process import IN_CHILD, BuildContext, ProcessSender
 from schemas.events import (
     CompletionStatus,
     Endpoint,
@@ -55,16 +56,30 @@ class _Client:
         buffer: int = 100_000,
         redactor: Redactor | None = None,
         topic_suffix: str = "",
+        process: bool = False,
     ) -> None:
+        """``process=True`` builds, redacts, encodes and delivers the events in a child process
+        (``sender_process.py``): no GIL shared with the application, at the price of a process
+        and ~1-2 s to start it; the default is a thread of this process (``sender.py``)."""
         self.producer_name = producer
         self.redact = redactor if redactor is not None else Redactor()
-        self._sender = EventSender(
-            kafka or KafkaSettings(),
-            registry or RegistrySettings(),
-            list(self.topics),
-            buffer=buffer,
-            topic_suffix=topic_suffix,
-        )
+        kafka, registry = kafka or KafkaSettings(), registry or RegistrySettings()
+        self._sender: EventSender | ProcessSender
+        if process:
+            self._me: Any = IN_CHILD  # the build functions' ``self``, rebuilt in the child
+            self._sender = ProcessSender(
+                kafka,
+                registry,
+                list(self.topics),
+                context=BuildContext(producer, self.redact),
+                buffer=buffer,
+                topic_suffix=topic_suffix,
+            )
+        else:
+            self._me = self
+            self._sender = EventSender(
+                kafka, registry, list(self.topics), buffer=buffer, topic_suffix=topic_suffix
+            )
 
     @property
     def stats(self) -> Any:
@@ -148,7 +163,7 @@ class InferenceLogger(_Client):
         # one tuple queued per call (see sender's doc: fewer objects for the garbage collector)
         self._sender.submit(
             _build_inference,
-            self,
+            self._me,
             model,
             completion,
             latency_ms,

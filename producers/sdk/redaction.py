@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 from stdnum import iban, luhn
 from stdnum.us import ssn
@@ -163,9 +164,7 @@ def _secret_regex() -> re.Pattern[str]:
         module, cls = path.rsplit(".", 1)
         patterns += list(getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), cls).denylist)
     patterns += _EXTRA_SECRETS
-    return re.compile(
-        "|".join(f"(?{'i' if p.flags & re.IGNORECASE else ''}:{p.pattern})" for p in patterns)
-    )
+    return re.compile("|".join(f"(?{'i' if p.flags & re.IGNORECASE else ''}:{p.pattern})" for p in patterns))
 
 
 def _secrets(text: str) -> list[Span]:
@@ -209,11 +208,23 @@ class Redactor:
             self.detectors.append(Detector(f"pattern:{pattern}", "[REDACTED]", _regex(rx)))
         self.detectors += list(self.custom)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as its settings, rebuilt on the other side (the SDK's sender process): the
+        compiled detectors hold closures. Custom detectors travel if their functions do."""
+        return (
+            Redactor,
+            (
+                self.enabled,
+                list(self.extra),
+                tuple(self.disabled),
+                tuple(self.phone_regions),
+                tuple(self.custom),
+            ),
+        )
+
     def findings(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, label) of each redaction, overlaps merged (the earlier detector's label)."""
-        found = [
-            (s, i, -e, d.label) for i, d in enumerate(self.detectors) for s, e in d.find(text) if e > s
-        ]
+        found = [(s, i, -e, d.label) for i, d in enumerate(self.detectors) for s, e in d.find(text) if e > s]
         if not found:  # the usual case: no list to sort, nothing to merge
             return []
         found.sort()  # by start, then detector order, then the longest first

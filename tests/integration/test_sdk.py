@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import pytest
 
 from infra.serde import SchemaNotRegistered
 from producers.sdk import FeedbackClient, InferenceLogger, LoggerMisuse, SenderClosed
+from producers.sdk.sender_process import ProcessSender
 from schemas.topics import COMPLETED, FEEDBACK, REQUESTED
 from tests.integration.streams_support import read_topic
 
 
-def test_logger_delivers_every_call_and_feedback(stack: Any, event_topic: Any, unique: str) -> None:
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_logger_delivers_every_call_and_feedback(
+    stack: Any, event_topic: Any, unique: str, process: bool
+) -> None:
     topics = {spec.name: event_topic(spec) for spec in (REQUESTED, COMPLETED, FEEDBACK)}
     suffix = f"-{unique}"
     with InferenceLogger(
-        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=suffix
+        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=suffix, process=process
     ) as log:
         ids = [
             log.log(
@@ -54,7 +60,7 @@ def test_logger_delivers_every_call_and_feedback(stack: Any, event_topic: Any, u
     with pytest.raises(SenderClosed):
         log.log(model="m", prompt="late", latency_ms=1)
     with FeedbackClient(
-        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=suffix
+        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=suffix, process=process
     ) as fb:
         fb.send(ids[0], "thumbs", 1, model="gpt-4o")
         fb.send(ids[1], "rating", 4, model="gpt-4o", scale_max=5)
@@ -88,10 +94,15 @@ def test_logger_delivers_every_call_and_feedback(stack: Any, event_topic: Any, u
 
 def test_misuse_is_refused_with_a_named_error(stack: Any, event_topic: Any, unique: str) -> None:
     # Topics whose schemas nobody registered: refused when the logger starts, not on its first event.
-    with pytest.raises(SchemaNotRegistered, match="rftloop schemas register"):
-        InferenceLogger(
-            producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix="-nobody"
-        )
+    for process in (False, True):  # the sender process reports it as the same error, at start
+        with pytest.raises(SchemaNotRegistered, match="rftloop schemas register"):
+            InferenceLogger(
+                producer="sdk:test",
+                kafka=stack.kafka,
+                registry=stack.registry,
+                topic_suffix="-nobody",
+                process=process,
+            )
     for spec in (REQUESTED, COMPLETED):
         event_topic(spec)
     with InferenceLogger(
@@ -114,3 +125,30 @@ def test_misuse_is_refused_with_a_named_error(stack: Any, event_topic: Any, uniq
                 latency_ms=5,
                 choices=[{"completion": "a", "completion_tokens": -1}, "b"],
             )
+
+
+def test_sender_process_restarts_and_loses_only_what_it_held(
+    stack: Any, event_topic: Any, unique: str
+) -> None:
+    topics = {spec.name: event_topic(spec) for spec in (REQUESTED, COMPLETED)}
+    with InferenceLogger(
+        producer="sdk:test",
+        kafka=stack.kafka,
+        registry=stack.registry,
+        topic_suffix=f"-{unique}",
+        process=True,
+    ) as log:
+        first = [log.log(model="m", prompt=f"q{i}", completion="a", latency_ms=1) for i in range(200)]
+        assert log.flush(30) and log.stats.delivered == 400
+        sender = log._sender
+        assert isinstance(sender, ProcessSender)
+        old_pid = sender._proc.pid
+        os.kill(old_pid, signal.SIGKILL)  # the child dies with nothing in hand
+        sender._proc.wait(10)
+        assert log.health()["status"] == "degraded"
+        later = [log.log(model="m", prompt=f"r{i}", completion="b", latency_ms=1) for i in range(200)]
+        assert log.flush(60), log.health()
+        assert sender._proc.pid != old_pid and log.health()["sender"] == "process"
+        assert "exited" in (log.stats.last_error or "") and log.stats.failed == 0
+    completed = read_topic(stack.kafka, topics[COMPLETED.name][0].name, topics[COMPLETED.name][1])
+    assert {e.request_id for e in completed} == set(first) | set(later)

@@ -28,14 +28,18 @@ def test_each_kind_gets_its_label() -> None:
         "mail jane@example.com, call (415) 555-2671, card 4111 1111 1111 1111, IBAN GB82WEST12345698765432, "
         "ssn 536-90-4321, host 203.0.113.7, key AKIAIOSFODNN7EXAMPLE"
     )
-    assert r(text) == "mail [EMAIL], call [PHONE], card [CARD], IBAN [IBAN], ssn [SSN], host [IP], key [SECRET]"
+    assert (
+        r(text) == "mail [EMAIL], call [PHONE], card [CARD], IBAN [IBAN], ssn [SSN], host [IP], key [SECRET]"
+    )
 
 
 def test_task_content_is_left_alone_and_scores_as_before() -> None:
     r = Redactor()
     for answer, reference in (("The answer is 777777", "777777"), ("1234567890123", "1234567890123")):
         assert r(answer) == answer
-        item = rewards.EvalInput(prompt="What is 123456 plus 654321?", completion=r(answer), reference=reference)
+        item = rewards.EvalInput(
+            prompt="What is 123456 plus 654321?", completion=r(answer), reference=reference
+        )
         assert rewards.number_match(item) == 1.0
     assert r("What is 123456 plus 654321? Answer: 777777") == "What is 123456 plus 654321? Answer: 777777"
 
@@ -43,7 +47,9 @@ def test_task_content_is_left_alone_and_scores_as_before() -> None:
 def test_detectors_switch_off_and_custom_ones_add() -> None:
     assert Redactor(disabled=["phone"])("call (415) 555-2671") == "call (415) 555-2671"
     assert Redactor(enabled=False)("jane@example.com") == "jane@example.com"
-    ticket = Detector("ticket", "[TICKET]", lambda t: [(t.index("T-"), t.index("T-") + 6)] if "T-" in t else [])
+    ticket = Detector(
+        "ticket", "[TICKET]", lambda t: [(t.index("T-"), t.index("T-") + 6)] if "T-" in t else []
+    )
     assert Redactor(custom=[ticket])("see T-1234 now") == "see [TICKET] now"
     assert Redactor(extra=[r"\bproject-\w+"])("in project-orion") == "in [REDACTED]"
     with pytest.raises(UnknownDetector, match="'phones'"):
@@ -55,3 +61,27 @@ def test_detectors_switch_off_and_custom_ones_add() -> None:
 def test_overlapping_finds_become_one_redaction() -> None:
     # an e-mail whose local part looks like a phone number: one [EMAIL], not "[PHONE]@..."
     assert Redactor()("write 4155552671@example.com") == "write [EMAIL]"
+
+
+def _tickets(text: str) -> list[tuple[int, int]]:
+    return [(text.index("T-"), text.index("T-") + 6)] if "T-" in text else []
+
+
+def test_a_redactor_pickles_as_its_settings_for_the_sender_process() -> None:
+    import pickle
+
+    original = Redactor(
+        disabled=["phone"], extra=[r"\bproject-\w+"], custom=[Detector("ticket", "[TICKET]", _tickets)]
+    )
+    copy = pickle.loads(pickle.dumps(original))
+    text = "jane@example.com on T-1234 in project-orion, call (415) 555-2671"
+    assert copy(text) == original(text) == "[EMAIL] on [TICKET] in [REDACTED], call (415) 555-2671"
+    # a custom detector that cannot travel is refused when the process logger starts, by name
+    from producers.sdk import InferenceLogger, SenderProcessFailed
+
+    with pytest.raises(SenderProcessFailed, match="module-level functions, or use process=False"):
+        InferenceLogger(
+            producer="p",
+            redactor=Redactor(custom=[Detector("t", "[T]", lambda t: [])]),
+            process=True,
+        )

@@ -60,7 +60,7 @@ class _Client:
     ) -> None:
         """``process=True`` builds, redacts, encodes and delivers the events in a child process
         (``sender_process.py``): no GIL shared with the application, at the price of a process
-        and ~1-2 s to start it; the default is a thread of this process (``sender.py``)."""
+        and ~1 s to start it; the default is a thread of this process (``sender.py``)."""
         self.producer_name = producer
         self.redact = redactor if redactor is not None else Redactor()
         kafka, registry = kafka or KafkaSettings(), registry or RegistrySettings()

@@ -25,7 +25,7 @@ GIL, held by another thread of this process:
   closure was four tracked objects, and a burst's queue crossed the threshold every ~140 calls.
 
 Together: p99 13-16 µs in the benchmark (was 73-88 µs). That needs the sender to keep up with the
-calls in their pauses. On a slower machine (2026-12-07) it delivered 12-15k calls/s with the
+calls in their pauses. On a slower machine (2026-12-07) it delivered 9-15k calls/s with the
 application idle, where the benchmark's bursts need 20k/s (1,000 calls in each 50 ms pause). Its
 Python work took ~81 µs of CPU a call, with the broker and librdkafka on the same 2 cores. So a
 burst's last calls waited past ``MAX_DEFER_S``, the sender encoded side by side with the calls, and

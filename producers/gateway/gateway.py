@@ -96,6 +96,9 @@ class Gateway:
             buffer=settings.event_buffer,
             redactor=self.redact,
             topic_suffix=settings.topic_suffix,
+            # a thread, not the SDK's default child process: the gateway's builds (submit_built) take
+            # its engine's prompt renderer (self.serving.chat_prompt), which cannot travel to a process
+            process=False,
         )
         self.events = InferenceLogger(**client)  # type: ignore[arg-type]
         self.feedback = FeedbackClient(**client)  # type: ignore[arg-type]

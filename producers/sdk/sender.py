@@ -30,8 +30,8 @@ application idle, where the benchmark's bursts need 20k/s (1,000 calls in each 5
 Python work took ~81 µs of CPU a call, with the broker and librdkafka on the same 2 cores. So a
 burst's last calls waited past ``MAX_DEFER_S``, the sender encoded side by side with the calls, and
 the p99 was 0.24-1.2 ms (the benchmark's ``sender_calls_per_s`` reports the rate beside the need).
-``InferenceLogger(process=True)`` moves this thread's work to a child process
-(``sender_process.py``), where it cannot hold the application's GIL.
+So the SDK's loggers do this thread's work in a child process by default (``sender_process.py``),
+where it cannot hold the application's GIL; this thread is ``process=False`` (the gateway's sender).
 """
 
 from __future__ import annotations

@@ -5,14 +5,15 @@ application's interpreter, so they never hold its GIL.
 keeps up in the pauses between the application's calls, a ``log()`` call costs its own few µs. Where
 it does not (a slower machine: 9-15k calls/s against the 20k/s that the benchmark's bursts need, see
 ``producers.sdk_log_call_us.sender_calls_per_s``), it encodes side by side with the calls and each
-waits for the GIL: p99 0.24-1.2 ms. ``InferenceLogger(process=True)`` runs that work here instead.
+waits for the GIL: p99 0.24-1.2 ms. The SDK's loggers run that work here by default
+(``process=False`` keeps the thread).
 The application's side only queues a tuple per call, as before, and a feeder thread pickles the
 queue in batches to the child's stdin once the calls pause. Pickling costs 0.8 µs a call (batches
 of 500) against the ~80 µs the thread sender spends, so it keeps up. The price: one Python process
 per logger (started with ``python -m producers.sdk.sender_child``, so an application's ``__main__``
 is never re-imported) and ~1 s to start it. On the slower machine of 2026-12-07, in one benchmark
-run: p99 30.8 µs in the calling thread this way, 543.3 µs with the thread sender
-(``producers.sdk_log_call_us.process``). The child runs at niceness +10 (``NICE``): background work,
+run: p99 27.7 µs in the calling thread this way, 1,037 µs with the thread sender
+(``producers.sdk_log_call_us`` and ``.thread``). The child runs at niceness +10 (``NICE``): background work,
 so where the cores are busy the scheduler runs the application first (before: 38.7-71.8 µs).
 
 Why a hand-written pipe protocol and not ``multiprocessing``: its ``spawn`` start re-imports the

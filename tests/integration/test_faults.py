@@ -123,24 +123,28 @@ def test_cors_opens_only_to_the_configured_origin(fault_gateway: Gateway) -> Non
 def test_broker_killed_and_restarted_while_the_gateway_and_sdk_produce(
     fault_stack: Stack, fault_gateway: Gateway, record_figures: Any
 ) -> None:
-    """kill -9 the only broker under load, restart it: every event arrives exactly once."""
+    """kill -9 the only broker under load, restart it: every event arrives exactly once, from the
+    gateway and from the SDK with either sender (a thread, a child process)."""
     kafka = services.kafka(fault_stack.local)
     http = fault_gateway.http()
-    logger = InferenceLogger(
-        producer="sdk:fault",
-        kafka=fault_stack.kafka,
-        registry=fault_stack.registry,
-        topic_suffix=fault_gateway.suffix,
-    )
-    sdk_ids: list[str] = []
+    loggers = {
+        process: InferenceLogger(
+            producer=f"sdk:fault-{'process' if process else 'thread'}",
+            kafka=fault_stack.kafka,
+            registry=fault_stack.registry,
+            topic_suffix=fault_gateway.suffix,
+            process=process,
+        )
+        for process in (False, True)
+    }
+    ids_by_mode: dict[bool, list[str]] = {False: [], True: []}
     served: list[tuple[float, int, str]] = []  # (sent at, status, request id)
     stop = threading.Event()
 
-    def sdk_load() -> None:
+    def sdk_load(process: bool) -> None:
+        logger, ids = loggers[process], ids_by_mode[process]
         while not stop.is_set():
-            sdk_ids.append(
-                logger.log(model="app-model", prompt=f"q{len(sdk_ids)}", completion="a", latency_ms=12.5)
-            )
+            ids.append(logger.log(model="app-model", prompt=f"q{len(ids)}", completion="a", latency_ms=12.5))
             time.sleep(0.002)
 
     def gateway_load() -> None:
@@ -152,20 +156,25 @@ def test_broker_killed_and_restarted_while_the_gateway_and_sdk_produce(
             )
             served.append((sent, r.status_code, r.json().get("id", "")))
 
-    threads = [threading.Thread(target=sdk_load), threading.Thread(target=gateway_load)]
+    threads = [threading.Thread(target=sdk_load, args=(p,)) for p in loggers]
+    threads.append(threading.Thread(target=gateway_load))
     for t in threads:
         t.start()
+    sdk_health: dict[bool, dict[str, Any]] = {}
     try:
         time.sleep(3)
         kafka.kill()
         down_at = time.time()
         degraded = None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (degraded is None or len(sdk_health) < len(loggers)):
             health = http.get("/healthz").json()
-            if health["status"] == "degraded":
+            if degraded is None and health["status"] == "degraded":
                 degraded = health
-                break
+            for process, logger in loggers.items():
+                h = logger.health()
+                if process not in sdk_health and h["kafka"].startswith("unreachable"):
+                    sdk_health[process] = h
             time.sleep(0.2)
         time.sleep(3)  # the gateway keeps answering; events wait in the bounded buffers
         kafka.start()
@@ -176,8 +185,14 @@ def test_broker_killed_and_restarted_while_the_gateway_and_sdk_produce(
         for t in threads:
             t.join(60)
     assert degraded is not None, "healthz never reported the broker outage"
-    assert logger.flush(180), logger.health()
-    logger.close()
+    for process, logger in loggers.items():
+        mode = "process" if process else "thread"
+        assert process in sdk_health, f"the {mode} sender's health never reported the broker outage"
+        assert sdk_health[process]["status"] == "degraded", sdk_health[process]
+        assert logger.flush(180), (mode, logger.health())
+        assert logger.stats.failed == 0 and logger.stats.dropped == 0, (mode, logger.stats)
+        logger.close()
+    sdk_ids = ids_by_mode[False] + ids_by_mode[True]
     deadline = time.monotonic() + 120
     while http.get("/healthz").json()["status"] != "ok" and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -196,7 +211,8 @@ def test_broker_killed_and_restarted_while_the_gateway_and_sdk_produce(
     record_figures(
         "broker kill -9 and restart while the gateway and the SDK produce",
         outage_s=round(up_at - down_at, 1),
-        sdk_calls=len(sdk_ids),
+        sdk_calls_thread_sender=len(ids_by_mode[False]),
+        sdk_calls_process_sender=len(ids_by_mode[True]),
         gateway_calls=len(gw_ids),
         served_during_outage=len(during),
         events=len(completed) + len(requested),
@@ -215,30 +231,44 @@ def test_registry_down_fails_new_producers_clearly_and_running_ones_use_cached_i
     for topic in topics:
         ensure_topics(fault_stack.kafka, only=[topic])
         registry_mod.register(reg, topic)
-    running = InferenceLogger(
-        producer="sdk:reg", kafka=fault_stack.kafka, registry=fault_stack.registry, topic_suffix=suffix
-    )
+    running = {
+        process: InferenceLogger(
+            producer="sdk:reg",
+            kafka=fault_stack.kafka,
+            registry=fault_stack.registry,
+            topic_suffix=suffix,
+            process=process,
+        )
+        for process in (False, True)
+    }
     registry = services.registry(fault_stack.local)
     registry.kill()
+    refused_in: dict[bool, float] = {}
+    ids: list[str] = []
     try:
-        t0 = time.monotonic()
-        with pytest.raises(RegistryUnavailable, match="RFTLOOP_REGISTRY_URL"):
-            InferenceLogger(
-                producer="sdk:late",
-                kafka=fault_stack.kafka,
-                registry=fault_stack.registry,
-                topic_suffix=suffix,
-            )
-        refused_in = time.monotonic() - t0
-        ids = [running.log(model="m", prompt=f"p{i}", latency_ms=1.0) for i in range(2000)]
-        assert running.flush(60) and running.stats.encode_errors == 0 and running.stats.dropped == 0
+        for process, logger in running.items():
+            t0 = time.monotonic()
+            with pytest.raises(RegistryUnavailable, match="RFTLOOP_REGISTRY_URL"):
+                InferenceLogger(
+                    producer="sdk:late",
+                    kafka=fault_stack.kafka,
+                    registry=fault_stack.registry,
+                    topic_suffix=suffix,
+                    process=process,
+                )
+            refused_in[process] = time.monotonic() - t0
+            ids += [logger.log(model="m", prompt=f"p{process}{i}", latency_ms=1.0) for i in range(2000)]
+            assert logger.flush(60), logger.health()
+            assert logger.stats.encode_errors == 0 and logger.stats.dropped == 0, logger.stats
     finally:
         registry.start()
-    running.close()
+    for logger in running.values():
+        logger.close()
     # Everything written while the registry was down is framed with the registered id and decodes.
     serde = TopicSerde(registry_mod.client(fault_stack.registry), topics[1])
     events = read_topic(fault_stack.kafka, topics[1].name, serde, idle_s=1.5)
     assert sorted(e.request_id for e in events) == sorted(ids)
     print(
-        f"registry down: new producer refused in {refused_in:.1f} s; 2000 events from a running one, 0 lost"
+        f"registry down: a new producer refused in {refused_in[False]:.1f} s (thread sender), "
+        f"{refused_in[True]:.1f} s (process sender); 2000 events from a running one of each, 0 lost"
     )

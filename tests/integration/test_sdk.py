@@ -131,12 +131,8 @@ def test_sender_process_restarts_and_loses_only_what_it_held(
     stack: Any, event_topic: Any, unique: str
 ) -> None:
     topics = {spec.name: event_topic(spec) for spec in (REQUESTED, COMPLETED)}
-    with InferenceLogger(
-        producer="sdk:test",
-        kafka=stack.kafka,
-        registry=stack.registry,
-        topic_suffix=f"-{unique}",
-        process=True,
+    with InferenceLogger(  # the SDK's default sender is the process
+        producer="sdk:test", kafka=stack.kafka, registry=stack.registry, topic_suffix=f"-{unique}"
     ) as log:
         first = [log.log(model="m", prompt=f"q{i}", completion="a", latency_ms=1) for i in range(200)]
         assert log.flush(30) and log.stats.delivered == 400

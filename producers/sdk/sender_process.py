@@ -160,7 +160,8 @@ class ProcessSender:
             env=env,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        _write(proc.stdin, self._init)
+        with contextlib.suppress(BrokenPipeError, OSError):  # a child gone already: said below
+            _write(proc.stdin, self._init)
         answer: list[Any] = []
         reader = threading.Thread(target=lambda: answer.append(_safe_read(proc.stdout)), daemon=True)
         reader.start()
@@ -174,8 +175,15 @@ class ProcessSender:
                 if isinstance(cls, type) and issubclass(cls, Exception):
                     raise cls(first[2])
                 raise SenderProcessFailed(f"the sender process failed to start: {first[1]}: {first[2]}")
+            code = proc.poll()
+            how = (
+                f"exited at start (code {code}; its stderr is this process's)"
+                if answer
+                else f"did not answer in {START_TIMEOUT_S:.0f} s"
+            )
             raise SenderProcessFailed(
-                f"the sender process did not start in {START_TIMEOUT_S:.0f} s (exit code {proc.poll()})"
+                f"the sender process ({sys.executable} -m producers.sdk.sender_child) {how}; "
+                "process=False runs the sender as a thread of this process instead"
             )
         self._handed = 0
         self._child = {}

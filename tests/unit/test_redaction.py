@@ -85,3 +85,15 @@ def test_a_redactor_pickles_as_its_settings_for_the_sender_process() -> None:
             redactor=Redactor(custom=[Detector("t", "[T]", lambda t: [])]),
             process=True,
         )
+
+
+def test_a_sender_process_that_cannot_start_is_a_named_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``sys.executable`` is not a Python (an embedding server's binary), the child exits at
+    once: the logger says so and names the way out, instead of waiting for it."""
+    import sys
+
+    from producers.sdk import InferenceLogger, SenderProcessFailed
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(SenderProcessFailed, match=r"/bin/false -m .* exited at start \(code 1;.*process=False"):
+        InferenceLogger(producer="p")

@@ -9,10 +9,10 @@ The calling thread only queues a tuple, so the call costs microseconds. The even
 redacted, encoded and sent by a child process (``sender_process.py``, the default), or with
 ``process=False`` by a background thread of the application (``sender.py``).
 
-Why a process by default: the thread's Python work (~70 µs of CPU a call, measured) holds the
+Why a process by default: the thread's Python work (~70-80 µs of CPU a call, measured) holds the
 application's GIL. Where it keeps up in the calls' pauses, a call costs its own few µs; where it
 does not (2 cores shared with the broker: 9-15k calls/s against the benchmark bursts' 20k/s),
-the calls wait for it and the p99 was 0.24-1.2 ms, against 31-34 µs with the process
+the calls wait for it and the p99 was 0.24-1.2 ms, against 28-34 µs with the process
 (``producers.sdk_log_call_us``). The thread stays for callers whose builds cannot travel to a
 process (the gateway's) or that do not want one.
 """

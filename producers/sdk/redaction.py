@@ -10,7 +10,8 @@ name       label       what it takes
 email      [EMAIL]     ``local@domain.tld`` (a regex: no validator in the stack; an address
                        has no checksum to check)
 phone      [PHONE]     ``phonenumbers.PhoneNumberMatcher`` at ``Leniency.VALID``: numbers valid
-                       in the numbering plan of their ``+`` country code or of ``phone_regions``
+                       in the numbering plan of their ``+`` country code or of ``phone_regions``,
+                       with 7+ digits (the matcher reads only the text around such runs of digits)
 card       [CARD]      13-19 digits (spaces or dashes between) with a card network's prefix that
                        pass the Luhn check (``stdnum.luhn``)
 iban       [IBAN]      ``stdnum.iban`` (country format and the mod-97 check digits)
@@ -28,8 +29,8 @@ Switch detectors off by name (``disabled``), add your own: a regex (labelled ``[
 finds are merged into one redaction. Cost, measured here on one core: ~7 µs for a 12-character
 prompt (13 µs before a text with no find skipped the sort and merge, and the validators' imports left
 the per-call path), ~35 µs for a one-line prompt (80 characters), ~0.2 ms for 400 characters (the
-phone matcher runs only where 7+ digits stand together; the secret detectors are one alternation, one
-pass).
+phone matcher reads only the text around runs of 7+ digits; the secret detectors are one alternation,
+one pass).
 """
 
 from __future__ import annotations
@@ -82,16 +83,39 @@ def _regex(rx: re.Pattern[str]) -> Callable[[str], list[Span]]:
     return lambda text: [m.span() for m in rx.finditer(text)]
 
 
+_PHONE_MARGIN = 16  # characters of context kept on each side of a run of digits for the matcher
+
+
+def _phone_windows(text: str) -> list[Span]:
+    """The stretches of ``text`` the phone matcher reads: each run of 7+ digits (``_PHONE_LIKE``)
+    with ``_PHONE_MARGIN`` characters either side, overlaps merged. Some regions' plans hold shorter
+    numbers (a 6-digit German one); those are not matched. Before the windows they were, but only in
+    a text where a 7+ digit run stood elsewhere (the run gated a pass of the matcher over the whole
+    text)."""
+    windows: list[Span] = []
+    for m in _PHONE_LIKE.finditer(text):
+        start, end = max(0, m.start() - _PHONE_MARGIN), min(len(text), m.end() + _PHONE_MARGIN)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, end))
+    return windows
+
+
 def _phones(regions: Sequence[str]) -> Callable[[str], list[Span]]:
     import phonenumbers
 
     def find(text: str) -> list[Span]:
+        # The matcher costs ~0.6 ms per KB of text it reads: it reads only the windows around runs of
+        # digits, not the whole text (a 10 KB prompt with numbers in it: 6.1 ms before).
         spans: list[Span] = []
-        if not _PHONE_LIKE.search(text):  # 7+ digits in one run: the matcher is slow, skip the rest
-            return spans
-        for region in regions:
-            for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-                spans.append((m.start, m.end))
+        for start, end in _phone_windows(text):
+            window = text[start:end]
+            for region in regions:
+                for m in phonenumbers.PhoneNumberMatcher(
+                    window, region, leniency=phonenumbers.Leniency.VALID
+                ):
+                    spans.append((start + m.start, start + m.end))
         return spans
 
     return find

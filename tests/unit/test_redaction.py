@@ -95,5 +95,71 @@ def test_a_sender_process_that_cannot_start_is_a_named_error(monkeypatch: pytest
     from producers.sdk import InferenceLogger, SenderProcessFailed
 
     monkeypatch.setattr(sys, "executable", "/bin/false")
-    with pytest.raises(SenderProcessFailed, match=r"/bin/false -m .* exited at start \(code 1;.*process=False"):
+    with pytest.raises(
+        SenderProcessFailed, match=r"/bin/false -m .* exited at start \(code 1;.*process=False"
+    ):
         InferenceLogger(producer="p")
+
+
+def test_the_phone_matcher_reads_windows_and_finds_what_it_finds_in_the_whole_text() -> None:
+    """The phone detector runs libphonenumber's matcher only around runs of 7+ digits. For the
+    default region it finds exactly what the matcher finds over the whole text, on generated texts
+    that put numbers next to look-alikes, separators and text edges."""
+    import random
+
+    import phonenumbers
+
+    from producers.sdk.redaction import _phones
+
+    def whole(text: str) -> list[tuple[int, int]]:
+        matcher = phonenumbers.PhoneNumberMatcher(text, "US", leniency=phonenumbers.Leniency.VALID)
+        return [(m.start, m.end) for m in matcher]
+
+    phones = [
+        "(415) 555-2671",
+        "+1 415 555 2671",
+        "415-555-2671",
+        "+44 20 7946 0958",
+        "1-800-555-0199",
+        "415.555.2671",
+        "tel:+14155552671",
+        "+1(415)555-2671",
+        "4155552671",
+        "+1 415-555-2671x99",
+    ]
+    noise = [
+        "revenue",
+        "12",
+        "2023",
+        "4.2",
+        "#123456789",
+        "id=98765432",
+        "2023-2024",
+        "3.14159265",
+        "555",
+        "ISBN 978-3-16-148410-0",
+        "(",
+        ")",
+        "-",
+        "+",
+        "/",
+        "a1b2c3",
+        "v1.2.3",
+        "10:30",
+        "ext",
+        "(0)",
+        "x",
+    ]
+    find = _phones(("US",))
+    rng = random.Random(20261207)
+    found = 0
+    for _ in range(300):
+        parts = [
+            rng.choice(phones) if rng.random() < 0.15 else rng.choice(noise)
+            for _ in range(rng.randint(1, 50))
+        ]
+        text = rng.choice([" ", "", ", ", "\n", "-", "/"]).join(parts)
+        expected = whole(text)
+        assert sorted(find(text)) == sorted(expected), text
+        found += len(expected)
+    assert found > 300  # the texts did hold numbers to find

@@ -36,6 +36,9 @@ class Result:
     higher_is_better: bool = True
     goal_ratio: float | None = None  # goal on value/peer_value (or peer/value when lower is better)
     goal_value: float | None = None  # absolute goal on value
+    # Where the goal is missed: why it cannot be met on this machine, from a figure of the same run
+    # (computed by the benchmark, never written in by hand); None where the run proves no such thing.
+    why_not_met: str | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -199,6 +202,15 @@ def render(results: list[dict[str, Any]]) -> str:
             f"| `{name}` | {_num(r['value'])} {r['unit']} | {r['peer']} | {pv} | {ratio} | {r['goal']} | {met} "
             f"| {r['machine'].split(',')[0]}, {r['at'][:10]} |"
         )
+    missed = [name for name in sorted(latest) if latest[name]["met"] is False]
+    if missed:
+        lines += ["", "## Goals not met, and why", ""]
+        for name in missed:
+            why = latest[name].get("why_not_met") or (
+                "the run proves no limit of this machine: the goal is missed by our code or by chance "
+                "(README's figures table discusses each such figure)"
+            )
+            lines.append(f"- `{name}`: {why}.")
     lines += ["", "## Method", ""]
     for name in sorted(latest):
         lines.append(f"- `{name}`: {latest[name]['method']}")

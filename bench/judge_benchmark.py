@@ -370,7 +370,13 @@ def _gated_demo(trials: int) -> list[Result]:
             "Gated candidate 5 points worse live (0.55 vs 0.60)",
         ),
         ("judge.gated_promotion_aa_demo", 0.60, "report", None, "Gated candidate equal live (0.60 vs 0.60)"),
-        ("judge.gated_power_plus7_demo", 0.67, "report", None, "Gated candidate 7 points better live (0.67 vs 0.60)"),
+        (
+            "judge.gated_power_plus7_demo",
+            0.67,
+            "report",
+            None,
+            "Gated candidate 7 points better live (0.67 vs 0.60)",
+        ),
     )
     return _gated_scenarios(
         trials, cfg, strict, 0.60, 0.5, "the same judge without the gated path", method, scenarios

@@ -168,7 +168,7 @@ def render(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> str:
         f"{fig('gateway.throughput_vs_bare_vllm')}; {fig('gateway.vs_hf_generate')}.",
         f"- Trainer, KTO LoRA on SmolLM2-135M, CPU: {fig('trainer.kto_samples_per_s')}; "
         f"GRPO {fig('trainer.grpo_step_s')}.",
-        "- 3-broker KRaft cluster, one broker kill -9 under SDK load: leaders moved in 7–8 s, 0 lost, "
+        "- 3-broker KRaft cluster, one broker kill -9 under SDK load: the leaders moved, 0 lost, "
         "0 duplicated (RELIABILITY.md, `test_kafka_cluster.py`).",
         "",
         "Cited (not measured here: no GPU was available to these measurements):",

@@ -10,6 +10,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from infra import registry
 from infra.clickhouse.client import connect
@@ -114,6 +115,7 @@ def test_sink_once_per_event_across_replay_with_dlq(stack, unique) -> None:
 
     stats = run_sink(f"sink-{unique}")
     assert stats.consumed == 3_502 and stats.dead_lettered == 2  # type: ignore[attr-defined]
+    assert stats.batches >= 4  # type: ignore[attr-defined]  # none over batch_size (1,000)
     assert stats.decode_fallbacks >= 1  # type: ignore[attr-defined]  # the batch with poison-2
     assert stats.decoded_by_clickhouse >= 3_500 - 1_000  # type: ignore[attr-defined]  # all but that batch
     q = f"SELECT count(), uniqExact(event_id), sum(completion_tokens) FROM {ch.database}.{table} FINAL"
@@ -177,6 +179,17 @@ def test_sink_pauses_while_clickhouse_is_down_and_catches_up(stack, unique, even
         avro_registry_url=stack.registry.url,
     )
     t, errors = _start(sink)
+
+    def committed() -> int:
+        """The records the sink's group has committed (offsets start at 0: their sum is the count)."""
+        probe = consumer(stack.kafka, f"g-{unique}")  # reads the group's offsets, does not join it
+        try:
+            parts = probe.list_topics(topic.name, timeout=10).topics[topic.name].partitions
+            got = probe.committed([TopicPartition(topic.name, p) for p in parts], timeout=10)
+        finally:
+            probe.close()
+        return sum(max(tp.offset, 0) for tp in got)
+
     first, second = _events(1_000, unique), _events(2_000, unique)[1_000:]
     with producing(stack.kafka) as p:
         for e in first:
@@ -196,11 +209,14 @@ def test_sink_pauses_while_clickhouse_is_down_and_catches_up(stack, unique, even
         while sink.stats.insert_failures < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sink.stats.insert_failures >= 2 and sink.stats.inserted == 1_000
+        # the group's offsets cover exactly the rows that are in: no batch read meanwhile is committed
+        assert committed() == 1_000 == sink.stats.committed
     finally:
         svc.start()
     deadline = time.monotonic() + 60
-    while sink.stats.inserted < 2_000 and time.monotonic() < deadline:
+    while sink.stats.committed < 2_000 and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert committed() == 2_000
     sink.stop()
     t.join(30)
     assert not errors, errors

@@ -20,10 +20,10 @@ Not pipelined. Reading the next batch while a flusher thread inserts the last wa
 measured in one run, alternating, 8 rounds each with ``rftloop bench sink.rows_per_s``'s setup:
 median 74.5 k rows/s against 74.3 k for this loop. ClickHouse's inserts take ~190 of the ~210-250 ms
 for those 20,000 records and keep both cores busy, so reading ~15 ms of a batch alongside only
-competes with them. And with the synchronous commit made on the flusher thread, the outage test's
-last batch was inserted but not committed within 60 s, in each of 3 runs (the cause not found; synchronous
-commits that hang are reported in confluent-kafka-python#1801), so the commit would have to stay on
-the consuming thread.
+competes with them. And with the synchronous commit made on the flusher thread, the outage
+test's last batch was inserted but not committed within 60 s, in each of 3 runs (the cause not
+found; synchronous commits that hang are reported in confluent-kafka-python#1801), so the commit
+would have to stay on the consuming thread.
 
 Kafka errors (``infra.retry``): a retriable commit failure (a coordinator that moved answers
 COORDINATOR_LOAD_IN_PROGRESS for as long as it loads) is retried with capped backoff until it

@@ -2,7 +2,8 @@
 
 Delivery guarantee: at-least-once into ReplacingMergeTree tables keyed on
 ``event_id``, so replays collapse (read with FINAL). Offsets are committed only
-after every buffered row of the batch is inserted. Batches are bounded by size
+after every buffered row of the batch is inserted; the commit is sent without waiting
+for its answer, and waited for before a rebalance or a stop (``commits``). Batches are bounded by size
 (``batch_size`` records at most) and time. While ClickHouse is down the sink pauses
 its partitions, retries the same batch with backoff, and resumes without loss.
 Undecodable records go to ``<topic>.dlq`` (never dropped, never a crash).
@@ -20,15 +21,17 @@ Not pipelined. Reading the next batch while a flusher thread inserts the last wa
 measured in one run, alternating, 8 rounds each with ``rftloop bench sink.rows_per_s``'s setup:
 median 74.5 k rows/s against 74.3 k for this loop. ClickHouse's inserts take ~190 of the ~210-250 ms
 for those 20,000 records and keep both cores busy, so reading ~15 ms of a batch alongside only
-competes with them. And with the synchronous commit made on the flusher thread, the outage
-test's last batch was inserted but not committed within 60 s, in each of 3 runs (the cause not
-found; synchronous commits that hang are reported in confluent-kafka-python#1801), so the commit
-would have to stay on the consuming thread.
+competes with them. At the default 20,000-record batches it is alike: a timeline of 3 batches
+showed ~27 ms reading each and 150-220 ms inserting it, the machine's 2 cores 1.75 busy over the
+run (ClickHouse alone, the same inserts with no Kafka: 1.7-1.9 busy). And with the synchronous
+commit made on the flusher thread, the outage test's last batch was inserted but not committed
+within 60 s, in each of 3 runs (the cause not found; synchronous commits that hang are reported in
+confluent-kafka-python#1801), so the commit would have to stay on the consuming thread.
 
 Kafka errors (``infra.retry``): a retriable commit failure (a coordinator that moved answers
-COORDINATOR_LOAD_IN_PROGRESS for as long as it loads) is retried with capped backoff until it
-succeeds or the sink is stopped, rather than left to the next batch's commit: a sink that goes idle
-after the failure would otherwise keep the offsets uncommitted. Stopped in the middle, the batch's
+COORDINATOR_LOAD_IN_PROGRESS for as long as it loads) is retried synchronously, with capped backoff,
+until it succeeds or the sink is stopped, rather than left to the next batch's commit: a sink that
+goes idle after the failure would otherwise keep the offsets uncommitted. Stopped in the middle, the batch's
 offsets stay uncommitted and its rows are read again and collapse by ``event_id``. Dead letters
 never expire in the producer (``delivery.timeout.ms`` 0), so a batch is committed only once its
 poison records are on ``<topic>.dlq``. A fatal error (authorization, unknown topic) stops the sink
@@ -48,9 +51,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from consumers.clickhouse_sink.commits import OffsetCommits
 from infra.clickhouse.client import body_pieces, connect
 from infra.clickhouse.migrate import migrate
 from infra.clickhouse.tables import AVRO_FORMAT, EventTable, event_table, offset_runs
@@ -63,30 +67,14 @@ from schemas.topics import STORED_TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
 NAME = "clickhouse-sink"
+# Every insert skips ReplacingMergeTree's collapse of the inserted block (optimize_on_insert): it
+# collapses only duplicates within one batch, which every reader's FINAL (and the merges) collapse
+# anyway, and it copies the whole block again: ~10 of ~45 ms per 10,000 completions here.
+INSERT_SETTINGS = {"optimize_on_insert": 0}
 # one thread and no parallel parsing: a row's number is its record's position in the body
-_AVRO_SETTINGS = {"max_threads": 1, "input_format_parallel_parsing": 0}
+_AVRO_SETTINGS = {**INSERT_SETTINGS, "max_threads": 1, "input_format_parallel_parsing": 0}
 _INSERT_THREADS = 4  # a batch's partitions are inserted side by side by this many threads
 _MAX_RUNS = 500  # a batch whose offsets break into more runs than this is decoded here
-
-
-# The group moved on (a rebalance, or this member was dropped): the partitions' new owner re-reads
-# from the last commit and the rows collapse by event_id, so the commit is given up, not retried.
-_GROUP_MOVED = {
-    KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError.ILLEGAL_GENERATION,
-    KafkaError.UNKNOWN_MEMBER_ID,
-    KafkaError.FENCED_INSTANCE_ID,
-    KafkaError._NO_OFFSET,  # nothing of the batch is still assigned
-}
-
-
-def _commit(c: Any) -> None:
-    try:
-        c.commit(asynchronous=False)
-    except KafkaException as exc:
-        if exc.args[0].code() not in _GROUP_MOVED:
-            raise
-        log.warning("sink: commit skipped (%s); the next owner re-reads those rows", exc.args[0].name())
 
 
 def _listed(partitions: list[TopicPartition]) -> str:
@@ -167,34 +155,44 @@ class ClickHouseSink:
         # 73 k rows/s, the others at 105-119 k). From here they walk only what the loop makes.
         gc.collect()
         gc.freeze()
-        c = consumer(self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000})
+        commits = OffsetCommits(self._confirmed)
+        c = consumer(
+            self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000, "on_commit": commits.on_commit}
+        )
         dlq = producer(self._kafka, **{"delivery.timeout.ms": 0})  # 0: retried until delivered
         buffers: dict[str, list[list[Any]]] = defaultdict(list)  # topic -> rows
         framed: dict[tuple[str, int], list[Message]] = defaultdict(list)  # for ClickHouse to decode
         pending: list[Message] = []
 
-        def flush() -> None:
-            if not pending:
-                return
-            self._insert_with_backoff(c, buffers, framed, dlq)
-            while dlq.flush(5):
-                log.warning("sink: %d dead letter(s) still undelivered; not committing yet", len(dlq))
-                if self._stop.is_set():
-                    raise RuntimeError("stopped with dead letters undelivered; batch not committed")
+        def commit_sync() -> None:
             try:
-                self.kafka_retry.call("offset commit", lambda: _commit(c))
-                self.stats.committed += len(pending)
+                self.kafka_retry.call("offset commit", lambda: commits.commit_sync(c))
             except Stopped:
                 log.warning(
                     "sink: stopped before the commit went through; the batch will be re-read (deduplicated)"
                 )
-            self.stats.batches += 1
-            buffers.clear()
-            framed.clear()
-            pending.clear()
+
+        def flush(sync: bool = False) -> None:
+            """Insert the batch, then commit it: sent without waiting, or waited for (``sync``)."""
+            if pending:
+                self._insert_with_backoff(c, buffers, framed, dlq)
+                while dlq.flush(5):
+                    log.warning("sink: %d dead letter(s) still undelivered; not committing yet", len(dlq))
+                    if self._stop.is_set():
+                        raise RuntimeError("stopped with dead letters undelivered; batch not committed")
+                commits.batch_in(c, len(pending))
+                self.stats.batches += 1
+                buffers.clear()
+                framed.clear()
+                pending.clear()
+                if not sync:
+                    commits.send(c, commit_sync)
+            if sync or commits.retry_needed:
+                commit_sync()
 
         def on_revoke(consumer_: Any, partitions: list[TopicPartition]) -> None:
-            flush()  # commit what we hold before the partitions move
+            flush(sync=True)  # in and committed before the partitions move
+            commits.revoked(partitions)
 
         def on_assign(consumer_: Any, partitions: list[TopicPartition]) -> None:
             log.info("sink: assigned %d partition(s): %s", len(partitions), _listed(partitions))
@@ -233,10 +231,15 @@ class ClickHouseSink:
                     batch_started = time.monotonic()
                 elif not pending:
                     batch_started = time.monotonic()
-            flush()
+                if commits.retry_needed:  # an asynchronous commit failed (told inside consume)
+                    commit_sync()
+            flush(sync=True)
         finally:
             c.close()
         return self.stats
+
+    def _confirmed(self, records: int) -> None:
+        self.stats.committed += records
 
     def _connect_pool(self) -> None:
         """Give each insert thread its client now, at start-up: a client's first connection asks the
@@ -252,7 +255,9 @@ class ClickHouseSink:
         try:
             list(self._pool.map(connect_one, range(_INSERT_THREADS)))
         except Exception as exc:  # ClickHouse not up yet: the clients are made on first use, with backoff
-            log.warning("sink: could not connect the insert threads at start-up (%s); connecting on first insert", exc)
+            log.warning(
+                "sink: could not connect the insert threads at start-up (%s); connecting on first insert", exc
+            )
 
     def _clickhouse_decodes(self, topic: str, value: bytes | None) -> bool:
         """Whether ClickHouse decodes this record: a URL is set, the table allows it, and the
@@ -368,7 +373,9 @@ class ClickHouseSink:
                     name = table.name
                     if name in done or not rows:
                         continue
-                    self._ch().insert(table.name, rows, column_names=table.column_names)
+                    self._ch().insert(
+                        table.name, rows, column_names=table.column_names, settings=INSERT_SETTINGS
+                    )
                     done.add(name)  # a retry never re-inserts a table that made it
                     self.stats.inserted += len(rows)
                     self.stats.per_table[name] += len(rows)

@@ -149,19 +149,21 @@ def test_stage_stops_on_a_fatal_error_naming_it(monkeypatch: pytest.MonkeyPatch)
 def test_the_sink_gives_up_a_commit_only_when_the_group_moved_on() -> None:
     """A rebalance or a dropped member: the next owner re-reads (rows collapse by event_id), so the
     commit is skipped; a loading coordinator is raised for the Retrier to ride through."""
-    from consumers.clickhouse_sink.sink import _commit
+    from consumers.clickhouse_sink.commits import OffsetCommits
 
     class Consumer:
         def __init__(self, code: int) -> None:
             self.code = code
 
-        def commit(self, asynchronous: bool) -> None:
+        def commit(self, offsets: Any, asynchronous: bool) -> None:
             raise KafkaException(KafkaError(self.code))
 
-    _commit(Consumer(KafkaError.ILLEGAL_GENERATION))
-    _commit(Consumer(KafkaError._NO_OFFSET))
+    commits = OffsetCommits(lambda n: None)
+    commits.target[("t", 0)] = 5
+    commits.commit_sync(Consumer(KafkaError.ILLEGAL_GENERATION))
+    commits.commit_sync(Consumer(KafkaError._NO_OFFSET))
     with pytest.raises(KafkaException):
-        _commit(Consumer(KafkaError.COORDINATOR_LOAD_IN_PROGRESS))
+        commits.commit_sync(Consumer(KafkaError.COORDINATOR_LOAD_IN_PROGRESS))
     r = Retrier("sink", base_s=0.001, cap_s=0.001)
     loading = Consumer(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
     attempts = 0
@@ -170,7 +172,7 @@ def test_the_sink_gives_up_a_commit_only_when_the_group_moved_on() -> None:
         nonlocal attempts
         attempts += 1
         if attempts < 10:
-            _commit(loading)
+            commits.commit_sync(loading)
 
     r.call("offset commit", commit)
     assert attempts == 10

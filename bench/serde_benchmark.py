@@ -31,12 +31,12 @@ WORDS = [
 ]
 
 
-def _records() -> list[dict]:
+def _records(n: int = N_EVENTS) -> list[dict]:
     from schemas import events as ev
 
     rng = random.Random(7)
     out = []
-    for i in range(N_EVENTS):
+    for i in range(n):
         completion = " ".join(rng.choice(WORDS) for _ in range(rng.randint(180, 360)))  # ~1-2 KiB
         out.append(
             ev.InferenceCompleted(

@@ -1,12 +1,11 @@
 """Kafka → ClickHouse sink for every event topic.
 
-Delivery guarantee: at-least-once into ReplacingMergeTree tables keyed on
-``event_id``, so replays collapse (read with FINAL). Offsets are committed only
-after every buffered row of the batch is inserted; the commit is sent without waiting
-for its answer, and waited for before a rebalance or a stop (``commits``). Batches are bounded by size
-(``batch_size`` records at most) and time. While ClickHouse is down the sink pauses
-its partitions, retries the same batch with backoff, and resumes without loss.
-Undecodable records go to ``<topic>.dlq`` (never dropped, never a crash).
+Delivery guarantee: at-least-once into ReplacingMergeTree tables keyed on ``event_id``, so replays
+collapse (read with FINAL). Offsets are committed only after every buffered row of the batch is
+inserted; the commit is sent without waiting for its answer, and waited for before a rebalance or
+a stop (``commits``). Batches are bounded by size (``batch_size`` records at most) and time. While
+ClickHouse is down the sink pauses its partitions, retries the same batch with backoff, and resumes
+without loss. Undecodable records go to ``<topic>.dlq`` (never dropped, never a crash).
 
 Decoding. With ``avro_registry_url`` (the CLI's default: the registry as ClickHouse reaches it),
 ClickHouse decodes the records itself: the framed bytes of one partition's batch go as one
@@ -31,11 +30,11 @@ confluent-kafka-python#1801), so the commit would have to stay on the consuming 
 Kafka errors (``infra.retry``): a retriable commit failure (a coordinator that moved answers
 COORDINATOR_LOAD_IN_PROGRESS for as long as it loads) is retried synchronously, with capped backoff,
 until it succeeds or the sink is stopped, rather than left to the next batch's commit: a sink that
-goes idle after the failure would otherwise keep the offsets uncommitted. Stopped in the middle, the batch's
-offsets stay uncommitted and its rows are read again and collapse by ``event_id``. Dead letters
-never expire in the producer (``delivery.timeout.ms`` 0), so a batch is committed only once its
-poison records are on ``<topic>.dlq``. A fatal error (authorization, unknown topic) stops the sink
-with a FatalKafkaError that names it.
+goes idle after the failure would otherwise keep the offsets uncommitted. Stopped in the middle,
+the batch's offsets stay uncommitted and its rows are read again and collapse by ``event_id``. Dead
+letters never expire in the producer (``delivery.timeout.ms`` 0), so a batch is committed only once
+its poison records are on ``<topic>.dlq``. A fatal error (authorization, unknown topic) stops the
+sink with a FatalKafkaError that names it.
 """
 
 from __future__ import annotations

@@ -108,7 +108,8 @@ def sink_rows(ctx: Context) -> list[Result]:
             parts[(m.topic(), m.partition())].append(m)
         batches.append(parts)
 
-    def timed_floor() -> float:
+    def timed_floor() -> tuple[float, float]:
+        """(seconds, the machine's busy cores meanwhile)."""
         ch = ctx.stack["clickhouse"].model_copy(update={"database": f"bench_{uuid.uuid4().hex[:6]}"})
         migrate(connect(ch, database="default"), ch.database)
         sink = ClickHouseSink(
@@ -120,11 +121,11 @@ def sink_rows(ctx: Context) -> list[Result]:
         for framed in work:
             sink._insert_framed(framed, {}, None)
         floor_s = time.perf_counter() - t1
-        floor_cores.append((_busy_cpu_s() - busy0) / floor_s)
+        cores = (_busy_cpu_s() - busy0) / floor_s
         if sink.stats.decoded_by_clickhouse != n:
             raise RuntimeError(f"ClickHouse alone inserted {sink.stats.decoded_by_clickhouse} of {n}")
         connect(ch, database="default").command(f"DROP DATABASE {ch.database}")
-        return floor_s
+        return floor_s, cores
 
     # Kafka alone: a consumer of a fresh group reading the same records and doing nothing with them,
     # timed like the sink (first record to last). The other part of the work no sink can skip.
@@ -155,7 +156,7 @@ def sink_rows(ctx: Context) -> list[Result]:
             )
         python_s, python_startup_s, _ = timed_sink(None)
         raw_s = timed_peer()
-        floor_s = timed_floor()
+        floor_s, cores = timed_floor()
         kafka_s = timed_kafka()
         if round_:  # round 0 warms all five alike (a cold first round: ours 55-66 k rows/s, the peer 18 k)
             fast_runs.append(fast_s)
@@ -163,8 +164,7 @@ def sink_rows(ctx: Context) -> list[Result]:
             raw_runs.append(raw_s)
             floor_runs.append(floor_s)
             kafka_runs.append(kafka_s)
-        else:
-            floor_cores.clear()
+            floor_cores.append(cores)
     fast_s, python_s, raw_s, floor_s, kafka_s = (
         statistics.median(x) for x in (fast_runs, python_runs, raw_runs, floor_runs, kafka_runs)
     )

@@ -1,7 +1,7 @@
 """The sink's offset commits: sent without waiting after each batch, confirmed by the consumer's
 ``on_commit`` callback, and made synchronous where they must have landed before the sink goes on.
 
-Why not wait. A synchronous commit is a round trip to the group coordinator after every batch (7-17
+Why not wait. A synchronous commit is a round trip to the group coordinator after every batch (7-22
 ms here for a batch of 20,000 rows), during which the sink neither reads nor inserts. The next batch
 does not depend on it: a commit only has to follow its own batch's insert, and it does. So the
 commit is sent and the sink reads on; librdkafka answers it through ``on_commit``, which runs on the
@@ -11,7 +11,7 @@ What is committed is the consumer's position when the batch is in (``target``), 
 at the time a later retry runs (by then the next batch may be read but not inserted). A commit
 covers every earlier one, as each commits the whole ``target``.
 
-Synchronous, with retries until it lands or the sink stops (``sync``):
+Synchronous, with retries until it lands or the sink stops (``commit_sync``):
 - before partitions are revoked, so the next owner starts after what is in;
 - when the sink stops;
 - when an asynchronous commit failed: retried at once from the consuming thread, not left to the

@@ -8,7 +8,8 @@ Each single-node statement becomes its cluster form, with the same names for rea
   with ``ENGINE = Distributed(c, db, t_local, <key>)``. Event tables are sharded by
   ``cityHash64(event_id)`` so every copy of an event lands on one shard, where ReplacingMergeTree
   (read with FINAL) collapses it — the sink's at-least-once dedup keeps working across shards.
-- ``ALTER TABLE db.t ...`` -> the same on ``db.t_local ON CLUSTER c`` and on ``db.t ON CLUSTER c``.
+- ``ALTER TABLE db.t ...`` -> the same on ``db.t_local ON CLUSTER c`` and on ``db.t ON CLUSTER c``;
+  ``ALTER TABLE db.t MODIFY SETTING ...`` (a MergeTree storage setting) on ``db.t_local`` only.
 - ``CREATE VIEW db.v AS ...`` and ``CREATE DATABASE`` -> ``ON CLUSTER c`` (views read the
   Distributed tables by their usual names).
 
@@ -53,6 +54,8 @@ def cluster_statements(statement: str, cluster: str) -> list[str]:
         ]
     if m := _ALTER.match(stmt):
         db, name, rest = m["db"], m["name"], m["rest"]
+        if rest.lstrip().upper().startswith("MODIFY SETTING"):  # a storage setting: only MergeTree has it
+            return [f"ALTER TABLE {db}.{name}_local ON CLUSTER {cluster} {rest}"]
         return [
             f"ALTER TABLE {db}.{name}_local ON CLUSTER {cluster} {rest}",
             f"ALTER TABLE {db}.{name} ON CLUSTER {cluster} {rest}",

@@ -8,7 +8,8 @@ with ``FINAL`` or ``LIMIT 1 BY event_id`` for exact counts before merges).
 The DDL is generated here from the .avsc files and committed as the versioned
 migration ``migrations/0001_event_tables.sql``; a field added to a schema later gets its
 ``ALTER TABLE ... ADD COLUMN`` migration (0007: the choices of n > 1 responses). A unit test
-checks that the migrations create every column derived here.
+checks that the migrations create every column derived here. Migration 0008 keeps parts compact
+up to 128 MiB, so a sink batch is written as one data file per part, not two per column.
 """
 
 from __future__ import annotations

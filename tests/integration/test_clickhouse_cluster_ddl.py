@@ -25,7 +25,7 @@ def _columns(formatted: str) -> str:
 
 def test_every_migration_has_a_cluster_form_that_parses_with_the_same_columns(stack: Any) -> None:
     client = connect(stack.clickhouse, database="default")
-    tables = views = alters = drops = 0
+    tables = views = alters = drops = settings = 0
     for path in migration_files():
         for stmt in statements(path, "rftloop"):
             out = cluster_statements(stmt, "prod")
@@ -40,6 +40,9 @@ def test_every_migration_has_a_cluster_form_that_parses_with_the_same_columns(st
                 assert name and f"Distributed(prod, rftloop, {name[1]}_local" in dist
                 if "`event_id`" in stmt:
                     assert "cityHash64(event_id)" in dist  # copies of an event meet on one shard
+            elif "MODIFY SETTING" in stmt:  # a MergeTree storage setting: the local table only
+                settings += 1
+                assert len(formatted) == 1 and "_local ON CLUSTER prod" in formatted[0], formatted
             elif stmt.startswith("ALTER"):
                 alters += 1
                 assert len(formatted) == 2
@@ -47,4 +50,4 @@ def test_every_migration_has_a_cluster_form_that_parses_with_the_same_columns(st
                 drops += 1
             else:
                 views += 1
-    assert tables == 9 and views == 6 and alters == 10 and drops == 2
+    assert tables == 9 and views == 6 and alters == 10 and drops == 2 and settings == 8

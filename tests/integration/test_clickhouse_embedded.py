@@ -138,6 +138,34 @@ def test_tables_keep_rows_only_as_long_as_their_topics_keep_events(stack, ch_dat
     assert " TTL " not in str(c.command(f"SHOW CREATE TABLE {ch_database}.inference_requested"))
 
 
+def test_a_sink_batch_is_written_as_one_compact_part_where_the_default_writes_it_wide(
+    stack, ch_database
+) -> None:
+    """Migration 0008: a batch the size the sink writes (~15 MiB of completions, over ClickHouse's
+    10 MiB default) stays a compact part in an event table; the same insert into a table without the
+    setting is written wide."""
+    from infra.clickhouse.migrate import migrate
+
+    c = connect(stack.clickhouse, database=ch_database)
+    migrate(c, ch_database)
+    c.command(f"CREATE TABLE {ch_database}.as_default AS {ch_database}.inference_completed")
+    c.command(f"ALTER TABLE {ch_database}.as_default RESET SETTING min_bytes_for_wide_part")
+    batch = (
+        "(event_id, occurred_at, completion) SELECT generateUUIDv4(), now64(3), "
+        "concat(toString(number), ' ', randomPrintableASCII(2000)) FROM numbers(8000)"
+    )
+    for table in ("inference_completed", "as_default"):
+        c.command(f"INSERT INTO {ch_database}.{table} {batch}")
+    parts = dict(
+        c.query(
+            "SELECT table, part_type FROM system.parts WHERE database = {db:String} AND active "
+            "AND table IN ('inference_completed', 'as_default')",
+            parameters={"db": ch_database},
+        ).result_rows
+    )
+    assert parts == {"inference_completed": "Compact", "as_default": "Wide"}
+
+
 KAFKA_TABLE = (
     "CREATE TABLE kq (x String) ENGINE = Kafka SETTINGS kafka_broker_list = '127.0.0.1:1', "
     "kafka_topic_list = 't', kafka_group_name = 'g', kafka_format = 'JSONEachRow'"

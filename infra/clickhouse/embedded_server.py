@@ -62,6 +62,10 @@ _PROTOCOL_PARAMS = {
     "http_headers_progress_interval_ms",
     "cancel_http_readonly_queries_on_client_close",
     "buffer_size",
+    # Not refused, though chdb writes Native only as protocol version 0 (no block info, DateTime
+    # without its zone): clickhouse-connect sends it once, in a probe whose answer bytes it checks
+    # (a proxy may strip the parameter) and then reads version 0. Before 1.x that probe had no error
+    # handling, so a 400 would stop those clients from connecting at all.
     "client_protocol_version",
 }
 # INSERT INTO t [(cols)] [SETTINGS ...] FORMAT f: the SETTINGS clause goes after FROM INFILE in the

@@ -311,7 +311,9 @@ class Gateway:
                 return  # an evaluation is not users' traffic: no events (shadows.py)
             served = Served(seconds, engine_s, self.cost(out.prompt_tokens, n, engine_s))
             # redaction, the chat template and the events are built on the sender thread (events.py)
-            self.events.submit_built(build_events, self.redact, self.serving.chat_prompt, request, out, served)
+            self.events.submit_built(
+                build_events, self.redact, self.serving.chat_prompt, request, out, served
+            )
 
         try:
             result = await self.serving.serve(vreq, chat)

@@ -15,6 +15,9 @@ does not (2 cores shared with the broker: 9-15k calls/s against the benchmark bu
 the calls wait for it and the p99 was 0.24-1.2 ms, against 28-34 µs with the process
 (``producers.sdk_log_call_us``). The thread stays for callers whose builds cannot travel to a
 process (the gateway's) or that do not want one.
+
+A logger made before ``fork()`` (gunicorn ``--preload``, Celery's prefork pool) works in the
+children too: each makes its own sender on its first call (``forking``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from infra.settings import KafkaSettings, RegistrySettings
+from producers.sdk import forking
 from producers.sdk.redaction import Redactor
 from producers.sdk.sender import Build, EventSender
 from producers.sdk.sender_process import IN_CHILD, BuildContext, ProcessSender
@@ -73,22 +77,35 @@ class _Client:
         self.producer_name = producer
         self.redact = redactor if redactor is not None else Redactor()
         kafka, registry = kafka or KafkaSettings(), registry or RegistrySettings()
-        self._sender: EventSender | ProcessSender
-        if process:
-            self._me: Any = IN_CHILD  # the build functions' ``self``, rebuilt in the child
-            self._sender = ProcessSender(
-                kafka,
-                registry,
-                list(self.topics),
-                context=BuildContext(producer, self.redact),
-                buffer=buffer,
-                topic_suffix=topic_suffix,
-            )
-        else:
-            self._me = self
-            self._sender = EventSender(
-                kafka, registry, list(self.topics), buffer=buffer, topic_suffix=topic_suffix
-            )
+        self._me: Any = IN_CHILD if process else self  # the build functions' ``self`` (rebuilt in a child)
+
+        def new_sender() -> EventSender | ProcessSender:
+            if process:
+                context = BuildContext(producer, self.redact)
+                return ProcessSender(
+                    kafka,
+                    registry,
+                    list(self.topics),
+                    context=context,
+                    buffer=buffer,
+                    topic_suffix=topic_suffix,
+                )
+            return EventSender(kafka, registry, list(self.topics), buffer=buffer, topic_suffix=topic_suffix)
+
+        self._new_sender = new_sender
+        self._sender: EventSender | ProcessSender | forking.Unstarted = new_sender()
+        forking.track(self)  # made before a fork, it makes its own sender in the child (``forking``)
+
+    def _forked(self) -> None:
+        """In a child just forked: give up the parent's sender; the first call makes this process's."""
+        if self._sender._closed:
+            return  # closed before the fork: closed here too
+        self._sender._forked_away()
+
+        def swap(sender: EventSender | ProcessSender) -> None:
+            self._sender = sender
+
+        self._sender = forking.Unstarted(self._new_sender, swap)
 
     @property
     def stats(self) -> Any:

@@ -212,6 +212,15 @@ class EventSender:
             "last_error": str(self._producer.last_error or self.stats.last_error or "") or None,
         }
 
+    def _forked_away(self) -> None:
+        """In a forked child: the producer's threads stayed in the parent, so it is never freed here
+        (``forking.keep_alive``); the parent still delivers what this copy of the queue holds."""
+        from producers.sdk import forking
+
+        forking.keep_alive(self._producer)
+        self._closed = True
+        self._queue.clear()
+
     def close(self, timeout_s: float = 30) -> bool:
         ok = self.flush(timeout_s)
         self._closed = True

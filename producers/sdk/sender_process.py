@@ -48,6 +48,7 @@ from typing import IO, Any
 
 from infra import serde as serde_mod
 from infra.settings import KafkaSettings, RegistrySettings
+from producers.sdk import forking
 from producers.sdk.sender import (
     Build,
     SenderClosed,
@@ -362,6 +363,13 @@ class ProcessSender:
             "sender": "process" if alive else f"process exited (code {self._proc.poll()}), restarting",
             "last_error": self.stats.last_error,
         }
+
+    def _forked_away(self) -> None:
+        """In a forked child: let go of the parent's sender process (``forking``); the parent still
+        delivers what this copy of the queue holds."""
+        forking.abandon_process(self._proc)
+        self._closed = True
+        self._queue.clear()
 
     def close(self, timeout_s: float = 30) -> bool:
         ok = self.flush(timeout_s)

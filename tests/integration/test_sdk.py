@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
@@ -148,3 +149,45 @@ def test_sender_process_restarts_and_loses_only_what_it_held(
         assert "exited" in (log.stats.last_error or "") and log.stats.failed == 0
     completed = read_topic(stack.kafka, topics[COMPLETED.name][0].name, topics[COMPLETED.name][1])
     assert {e.request_id for e in completed} == set(first) | set(later)
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_a_logger_made_before_a_fork_delivers_parent_and_child_calls_once_each(
+    stack: Any, event_topic: Any, unique: str, process: bool
+) -> None:
+    """gunicorn --preload and prefork pools make the logger, then fork: the child makes its own
+    sender on its first call, and what the parent had queued goes once, from the parent."""
+    topic, serde = event_topic(REQUESTED)
+    event_topic(COMPLETED)
+    log = InferenceLogger(
+        producer="sdk:fork",
+        kafka=stack.kafka,
+        registry=stack.registry,
+        topic_suffix=f"-{unique}",
+        process=process,
+    )
+
+    def calls(who: str) -> list[str]:
+        return [log.log(model="m", prompt=f"{who} {i}", completion="a", latency_ms=1) for i in range(200)]
+
+    before = calls("before")  # still queued in the parent at the fork, some of them
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own calls, then out without pytest's teardown
+        code = 1
+        try:
+            os.close(read_end)
+            ids = calls("child")
+            code = 0 if log.close(30) and log.stats.delivered >= len(ids) else 2
+            os.write(write_end, json.dumps(ids).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    after = calls("parent")
+    with os.fdopen(read_end, "rb") as got:
+        child = json.loads(got.read() or b"[]")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and len(child) == 200
+    assert log.close(30)
+    delivered = [e.request_id for e in read_topic(stack.kafka, topic.name, serde)]
+    assert sorted(delivered) == sorted(before + after + child)  # each once: none lost, none twice

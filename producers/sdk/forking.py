@@ -34,7 +34,6 @@ from typing import Any, Protocol
 from producers.sdk.sender import Build, SenderClosed, SenderStats
 
 _clients: weakref.WeakSet[Any] = weakref.WeakSet()
-_registered = False
 
 
 class Forkable(Protocol):
@@ -43,16 +42,16 @@ class Forkable(Protocol):
 
 def track(client: Forkable) -> None:
     """Call ``client._forked()`` in the child after every fork of this process."""
-    global _registered
-    if not _registered and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork)
-        _registered = True
     _clients.add(client)
 
 
 def _after_fork() -> None:
     for client in list(_clients):
         client._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def abandon_process(proc: subprocess.Popen[bytes]) -> None:

@@ -23,14 +23,20 @@ class Sender:
         return {"status": "ok", "sender": "process"}
 
 
-def test_the_first_call_starts_one_sender_and_hands_it_over() -> None:
+def _starter() -> tuple[list[Sender], Any]:
+    """A ``start`` for Unstarted, and the senders it started."""
     started: list[Sender] = []
-    swapped: list[Any] = []
 
     def start() -> Sender:
         started.append(Sender())
         return started[-1]
 
+    return started, start
+
+
+def test_the_first_call_starts_one_sender_and_hands_it_over() -> None:
+    started, start = _starter()
+    swapped: list[Any] = []
     u = Unstarted(start, swapped.append)
     assert u.flush() and "not started" in u.health()["sender"]  # nothing to send yet, nothing started
     assert started == []
@@ -39,12 +45,7 @@ def test_the_first_call_starts_one_sender_and_hands_it_over() -> None:
 
 
 def test_closed_before_its_first_call_it_starts_nothing_and_refuses_calls() -> None:
-    started: list[Sender] = []
-
-    def start() -> Sender:
-        started.append(Sender())
-        return started[-1]
-
+    started, start = _starter()
     u = Unstarted(start, lambda s: None)
     assert u.close()
     with pytest.raises(SenderClosed):

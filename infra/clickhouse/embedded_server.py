@@ -21,7 +21,7 @@ Run it with ``python -m infra.clickhouse.embedded_server --path DIR --port N``.
 from __future__ import annotations
 
 import argparse
-import gzip
+import functools
 import json
 import logging
 import os
@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from infra.clickhouse import external_tables, result_stream
+from infra.clickhouse import external_tables, http_body, native_revision, result_stream
 from infra.clickhouse.body_pipe import BodyPipe
 from infra.clickhouse.embedded_engine import Engine, QueryFailed, quote_literal
 from infra.clickhouse.sql_text import query_text
@@ -62,11 +62,7 @@ _PROTOCOL_PARAMS = {
     "http_headers_progress_interval_ms",
     "cancel_http_readonly_queries_on_client_close",
     "buffer_size",
-    # Not refused, though chdb writes Native only as protocol version 0 (no block info, DateTime
-    # without its zone): clickhouse-connect sends it once, in a probe whose answer bytes it checks
-    # (a proxy may strip the parameter) and then reads version 0. Before 1.x that probe had no error
-    # handling, so a 400 would stop those clients from connecting at all.
-    "client_protocol_version",
+    "client_protocol_version",  # the Native a server writes for it: ``native_revision``
 }
 # INSERT INTO t [(cols)] [SETTINGS ...] FORMAT f: the SETTINGS clause goes after FROM INFILE in the
 # rewrite (ClickHouse's grammar: INSERT INTO t FROM INFILE 'f' [SETTINGS ...] FORMAT f)
@@ -83,9 +79,12 @@ _NO_RESULT = re.compile(
     re.IGNORECASE,
 )
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# where a query runs: database, parameters, settings, ClickHouse session and its timeout
+_Context = tuple[str | None, dict[str, str], dict[str, str], str | None, float]
 # ClickHouse returns 4xx for errors that are the caller's fault.
 _STATUS_BY_CODE = {
     62: 400,  # SYNTAX_ERROR
+    36: 400,  # BAD_ARGUMENTS
     27: 400,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
     47: 400,  # UNKNOWN_IDENTIFIER
     53: 400,  # TYPE_MISMATCH
@@ -97,36 +96,6 @@ _STATUS_BY_CODE = {
     373: 409,  # SESSION_IS_LOCKED
     48: 501,  # NOT_IMPLEMENTED
 }
-_MAX_BODY = 1 << 31
-
-
-def _decompress(data: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return data
-    if encoding == "gzip":
-        return gzip.decompress(data)
-    if encoding == "deflate":
-        import zlib
-
-        return zlib.decompress(data)
-    if encoding == "lz4":
-        import lz4.frame
-
-        out, view = [], data
-        while view:
-            d = lz4.frame.LZ4FrameDecompressor()
-            out.append(d.decompress(view))
-            view = d.unused_data
-        return b"".join(out)
-    if encoding == "zstd":
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
-        return reader.read()
-    if encoding == "br":
-        raise QueryFailed(1001, f"Content-Encoding {encoding} is not supported by the embedded server")
-    raise QueryFailed(1001, f"unknown Content-Encoding {encoding!r}")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -142,45 +111,6 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     # -- plumbing ---------------------------------------------------------
-    def _body_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
-        """The raw request body in pieces (Content-Length or chunked transfer encoding)."""
-        total = 0
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            while True:
-                line = self.rfile.readline(65537).strip()
-                n = int(line.split(b";", 1)[0], 16)
-                if n == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return
-                total += n
-                if total > _MAX_BODY:
-                    raise QueryFailed(1001, "request body too large")
-                while n:
-                    piece = self.rfile.read(min(n, size))
-                    if not piece:
-                        raise QueryFailed(1001, "request body ended early")
-                    n -= len(piece)
-                    yield piece
-                self.rfile.readline(3)
-        else:
-            left = int(self.headers.get("Content-Length") or 0)
-            if left > _MAX_BODY:
-                raise QueryFailed(1001, "request body too large")
-            while left:
-                piece = self.rfile.read(min(left, size))
-                if not piece:
-                    raise QueryFailed(1001, "request body ended early")
-                left -= len(piece)
-                yield piece
-
-    def _body(self) -> Iterator[bytes]:
-        """The decoded body in pieces: streamed when uncompressed, decompressed whole otherwise."""
-        encoding = self.headers.get("Content-Encoding", "").strip().lower()
-        if encoding in ("", "identity"):
-            return self._body_chunks()
-        return iter([_decompress(b"".join(self._body_chunks()), encoding)])
-
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
@@ -277,7 +207,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if not self._authorized(params):
                 raise QueryFailed(516, "default: Authentication failed: password is incorrect")
-            body = self._body() if read_body else iter(())
+            body = http_body.decoded(self.rfile, self.headers) if read_body else iter(())
             files: dict[str, bytes] = {}
             content_type = self.headers.get("Content-Type", "")
             if read_body and content_type.lower().startswith("multipart/form-data"):
@@ -296,10 +226,11 @@ class Handler(BaseHTTPRequestHandler):
                 and _SETTING_NAME.match(k)
                 and not external_tables.is_table_param(k, files)
             }
+            # the Native protocol version the caller reads (0 where the result is in another format)
+            version = self._version(params, statement, fmt)
             # the zone a server names for the result's DateTimes: the caller's session_timezone, or its own
             tz = settings.get("session_timezone") or self.engine.timezone
-            # where a query runs: database, parameters, settings, ClickHouse session and its timeout
-            context = (
+            context: _Context = (
                 params.get("database"),
                 qparams,
                 settings,
@@ -317,6 +248,11 @@ class Handler(BaseHTTPRequestHandler):
             ):
                 sql, started, totals = statement, time.perf_counter(), dict[str, int]()
                 blocks = self.engine.stream(statement, fmt, *context, summary=totals)
+                if version:  # the zones looked up first: the stream holds its session until it ends
+                    zones = (
+                        self._zones(statement, context) if version >= native_revision.ZONE_IN_DATETIME else {}
+                    )
+                    blocks = native_revision.blocks(blocks, version, lambda: zones)
                 try:  # as a server: headers with the first block, or the whole result past a caller's buffer_size
                     held, ended = result_stream.hold(blocks, result_stream.held_bytes(params))
                     out = b"".join(held)
@@ -324,19 +260,29 @@ class Handler(BaseHTTPRequestHandler):
                     summary = {k: str(v) for k, v in {**totals, "elapsed_ns": elapsed}.items()}
                     if not ended:
                         streamed = (held, blocks, summary)
-                except QueryFailed as exc:  # chdb streams only some statements (``WITH ... INSERT`` not)
-                    if exc.code != 36 or "Streaming query is not supported" not in str(exc):
+                except QueryFailed as exc:
+                    if not result_stream.streaming_refused(exc):
                         raise
                     out, summary = self.engine.execute(sql, fmt, *context)
+                    out = self._native(out, version, statement, context, external)
             else:
                 sql = statement
-                out, summary = self.engine.execute(
-                    sql,
-                    fmt,
-                    *context,
-                    before=[s for t in external for s in t.before()],
-                    after=[s for t in external for s in t.after()],
+                collected = (  # a result in Native for a version: its blocks as the engine streams them
+                    self._collected(statement, fmt, context)
+                    if version and result_stream.streamable(statement, fmt) and not external
+                    else None
                 )
+                if collected is not None:
+                    out, summary = self._native(collected[0], version, statement, context, []), collected[1]
+                else:
+                    out, summary = self.engine.execute(
+                        sql,
+                        fmt,
+                        *context,
+                        before=[s for t in external for s in t.before()],
+                        after=[s for t in external for s in t.after()],
+                    )
+                    out = self._native(out, version, statement, context, external)
         except QueryFailed as exc:
             self._error(exc)
             return
@@ -364,6 +310,74 @@ class Handler(BaseHTTPRequestHandler):
         if not _NO_RESULT.match(sql):  # as a server: a format only for statements that return rows
             headers["X-ClickHouse-Format"] = fmt
         self._send(200, out, headers)
+
+    def _version(self, params: dict[str, str], statement: str | _Insert, fmt: str) -> int:
+        """The caller's ``client_protocol_version`` where its result is Native, else 0 (a server's
+        other formats do not change with it). QueryFailed (400) for a version not written here."""
+        native = (
+            not isinstance(statement, _Insert) and result_stream.output_format(statement, fmt) == "Native"
+        )
+        try:
+            return native_revision.revision(params.get("client_protocol_version"), native)
+        except native_revision.UnsupportedRevision as exc:
+            raise QueryFailed(36, f"{exc} (BAD_ARGUMENTS)") from None
+
+    def _collected(
+        self, statement: str, fmt: str, context: _Context
+    ) -> tuple[list[bytes], dict[str, Any]] | None:
+        """A SELECT's whole result as the engine's blocks (its stream, read to the end) and its
+        summary; None where chdb does not stream the statement."""
+        started, totals = time.perf_counter(), dict[str, int]()
+        try:
+            blocks = list(self.engine.stream(statement, fmt, *context, summary=totals))
+        except QueryFailed as exc:
+            if not result_stream.streaming_refused(exc):
+                raise
+            return None
+        elapsed = int((time.perf_counter() - started) * 1e9)
+        return blocks, {k: str(v) for k, v in {**totals, "elapsed_ns": elapsed}.items()}
+
+    def _native(
+        self,
+        out: bytes | list[bytes],
+        version: int,
+        statement: str,
+        context: _Context,
+        external: list[external_tables.ExternalTable],
+    ) -> bytes:
+        """A version-0 Native result (whole, or as its blocks) as written for ``version``."""
+        if not version:
+            return out if isinstance(out, bytes) else b"".join(out)
+        try:
+            parts = out if isinstance(out, list) else native_revision.split(out)
+        except ValueError as exc:
+            raise QueryFailed(
+                48,
+                f"this result cannot be written for client_protocol_version {version}: {exc} (NOT_IMPLEMENTED)",
+            ) from None
+        zones = functools.partial(self._zones, statement, context, external)
+        return b"".join(native_revision.blocks(iter(parts), version, zones))
+
+    def _zones(
+        self, statement: str, context: _Context, external: list[external_tables.ExternalTable] | None = None
+    ) -> dict[int, str]:
+        """The result's zoned DateTime columns (``native_revision.zoned_columns``), from the query's
+        DESCRIBE in the same database, session and settings, beside its external tables (created
+        empty); none where it cannot be described."""
+        describe = f"DESCRIBE TABLE (\n{result_stream.without_format(statement)}\n)"
+        tables = external or []
+        try:
+            out, _ = self.engine.execute(
+                describe,
+                "TabSeparated",
+                *context,
+                before=[t.before()[0] for t in tables],
+                after=[s for t in tables for s in t.after()],
+            )
+        except QueryFailed as exc:
+            log.info("no DateTime zones for a Native result: its DESCRIBE failed (%s)", str(exc)[:200])
+            return {}
+        return native_revision.zoned_columns(out)
 
     def _statement(self, query: str, body: Iterator[bytes]) -> str | _Insert:
         """The SQL to run, or the insert whose data is the rest of the body.

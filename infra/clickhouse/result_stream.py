@@ -55,12 +55,26 @@ _FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECAS
 
 
 def streamable(statement: str, fmt: str) -> bool:
-    """Whether ``statement``'s result can go as the engine produces it: a SELECT whose format (its
-    own FORMAT clause, else ``fmt``) has blocks that concatenate."""
-    if not _STREAMED_STATEMENT.match(statement):
-        return False
+    """Whether ``statement``'s result can go as the engine produces it: a SELECT whose format has
+    blocks that concatenate."""
+    return bool(_STREAMED_STATEMENT.match(statement)) and output_format(statement, fmt) in STREAMABLE_FORMATS
+
+
+def output_format(statement: str, fmt: str) -> str:
+    """The format ``statement``'s result comes in: its own FORMAT clause, else ``fmt``."""
     clause = _FORMAT_CLAUSE.search(statement)
-    return (clause.group(1) if clause else fmt) in STREAMABLE_FORMATS
+    return clause.group(1) if clause else fmt
+
+
+def without_format(statement: str) -> str:
+    """``statement`` without its trailing FORMAT clause (and ``;``): a query a subquery can hold."""
+    return _FORMAT_CLAUSE.sub("", statement).rstrip().rstrip(";")
+
+
+def streaming_refused(exc: Exception) -> bool:
+    """Whether the engine refused to stream a statement (chdb streams only some: ``WITH ... INSERT``
+    not); it runs whole then."""
+    return getattr(exc, "code", None) == 36 and "Streaming query is not supported" in str(exc)
 
 
 def held_bytes(params: dict[str, str]) -> int:

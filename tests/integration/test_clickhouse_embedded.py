@@ -547,15 +547,3 @@ def test_the_result_timezone_header_follows_the_callers_session_timezone(stack) 
             sql, settings={"session_timezone": "America/Denver", "wait_end_of_query": wait}
         ).first_row[0]
         assert (value.hour, str(value.tzinfo)) == (10, "America/Denver")
-
-
-def test_native_is_written_as_protocol_version_0_and_clickhouse_connect_reads_it_so(stack) -> None:
-    """chdb has one Native protocol version, 0. clickhouse-connect's probe sees version-0 bytes and
-    falls back to it (its answer to a proxy that strips the parameter); the bytes are a server's."""
-    c = connect(stack.clickhouse, database="default")
-    assert c.protocol_version == 0
-    query = "SELECT toDateTime(1676369730, 'Asia/Shanghai') AS dt FORMAT Native"
-    v0 = "0101026474084461746554696d65425feb63"  # clickhouse-server's bytes at version 0
-    assert c.raw_query(query).hex() == v0
-    assert c.raw_query(query, settings={"client_protocol_version": 54337}).hex() == v0
-    assert c.query("SELECT toDateTime(1676369730, 'Asia/Shanghai') AS dt").first_row[0].tzinfo is None

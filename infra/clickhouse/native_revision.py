@@ -23,6 +23,12 @@ length cannot be known without decoding its states (AggregateFunction, Variant, 
 the walk: columns after it keep the version-0 name, and that is logged. Written here because no
 Python library writes the server side of Native (clickhouse-connect reads it, and writes only its
 insert blocks).
+
+What it costs (clickhouse-connect 1.12's ``query()`` against the front, medians, at 54405 against
+the same client at version 0, two alternating runs): ``SELECT 1`` 2.8-2.9 ms against 2.6-3.0; 100,000
+rows of a number and a String, no DateTime, 27-36 ms against 25-30; ten rows with a zoned DateTime
+4.9-6.2 ms against 2.9-3.6 (the DESCRIBE, ~1 ms); 100,000 rows of a String then a zoned DateTime
+47-53 ms against 26-35 (the String column walked in Python to reach the DateTime's name).
 """
 
 from __future__ import annotations

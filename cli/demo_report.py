@@ -286,7 +286,11 @@ def phase_times(g: Generation) -> str:
     if "run" in s:
         inner = [
             f"{label} {f[key]:.0f}"
-            for label, key in (("screen", "screen_seconds"), ("train", "train_seconds"), ("gate", "gate_seconds"))
+            for label, key in (
+                ("screen", "screen_seconds"),
+                ("train", "train_seconds"),
+                ("gate", "gate_seconds"),
+            )
             if key in f
         ]
         parts.append(f"run {s['run']:.0f}" + (f" ({', '.join(inner)})" if inner else ""))
@@ -349,10 +353,21 @@ def generation_table(console: Console, generations: list[Generation], client: An
 
 
 def record_generations(generations: list[Generation], seconds: float, planned: int, console: Console) -> None:
-    """The compounding figures of one default demo run."""
+    """The compounding figures of one default demo run: recorded only for a run that started from
+    the base model, as a new user's does (a state dir's promoted versions carry over to the next
+    run, whose first generation then continues the last incumbent)."""
     from bench.harness import Result, record
+    from infra.versions import BASE
 
     promoted = [g for g in generations if g.promoted]
+    started = generations[0].parent if generations else BASE
+    if started != BASE:
+        console.print(
+            f"  {len(promoted)} of {planned} generations promoted from {started}; not recorded in "
+            "bench/results.json: this run continued the state dir's incumbent, and the recorded figures "
+            "are a run from the base model (a fresh RFTLOOP_LOCAL_STATE_DIR)"
+        )
+        return
     total = sum(g.figures.get("gain", 0.0) for g in promoted) * 100
     latency = max((g.ratio("latency_ms") or 0.0 for g in promoted), default=0.0)
     chain = (

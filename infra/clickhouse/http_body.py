@@ -28,23 +28,23 @@ def chunks(rfile: BufferedIOBase, headers: Message, size: int = 1 << 20) -> Iter
             total += n
             if total > MAX_BODY:
                 raise QueryFailed(1001, "request body too large")
-            while n:
-                piece = rfile.read(min(n, size))
-                if not piece:
-                    raise QueryFailed(1001, "request body ended early")
-                n -= len(piece)
-                yield piece
+            yield from _read(rfile, n, size)
             rfile.readline(3)
     else:
         left = int(headers.get("Content-Length") or 0)
         if left > MAX_BODY:
             raise QueryFailed(1001, "request body too large")
-        while left:
-            piece = rfile.read(min(left, size))
-            if not piece:
-                raise QueryFailed(1001, "request body ended early")
-            left -= len(piece)
-            yield piece
+        yield from _read(rfile, left, size)
+
+
+def _read(rfile: BufferedIOBase, n: int, size: int) -> Iterator[bytes]:
+    """The next ``n`` bytes of the body in pieces of at most ``size``; QueryFailed if it ends first."""
+    while n:
+        piece = rfile.read(min(n, size))
+        if not piece:
+            raise QueryFailed(1001, "request body ended early")
+        n -= len(piece)
+        yield piece
 
 
 def decoded(rfile: BufferedIOBase, headers: Message) -> Iterator[bytes]:

@@ -114,6 +114,8 @@ def plan(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> list[dict[str,
 
 
 def render(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> str:
+    from consumers.clickhouse_sink.sink import DEFAULT_BATCH
+
     rows = plan(results, mix)
 
     def fig(name: str) -> str:
@@ -214,7 +216,7 @@ def render(results: dict[str, dict[str, Any]], mix: Mix = Mix()) -> str:
         "managed Kafka), not for throughput.",
         "- **GPUs are the cost**: serving dominates everything else by orders of magnitude. The "
         "stream workers and sinks for 10,000 requests/s fit on a few CPU cores.",
-        "- **ClickHouse**: inserts are far from the limit (batches of ≤ 20,000 rows, "
+        f"- **ClickHouse**: inserts are far from the limit (batches of ≤ {DEFAULT_BATCH:,} rows, "
         f"{results['infra.clickhouse_insert_rows_s']['value'] / 1e6:.1f} M rows/s measured into the embedded "
         "engine); storage and query load decide shards. Set `RFTLOOP_CLICKHOUSE_CLUSTER` and the migrations "
         "create ReplicatedReplacingMergeTree tables with Distributed tables of the same names, sharded by "

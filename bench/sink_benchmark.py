@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import statistics
 import threading
@@ -19,7 +18,7 @@ ROUNDS = 5
 
 
 def sink_rows(ctx: Context) -> list[Result]:
-    from consumers.clickhouse_sink.sink import INSERT_SETTINGS, ClickHouseSink
+    from consumers.clickhouse_sink.sink import DEFAULT_BATCH, INSERT_SETTINGS, ClickHouseSink
     from infra import registry
     from infra.clickhouse.client import connect
     from infra.clickhouse.migrate import migrate
@@ -29,7 +28,7 @@ def sink_rows(ctx: Context) -> list[Result]:
     from schemas.topics import COMPLETED
 
     # the sink as `rftloop sink` runs it: its default batch size, and three batches of records
-    batch = inspect.signature(ClickHouseSink).parameters["batch_size"].default
+    batch = DEFAULT_BATCH
     n = 3 * batch
     reg = registry.client(ctx.stack["registry"])
     topic = replace(COMPLETED, name=f"bench-sink-{uuid.uuid4().hex[:6]}")

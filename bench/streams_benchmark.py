@@ -387,7 +387,7 @@ SECONDS = 60
 
 
 def freshness_ms(ctx: Context) -> list[Result]:
-    from consumers.clickhouse_sink.sink import ClickHouseSink
+    from consumers.clickhouse_sink.sink import DEFAULT_BATCH, ClickHouseSink
     from infra import registry
     from infra.clickhouse.client import connect
     from infra.kafka import produce, producing
@@ -434,7 +434,7 @@ def freshness_ms(ctx: Context) -> list[Result]:
         raise RuntimeError(f"{n} of {total} rows arrived")
     method = (
         f"{total:,} InferenceCompleted produced at {RATE}/s for {SECONDS} s (idempotent producer, linger 5 ms), "
-        "each stamped with occurred_at when produced; the ClickHouse sink (defaults: batches of ≤ 20,000 rows "
+        f"each stamped with occurred_at when produced; the ClickHouse sink (defaults: batches of ≤ {DEFAULT_BATCH:,} rows "
         "or 1 s) into the embedded server; ClickHouse stamps `_inserted_at` when the row is written; lag = "
         "_inserted_at − occurred_at over every row (exact quantiles). Peer: Langfuse documents that traces "
         "appear within seconds, up to ~10 minutes (not measured here)"

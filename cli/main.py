@@ -254,7 +254,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     import signal
     from dataclasses import replace
 
-    from consumers.clickhouse_sink.sink import ClickHouseSink
+    from consumers.clickhouse_sink.sink import DEFAULT_BATCH, ClickHouseSink
     from infra import registry
     from schemas.topics import STORED_TOPICS
 
@@ -267,7 +267,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         registry.client(reg),
         topics=topics,
         group_id=args.group,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or DEFAULT_BATCH,
         batch_seconds=args.batch_seconds,
         avro_registry_url=(ch.avro_registry_url or reg.url_with_credentials())
         if decode == "clickhouse"
@@ -684,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     ddl.set_defaults(sub_fn=cmd_db_ddl)
 
     p = add("sink", cmd_sink, "run the Kafka -> ClickHouse sink for every event topic (until SIGTERM)")
-    p.add_argument("--batch-size", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=None, help="records per batch at most (default 40,000)")
     p.add_argument("--batch-seconds", type=float, default=1.0)
     p.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     p.add_argument("--topic-suffix", default="", help="read <topic><suffix> (isolated topic sets)")

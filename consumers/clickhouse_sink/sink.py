@@ -20,7 +20,7 @@ Not pipelined. Reading the next batch while a flusher thread inserts the last wa
 measured in one run, alternating, 8 rounds each with ``rftloop bench sink.rows_per_s``'s setup:
 median 74.5 k rows/s against 74.3 k for this loop. ClickHouse's inserts take ~190 of the ~210-250 ms
 for those 20,000 records and keep both cores busy, so reading ~15 ms of a batch alongside only
-competes with them. At the default 20,000-record batches it is alike: a timeline of 3 batches
+competes with them. At 20,000-record batches (then the default) it is alike: a timeline of 3 batches
 showed ~27 ms reading each and 150-220 ms inserting it, the machine's 2 cores 1.75 busy over the
 run (ClickHouse alone, the same inserts with no Kafka: 1.7-1.9 busy). Tried again once the parts
 were compact (migration 0008: ClickHouse's share of the CPU fell from ~14 to ~12 µs a row), the next
@@ -79,6 +79,14 @@ INSERT_SETTINGS = {"optimize_on_insert": 0}
 _AVRO_SETTINGS = {**INSERT_SETTINGS, "max_threads": 1, "input_format_parallel_parsing": 0}
 _INSERT_THREADS = 4  # a batch's partitions are inserted side by side by this many threads
 _MAX_RUNS = 500  # a batch whose offsets break into more runs than this is decoded here
+# Records in a batch at most (``batch_seconds`` bounds it in time). Bigger batches make fewer, bigger
+# parts: less work per row at insert and fewer merges. Measured with chdb 26.9, the sink as
+# `rftloop bench sink.rows_per_s` runs it over 120,000 records, alternating rounds (median, rounds):
+# batches of 20,000 112.7 k rows/s (105-124 k), 40,000 129.2 k (123-135 k). Before the consumer's
+# fetch backoff was shortened (``infra.kafka.FETCH_QUEUE_BACKOFF_MS``): 66.0 k against 78.6 k, and in a
+# second run 66.8 k (20,000), 75.7 k (40,000), 71.4 k (60,000). A batch of 40,000 completions is
+# ~55 MB held in the sink.
+DEFAULT_BATCH = 40_000
 
 
 def _listed(partitions: list[TopicPartition]) -> str:
@@ -108,7 +116,7 @@ class ClickHouseSink:
         *,
         topics: list[TopicSpec] | None = None,
         group_id: str = "rftloop-clickhouse-sink",
-        batch_size: int = 20_000,
+        batch_size: int = DEFAULT_BATCH,
         batch_seconds: float = 1.0,
         max_backoff_s: float = 10.0,
         avro_registry_url: str | None = None,

@@ -246,16 +246,6 @@ def produce(
     p.produce(topic, value, key, headers)
 
 
-# librdkafka stops fetching a partition whose local queue is over its thresholds (queued.min.messages,
-# queued.max.messages.kbytes) and looks again only after fetch.queue.backoff.ms: 1,000 ms by default.
-# A consumer that takes a big batch and then works on it (the sink inserting 40,000 records) leaves the
-# queue full meanwhile, so the next batch stalled: in a probe of `rftloop bench sink.rows_per_s`'s setup
-# (120,000 records, batches of 40,000), consume() returned 4,204 records and then nothing for ~600 ms,
-# with the rest waiting on the broker. Looking again after 20 ms took the sink from 76.7 k to
-# 127.7 k rows/s; the look is a local check, so its cost is nothing measurable.
-FETCH_QUEUE_BACKOFF_MS = 20
-
-
 def consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> _Consumer:
     """Consumer with auto-commit off: commit after the side effect."""
     conf: dict[str, Any] = {
@@ -264,7 +254,6 @@ def consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> _Consu
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
-        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         **overrides,
     }
     return _Consumer(conf)

@@ -83,10 +83,17 @@ _MAX_RUNS = 500  # a batch whose offsets break into more runs than this is decod
 # parts: less work per row at insert and fewer merges. Measured with chdb 26.9, the sink as
 # `rftloop bench sink.rows_per_s` runs it over 120,000 records, alternating rounds (median, rounds):
 # batches of 20,000 112.7 k rows/s (105-124 k), 40,000 129.2 k (123-135 k). Before the consumer's
-# fetch backoff was shortened (``infra.kafka.FETCH_QUEUE_BACKOFF_MS``): 66.0 k against 78.6 k, and in a
+# fetch backoff was shortened (``FETCH_QUEUE_BACKOFF_MS``): 66.0 k against 78.6 k, and in a
 # second run 66.8 k (20,000), 75.7 k (40,000), 71.4 k (60,000). A batch of 40,000 completions is
 # ~55 MB held in the sink.
 DEFAULT_BATCH = 40_000
+# librdkafka stops fetching a partition whose local queue is over its thresholds (queued.min.messages,
+# queued.max.messages.kbytes) and looks again only after fetch.queue.backoff.ms: 1,000 ms by default.
+# The sink takes a big batch and then inserts it, leaving the queue full meanwhile, so its next batch
+# stalled: in a probe of `rftloop bench sink.rows_per_s`'s setup (120,000 records, batches of 40,000),
+# consume() returned 4,204 records and then nothing for ~600 ms, with the rest waiting on the broker.
+# Looking again after 20 ms took the sink from 76.7 k to 127.7 k rows/s (the look is a local check).
+FETCH_QUEUE_BACKOFF_MS = 20
 
 
 def _listed(partitions: list[TopicPartition]) -> str:
@@ -169,7 +176,13 @@ class ClickHouseSink:
         gc.freeze()
         commits = OffsetCommits(self._confirmed)
         c = consumer(
-            self._kafka, self._group_id, **{"max.poll.interval.ms": 600_000, "on_commit": commits.on_commit}
+            self._kafka,
+            self._group_id,
+            **{
+                "max.poll.interval.ms": 600_000,
+                "on_commit": commits.on_commit,
+                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+            },
         )
         dlq = producer(self._kafka, **{"delivery.timeout.ms": 0})  # 0: retried until delivered
         buffers: dict[str, list[list[Any]]] = defaultdict(list)  # topic -> rows

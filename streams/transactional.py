@@ -19,6 +19,7 @@ import hashlib
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 5
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+# A producer can be fenced by its own retry. In the 3-broker test (one broker killed), stage 1's batch
+# aborted with _TIMED_OUT ("requires epoch bump") while the coordinator moved; 8 s later the next
+# EndTxn failed with _FENCED ("fenced by a newer instance") though no other worker existed: a request
+# that reached the old coordinator bumped the epoch, and its retry came with the old one. So a fence
+# within this long of a failed batch or transaction (not counting fences) replaces the producer under
+# the same id, once until a batch commits, instead of stopping the worker. A second fence before a
+# commit stops it, as does any fence outside that window: two workers given one id then settle (one
+# keeps it) within the window at most, instead of taking it from each other for ever.
+SELF_FENCE_WINDOW_S = 120.0
 
 
 class WorkerFenced(RuntimeError):
@@ -124,6 +134,8 @@ class TransactionalStage:
         self.committed_batches = 0
         self.transactional_id = f"{self.group}-{instance_id(settings)}"
         self.kafka_retry = Retrier(f"streams {self.name}", cap_s=10.0)
+        self._trouble_at: float | None = None  # monotonic time of the last failed batch or transaction
+        self._fence_forgiven = False  # a fence was taken as the producer's own since the last commit
 
     # -- what a stage does ---------------------------------------------------------
     def transform(self, p: TransactionalProducer, batch: list[Message]) -> Counter[str]:
@@ -169,10 +181,15 @@ class TransactionalStage:
                 self._consume(p, stop)
             except KafkaException as exc:
                 err = kafka_error(exc)
-                if fenced(err if isinstance(err, KafkaError) else None, p):
-                    raise _fenced_error(self.transactional_id) from exc
                 if self.committed_batches > committed_before:
                     restarts = 0
+                if fenced(err if isinstance(err, KafkaError) else None, p):
+                    if not self._forgive_fence(err):
+                        raise _fenced_error(self.transactional_id) from exc
+                    self.aborted()
+                    self.stats.aborted_batches += 1
+                    continue  # a new producer under the same id, from the committed offsets
+                self._trouble_at = time.monotonic()
                 self.aborted()
                 self.stats.aborted_batches += 1
                 try:
@@ -196,6 +213,22 @@ class TransactionalStage:
                     return
             else:
                 self.kafka_retry.recovered("transaction")
+
+    def _forgive_fence(self, err: Any) -> bool:
+        """Whether a fence is taken as the producer's own doing (``SELF_FENCE_WINDOW_S``): only within
+        that long of a failed batch or transaction, and once until a batch commits."""
+        recent = self._trouble_at is not None and time.monotonic() - self._trouble_at < SELF_FENCE_WINDOW_S
+        if not recent or self._fence_forgiven:
+            return False
+        self._fence_forgiven = True
+        log.warning(
+            "%s: fenced (%s) %.1f s after a failed batch or transaction: taken as this producer's own "
+            "retry during a broker failover; replacing it under the same id (once until a batch commits)",
+            self.name,
+            err,
+            time.monotonic() - (self._trouble_at or 0.0),
+        )
+        return True
 
     def _consume(self, p: TransactionalProducer, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -245,15 +278,17 @@ class TransactionalStage:
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if fenced(err, p):
-                raise _fenced_error(self.transactional_id) from exc
+                raise  # run() stops the worker, or replaces the producer once after trouble
             if err.fatal() or not err.txn_requires_abort():
                 raise
+            self._trouble_at = time.monotonic()
             log.warning("%s: batch of %d aborted, processing it again: %s", self.name, len(batch), err)
             p.abort(max(5.0, self.settings.transaction_timeout_s))
             self.aborted()
             self.stats.aborted_batches += 1
             return rewind(c)
         self.committed_batches += 1
+        self._fence_forgiven = False
         self.kafka_retry.recovered("transaction")
         for stat, n in counts.items():
             setattr(self.stats, stat, getattr(self.stats, stat) + n)

@@ -229,7 +229,7 @@ def sink_rows(ctx: Context) -> list[Result]:
             peer_value=n / raw_s,
             goal="— (the sink's former path, kept for records ClickHouse does not decode)",
             method=(
-                "ours = ClickHouseSink decoding every record itself (fastavro decode, row build, "
+                "ours = ClickHouseSink decoding every record itself (TopicSerde decode, row build, "
                 f"clickhouse-connect insert, commit; `--decode python`); start-up {python_startup_s:.1f} s. "
                 + common
             ),

@@ -3,14 +3,24 @@
 Byte-compatible with confluent-kafka's AvroSerializer/AvroDeserializer (and with
 ClickHouse's AvroConfluent input format), but leaner on the hot path: the writer
 schema's id is resolved once, the parsed schemas are cached by id, and the
-header is packed with one struct call. fastavro does the Avro work underneath.
+header is packed with one struct call.
 
-Logical types (uuid, timestamp-millis, decimal) of a record's top-level fields are converted
-by this module with fastavro's own converters, found once per schema, and fastavro then writes
-and reads a copy of the schema without those annotations. fastavro otherwise looks the converter
-up per field per record; this way a round trip of an InferenceCompleted takes ~1 µs less
-(``rftloop bench schemas.serde_events_per_s``). Nested logical types, and records written with
-another schema (resolved against ours), go through fastavro's own path.
+Two Avro libraries do the work underneath:
+
+- **cavro** (Cython, MIT) writes every record, and reads every record written with our own
+  schema (the hot case). On this machine it does the same Avro round trip about twice as fast as
+  fastavro (``rftloop bench schemas.serde_events_per_s``, whose ``fastavro_alone`` and
+  ``cavro_alone`` rows measure both libraries bare in the same passes). Its bytes and values are
+  fastavro's own for every topic (``tests/integration/test_serde.py``).
+- **fastavro** reads records written with another schema, resolved against ours (schema
+  evolution), and its converters turn the logical types (uuid, timestamp-millis, decimal) of a
+  record's top-level fields into plain values and back. The converters are found once per schema
+  and the codecs read and write a copy of the schema without those annotations: cavro's own
+  logical types cost more per record than fastavro's converters (measured; nested logical types
+  are still cavro's).
+
+A record whose bytes run on after its last field is refused (:class:`CorruptBody`): cavro does
+not say where it stopped, so the decoder asks it for one byte more and expects the end of input.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import struct
 import threading
 from typing import Any
 
+import cavro
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -33,6 +44,10 @@ from schemas.topics import TopicSpec
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
+# fastavro's behaviour where cavro's defaults differ: records read as dicts, naive datetimes are UTC
+_CAVRO_OPTIONS = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True, naive_dt_assume_utc=True)
+# one more byte after a record: reading it must fail with EOFError, else the body ran on
+_ONE_BYTE = cavro.Schema('{"type": "fixed", "size": 1, "name": "trailing"}')
 
 
 class SerdeError(Exception):
@@ -86,7 +101,9 @@ class TopicSerde:
         self._schema_json = schema if schema is not None else load_schema(topic.schema_path)
         self.reader_schema = fastavro.parse_schema(self._schema_json)
         plain, self._to_plain, self._from_plain = _without_logical_types(self._schema_json)
-        self._plain = fastavro.parse_schema(plain) if self._to_plain else self.reader_schema
+        self._codec = cavro.Schema(
+            json.dumps(plain if self._to_plain else self._schema_json), options=_CAVRO_OPTIONS
+        )
         self._writer_id: int | None = None
         self._header = b""
         self._writers: dict[int, Any] = {}
@@ -129,8 +146,6 @@ class TopicSerde:
 
     def encode(self, record: dict[str, Any]) -> bytes:
         self.schema_id  # noqa: B018 - resolves the header once
-        buf = io.BytesIO()
-        buf.write(self._header)
         try:
             if self._to_plain:
                 record = dict(record)
@@ -138,10 +153,10 @@ class TopicSerde:
                     value = record.get(name)
                     if value is not None:
                         record[name] = convert(value, schema)
-            fastavro.schemaless_writer(buf, self._plain, record)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            body: bytes = self._codec.binary_encode(record)
+        except (cavro.CavroException, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise SerdeError(f"{self.topic.event.avro_name} does not fit its schema: {exc}") from exc
-        return buf.getvalue()
+        return self._header + body
 
     def encode_event(self, event: Event) -> bytes:
         return self.encode(event.to_avro())
@@ -170,24 +185,33 @@ class TopicSerde:
         if magic != MAGIC:
             raise NotFramed(f"magic byte {magic} (expected 0): not Confluent-framed Avro")
         writer = self._writer_schema(schema_id)
-        stream = io.BytesIO(data)
-        stream.seek(5)
         try:
             if writer is self.reader_schema:  # same schema on both sides: no resolution (the hot case)
-                record = fastavro.schemaless_reader(stream, self._plain, None)
+                body = cavro.MemoryReader(memoryview(data)[5:])
+                record = self._codec.binary_read(body)
+                try:
+                    _ONE_BYTE.binary_read(body)
+                except EOFError:
+                    pass  # the record ended where the bytes do
+                else:
+                    raise CorruptBody(f"trailing bytes after the record (schema id {schema_id})")
                 if isinstance(record, dict):
                     for name, convert, schema in self._from_plain:
                         value = record[name]
                         if value is not None:
                             record[name] = convert(value, schema, schema)
             else:
+                stream = io.BytesIO(data)
+                stream.seek(5)
                 record = fastavro.schemaless_reader(stream, writer, self.reader_schema)
-        except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, UnicodeError ...
+                if stream.tell() != len(data):
+                    raise CorruptBody(
+                        f"{len(data) - stream.tell()} trailing bytes after the record (schema id {schema_id})"
+                    )
+        except CorruptBody:
+            raise
+        except Exception as exc:  # EOFError, ValueError, IndexError, UnicodeError ... from either codec
             raise CorruptBody(f"{type(exc).__name__}: {exc} (schema id {schema_id})") from exc
-        if stream.tell() != len(data):
-            raise CorruptBody(
-                f"{len(data) - stream.tell()} trailing bytes after the record (schema id {schema_id})"
-            )
         if not isinstance(record, dict):
             raise CorruptBody(f"decoded a {type(record).__name__}, not a record (schema id {schema_id})")
         return record
@@ -204,7 +228,9 @@ class TopicSerde:
 Converter = tuple[str, Any, dict[str, Any]]  # (field, fastavro's converter, the logical type's schema)
 
 
-def _without_logical_types(schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[Converter, ...], tuple[Converter, ...]]:
+def _without_logical_types(
+    schema: dict[str, Any],
+) -> tuple[dict[str, Any], tuple[Converter, ...], tuple[Converter, ...]]:
     """``schema`` with the logical types of its top-level fields (alone or beside ``"null"``) made
     plain, and for each such field fastavro's converters to and from the plain value."""
     fields, to_plain, from_plain = [], [], []

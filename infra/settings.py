@@ -148,7 +148,7 @@ class ClickHouseSettings(BaseSettings):
     sink_decode: Literal["clickhouse", "python"] = Field(
         "clickhouse",
         description="who decodes the sink's Avro: ClickHouse (AvroConfluent, from the framed bytes) "
-        "or the sink itself (fastavro)",
+        "or the sink itself (TopicSerde: cavro, fastavro for older writer schemas)",
     )
     avro_registry_url: str | None = Field(
         None,

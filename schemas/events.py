@@ -89,7 +89,7 @@ class Event(BaseModel):
     trace_id: str | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        """Plain dict for fastavro (enums as their string values)."""
+        """Plain dict for the Avro codec (enums as their string values)."""
         return self.model_dump(mode="python")
 
     @classmethod
@@ -99,7 +99,7 @@ class Event(BaseModel):
     @classmethod
     def avro_record(cls, **values: Any) -> dict[str, Any]:
         """The Avro record of an event with ``values`` and the fields' defaults, *unvalidated*: for
-        hot paths whose caller checked the values (fastavro still checks every type on encode). A
+        hot paths whose caller checked the values (the Avro codec still checks every type on encode). A
         quarter of ``model_construct``'s time: a dict, no model object."""
         static, factories = _defaults(cls)
         record = {**static, **values}

@@ -12,7 +12,7 @@ ClickHouse decodes the records itself: the framed bytes of one partition's batch
 ``INSERT ... SELECT ... FROM input(...) FORMAT AvroConfluent`` (``EventTable.avro_insert_target``), which
 also sets ``_topic``/``_partition`` and each row's ``_offset``. Only records written with the
 topic's current schema go that way; others (an older writer schema) and anything not framed are
-decoded here with fastavro, as every record is without the URL. When ClickHouse refuses a batch
+decoded here by ``TopicSerde``, as every record is without the URL. When ClickHouse refuses a batch
 (a corrupt body, the registry out of its reach), that batch is decoded here instead, so poison
 still reaches ``<topic>.dlq`` with its headers and the good rows still land.
 

@@ -238,7 +238,7 @@ class InferenceLogger(_Client):
         at: datetime,
     ) -> list[tuple[TopicSpec, Event | dict[str, Any]]]:
         # Hot path of the sender thread: build the Avro records without pydantic (the arguments were
-        # checked in log(); fastavro checks every type on encode). Less time holding the GIL here is
+        # checked in log(); the Avro codec checks every type on encode). Less time holding the GIL here is
         # less time an application thread waits in log().
         r = self.redact
         msgs = [{"role": m["role"], "content": r(m["content"])} for m in (messages or [])]

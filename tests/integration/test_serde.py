@@ -130,3 +130,37 @@ def test_every_topic_encodes_the_same_bytes_and_reads_the_same_values_as_fastavr
         serde.encode(_event().to_avro() | {"cost": Decimal("0.0000000001")})
     with pytest.raises(SerdeError):
         serde.encode(_event().to_avro() | {"occurred_at": "yesterday"})
+
+
+def test_a_body_that_runs_on_stops_short_or_is_not_utf8_is_a_corrupt_body(stack, unique) -> None:
+    """The hot decode path (our own schema) refuses what fastavro's path refused: bytes after the
+    last field, a body cut short, a string that is not UTF-8. Each is CorruptBody (the DLQ's class)."""
+    from infra.serde import CorruptBody
+
+    reg = registry.client(stack.registry)
+    topic = _topic(unique)
+    registry.register(reg, topic)
+    serde = TopicSerde(reg, topic)
+    data = serde.encode_event(_event(completion="abc"))
+    assert serde.decode(data)["completion"] == "abc"
+    with pytest.raises(CorruptBody, match="trailing bytes"):
+        serde.decode(data + b"\x00")
+    with pytest.raises(CorruptBody, match="EOFError"):
+        serde.decode(data[:-3])
+    at = data.index(b"abc")
+    with pytest.raises(CorruptBody, match="UnicodeDecodeError"):
+        serde.decode(data[:at] + b"\xff\xfe\xfd" + data[at + 3 :])
+
+
+def test_a_record_missing_a_field_without_default_is_refused(stack, unique) -> None:
+    reg = registry.client(stack.registry)
+    topic = _topic(unique)
+    registry.register(reg, topic)
+    serde = TopicSerde(reg, topic)
+    record = _event().to_avro()
+    del record["model"]  # no default in the schema
+    with pytest.raises(SerdeError, match="does not fit its schema"):
+        serde.encode(record)
+    record = _event().to_avro()
+    del record["completion"]  # default ""
+    assert serde.decode(serde.encode(record))["completion"] == ""

@@ -183,15 +183,13 @@ class TransactionalStage:
                 err = kafka_error(exc)
                 if self.committed_batches > committed_before:
                     restarts = 0
+                self.aborted()
+                self.stats.aborted_batches += 1
                 if fenced(err if isinstance(err, KafkaError) else None, p):
                     if not self._forgive_fence(err):
                         raise _fenced_error(self.transactional_id) from exc
-                    self.aborted()
-                    self.stats.aborted_batches += 1
                     continue  # a new producer under the same id, from the committed offsets
                 self._trouble_at = time.monotonic()
-                self.aborted()
-                self.stats.aborted_batches += 1
                 try:
                     if isinstance(err, KafkaError) and err.fatal() and not is_retriable(err):
                         restarts += 1

@@ -107,6 +107,7 @@ class TopicSerde:
         self._writer_id: int | None = None
         self._header = b""
         self._writers: dict[int, Any] = {}
+        self._from_plain_without: dict[frozenset[str], tuple[Converter, ...]] = {}
         self._lock = threading.Lock()
 
     # -- encoding ------------------------------------------------------------
@@ -178,7 +179,11 @@ class TopicSerde:
             self._writers[schema_id] = parsed
         return parsed
 
-    def decode(self, data: bytes | None) -> dict[str, Any]:
+    def decode(self, data: bytes | None, *, plain: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The record in ``data``. Top-level fields named in ``plain`` keep their logical type's
+        Avro value: a uuid its string, a timestamp-millis its int of milliseconds since the epoch, a
+        decimal its bytes. For hot loops that need no ``UUID`` or ``datetime`` object (stage 1 of
+        the streams: ~1.9 µs a record less)."""
         if data is None or len(data) < 5:
             raise NotFramed(f"{0 if data is None else len(data)} bytes: too short for a framed Avro record")
         magic, schema_id = _HEADER.unpack_from(data)
@@ -196,7 +201,7 @@ class TopicSerde:
                 else:
                     raise CorruptBody(f"trailing bytes after the record (schema id {schema_id})")
                 if isinstance(record, dict):
-                    for name, convert, schema in self._from_plain:
+                    for name, convert, schema in self._converters(plain):
                         value = record[name]
                         if value is not None:
                             record[name] = convert(value, schema, schema)
@@ -208,6 +213,11 @@ class TopicSerde:
                     raise CorruptBody(
                         f"{len(data) - stream.tell()} trailing bytes after the record (schema id {schema_id})"
                     )
+                if plain and isinstance(record, dict):  # fastavro converted every field: undo those
+                    for name, convert, schema in self._to_plain:
+                        value = record.get(name)
+                        if name in plain and value is not None:
+                            record[name] = convert(value, schema)
         except CorruptBody:
             raise
         except Exception as exc:  # EOFError, ValueError, IndexError, UnicodeError ... from either codec
@@ -215,6 +225,15 @@ class TopicSerde:
         if not isinstance(record, dict):
             raise CorruptBody(f"decoded a {type(record).__name__}, not a record (schema id {schema_id})")
         return record
+
+    def _converters(self, plain: frozenset[str]) -> tuple[Converter, ...]:
+        """The readers' converters of the fields not in ``plain`` (found once per set)."""
+        if not plain:
+            return self._from_plain
+        found = self._from_plain_without.get(plain)
+        if found is None:
+            found = self._from_plain_without[plain] = tuple(c for c in self._from_plain if c[0] not in plain)
+        return found
 
     def decode_event(self, data: bytes | None) -> Event:
         record = self.decode(data)

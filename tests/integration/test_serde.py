@@ -164,3 +164,25 @@ def test_a_record_missing_a_field_without_default_is_refused(stack, unique) -> N
     record = _event().to_avro()
     del record["completion"]  # default ""
     assert serde.decode(serde.encode(record))["completion"] == ""
+
+
+def test_plain_fields_keep_their_avro_values_on_both_decode_paths(stack, unique) -> None:
+    """decode(plain=...) leaves the named fields' logical types unconverted, for records of our own
+    schema (cavro) and of an older writer schema (fastavro resolves them), and converts the rest."""
+    reg = registry.client(stack.registry)
+    topic = _topic(unique)
+    v1 = json.loads(topic.schema_path.read_text())
+    v2 = copy.deepcopy(v1)
+    v2["fields"].append({"name": "region", "type": "string", "default": "unknown", "doc": "Serving region."})
+    registry.register(reg, topic, v1)
+    registry.register(reg, topic, v2)
+    s1, s2 = TopicSerde(reg, topic, schema=v1), TopicSerde(reg, topic, schema=v2)
+    event = _event()
+    plain = frozenset({"event_id", "occurred_at"})
+    ms = int(event.occurred_at.timestamp() * 1000)
+    for data in (s2.encode_event(event), s1.encode_event(event)):  # own schema, then the older one
+        r = s2.decode(data, plain=plain)
+        assert r["event_id"] == str(event.event_id) and r["occurred_at"] == ms
+        assert r["cost"] == event.cost  # not in plain: converted
+        full = s2.decode(data)
+        assert full["event_id"] == event.event_id and full["occurred_at"] == event.occurred_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -179,7 +180,8 @@ def test_plain_fields_keep_their_avro_values_on_both_decode_paths(stack, unique)
     s1, s2 = TopicSerde(reg, topic, schema=v1), TopicSerde(reg, topic, schema=v2)
     event = _event()
     plain = frozenset({"event_id", "occurred_at"})
-    ms = int(event.occurred_at.timestamp() * 1000)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    ms = (event.occurred_at - epoch) // timedelta(milliseconds=1)  # whole ms, as Avro writes it
     for data in (s2.encode_event(event), s1.encode_event(event)):  # own schema, then the older one
         r = s2.decode(data, plain=plain)
         assert r["event_id"] == str(event.event_id) and r["occurred_at"] == ms

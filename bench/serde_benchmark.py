@@ -164,9 +164,10 @@ def serde_events(ctx: Context) -> list[Result]:
         else None
     )
     bare_method = (
-        "the same records, with the schema's logicalType annotations removed and the records' UUID, datetime and Decimal values converted to plain str, int and bytes "
-        "before the clock starts; no framing, no registry, no conversions. Measured in the same passes as "
-        f"schemas.serde_events_per_s, interleaved; best of {PASSES}."
+        "the same records, with the schema's logicalType annotations removed and the records' UUID, "
+        "datetime and Decimal values converted to plain str, int and bytes before the clock starts; no "
+        "framing, no registry, no conversions. Measured in the same passes as schemas.serde_events_per_s, "
+        f"interleaved; best of {PASSES}."
     )
     return [
         Result(

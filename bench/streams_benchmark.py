@@ -179,7 +179,8 @@ def events_per_s(ctx: Context) -> list[Result]:
                 "(metrics agents only: stage 1 = a confluent-kafka loop committing each batch's partials and "
                 "offsets in one Kafka transaction, inside the faust-streaming 0.15.3 worker) from its first "
                 "committed batch to the last, read from its /stats/ page; peer = one Python loop over "
-                "consume(5000) with the same TopicSerde.decode (event_id and occurred_at left plain, as stage 1 reads them), check and Accumulator, no produce, no commit"
+                "consume(5000) with the same TopicSerde.decode (event_id and occurred_at left plain, as "
+                "stage 1 reads them), check and Accumulator, no produce, no commit"
             ),
         )
     ]

@@ -36,6 +36,18 @@ def _event(**kw) -> ev.InferenceCompleted:  # type: ignore[no-untyped-def]
     return ev.InferenceCompleted(**fields)
 
 
+def _two_versions(stack, unique: str) -> tuple[TopicSerde, TopicSerde]:  # type: ignore[no-untyped-def]
+    """Serdes of schema v1 and of v2 (v1 plus a defaulted field), both registered on one topic."""
+    reg = registry.client(stack.registry)
+    topic = _topic(unique)
+    v1 = json.loads(topic.schema_path.read_text())
+    v2 = copy.deepcopy(v1)
+    v2["fields"].append({"name": "region", "type": "string", "default": "unknown", "doc": "Serving region."})
+    registry.register(reg, topic, v1)
+    assert registry.register(reg, topic, v2).version == 2
+    return TopicSerde(reg, topic, schema=v1), TopicSerde(reg, topic, schema=v2)
+
+
 def test_registered_schema_roundtrip_and_confluent_interop(stack, unique) -> None:
     reg = registry.client(stack.registry)
     topic = _topic(unique)
@@ -67,16 +79,7 @@ def test_unregistered_schema_is_a_named_error(stack, unique) -> None:
 
 
 def test_evolution_v1_and_v2_read_each_other(stack, unique) -> None:
-    reg = registry.client(stack.registry)
-    topic = _topic(unique)
-    v1 = json.loads(topic.schema_path.read_text())
-    v2 = copy.deepcopy(v1)
-    v2["fields"].append({"name": "region", "type": "string", "default": "unknown", "doc": "Serving region."})
-    registry.register(reg, topic, v1)
-    assert registry.register(reg, topic, v2).version == 2
-
-    s1 = TopicSerde(reg, topic, schema=v1)
-    s2 = TopicSerde(reg, topic, schema=v2)
+    s1, s2 = _two_versions(stack, unique)
     rec1 = _event().to_avro()
     rec2 = {**_event(request_id="r-2").to_avro(), "region": "eu-west"}
 
@@ -170,14 +173,7 @@ def test_a_record_missing_a_field_without_default_is_refused(stack, unique) -> N
 def test_plain_fields_keep_their_avro_values_on_both_decode_paths(stack, unique) -> None:
     """decode(plain=...) leaves the named fields' logical types unconverted, for records of our own
     schema (cavro) and of an older writer schema (fastavro resolves them), and converts the rest."""
-    reg = registry.client(stack.registry)
-    topic = _topic(unique)
-    v1 = json.loads(topic.schema_path.read_text())
-    v2 = copy.deepcopy(v1)
-    v2["fields"].append({"name": "region", "type": "string", "default": "unknown", "doc": "Serving region."})
-    registry.register(reg, topic, v1)
-    registry.register(reg, topic, v2)
-    s1, s2 = TopicSerde(reg, topic, schema=v1), TopicSerde(reg, topic, schema=v2)
+    s1, s2 = _two_versions(stack, unique)
     event = _event()
     plain = frozenset({"event_id", "occurred_at"})
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
